@@ -1,0 +1,3 @@
+"""stream-detector: streaming anomaly detection for Kafka pipelines."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,286 @@
+"""One typed settings tree for every command.
+
+Precedence, highest first: CLI flags (passed in as overrides), ``SD_*`` environment variables
+(nested with ``__``, e.g. ``SD_KAFKA__BOOTSTRAP_SERVERS``), the TOML file, then the defaults below.
+Validation happens once, at start, and a bad value is reported with its dotted field name and a
+hint on how to fix it, never as a stack trace from deep inside the hot path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+
+class ConfigError(Exception):
+    """A configuration problem a user can fix; the message names the field and the fix."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class InputConfig(_Section):
+    """How raw messages map onto keys, timestamps and feature values."""
+
+    key_field: str | None = Field(
+        "key", description="Dotted path of the entity key; null uses the Kafka message key."
+    )
+    timestamp_field: str | None = Field(
+        "ts", description="Dotted path of the event time; null uses the broker timestamp."
+    )
+    timestamp_unit: Literal["auto", "s", "ms", "us", "ns", "rfc3339"] = Field(
+        "auto", description="Unit of numeric timestamps; 'auto' infers from magnitude."
+    )
+    value_fields: tuple[str, ...] = Field(
+        ("value",), min_length=1, description="Dotted paths of the numeric features, in model order."
+    )
+    max_message_bytes: int = Field(1_000_000, gt=0, description="Larger messages are rejected.")
+    min_timestamp: float = Field(
+        0.0, description="Earliest plausible event time (epoch s); older is rejected as absurd."
+    )
+    max_future_s: float = Field(
+        86_400.0 * 365 * 50,
+        ge=0,
+        description="How far past now an event time may lie before it is rejected as absurd.",
+    )
+    label_field: str | None = Field(
+        None, description="Optional 0/1 label column (evaluate only); ignored by the service."
+    )
+
+    @model_validator(mode="after")
+    def _distinct_fields(self) -> InputConfig:
+        if len(set(self.value_fields)) != len(self.value_fields):
+            raise ValueError("value_fields lists a field twice; list each feature once")
+        return self
+
+
+class WindowConfig(_Section):
+    """Per-key sliding windows kept in the ring buffer."""
+
+    size: int = Field(32, ge=2, le=4096, description="Events per window (W).")
+    stride: int = Field(
+        8, ge=1, description="A key's window is scored every `stride` new events once full."
+    )
+    max_keys: int = Field(
+        100_000, ge=1, description="Keys tracked at once; the least recently seen are evicted."
+    )
+    idle_ttl_s: float = Field(
+        3600.0, gt=0, description="A key silent this long (event time) is freed."
+    )
+    initial_capacity: int = Field(1024, ge=1, description="Slots preallocated; grows as needed.")
+
+
+class NormalizeConfig(_Section):
+    """Per-key running mean/variance, shrunk towards the training statistics while a key is new."""
+
+    prior_weight: float = Field(
+        64.0,
+        ge=0,
+        description="Pseudo-count of the training statistics in a key's running estimate (warm-up).",
+    )
+    horizon: int = Field(
+        10_000, ge=2, description="Effective memory of the running statistics, in events."
+    )
+    min_std: float = Field(1e-3, gt=0, description="Floor on a key's std, in raw units.")
+
+
+class ModelConfig(_Section):
+    """The LSTM autoencoder and where it runs."""
+
+    path: Path | None = Field(None, description="Model artefact directory written by `train`.")
+    hidden_size: int = Field(32, ge=1)
+    num_layers: int = Field(1, ge=1, le=8)
+    latent_size: int = Field(8, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="'auto' picks cuda if any.")
+    batch_size: int = Field(2048, ge=1, description="Windows per inference micro-batch.")
+
+
+class TrainConfig(_Section):
+    """Fitting the model on presumed-normal data."""
+
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(256, ge=1)
+    learning_rate: float = Field(1e-3, gt=0)
+    validation_fraction: float = Field(0.2, gt=0, lt=1)
+    patience: int = Field(4, ge=1, description="Epochs without validation gain before stopping.")
+    stride: int = Field(1, ge=1, description="Stride between training windows.")
+    max_windows: int = Field(200_000, ge=1, description="Cap on training windows (sampled).")
+    seed: int = 0
+    calibration_quantile: float = Field(
+        0.995, gt=0.5, lt=1, description="Validation-score quantile used as the global threshold."
+    )
+
+
+class ThresholdConfig(_Section):
+    """Adaptive per-key threshold on the (log) score."""
+
+    alpha: float = Field(0.02, gt=0, le=1, description="EWMA weight of a new score.")
+    sensitivity: float = Field(
+        4.0, gt=0, description="Threshold = mean + sensitivity x std of the key's recent log scores."
+    )
+    warmup: int = Field(
+        64, ge=1, description="Scores a key needs before its own threshold replaces the global one."
+    )
+    global_factor: float = Field(
+        1.0, gt=0, description="Multiplier on the calibrated global threshold used during warm-up."
+    )
+
+
+class EpisodeConfig(_Section):
+    """Turning per-window exceedances into one open and one resolve alert."""
+
+    min_consecutive: int = Field(2, ge=1, description="Exceeding windows needed to open.")
+    cooldown: int = Field(4, ge=1, description="Normal windows needed to resolve.")
+    top_features: int = Field(3, ge=1, description="Contributing features named in an alert.")
+
+
+class KafkaConfig(_Section):
+    """The service's broker connection; `extra` passes straight through to librdkafka."""
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    input_topics: tuple[str, ...] = ("events",)
+    alert_topic: str = "alerts"
+    dead_letter_topic: str = "events.dlq"
+    group_id: str = "stream-detector"
+    batch_size: int = Field(5000, ge=1, description="Messages per consume() call.")
+    batch_timeout_s: float = Field(0.5, gt=0)
+    max_in_flight: int = Field(100_000, ge=1, description="Unacknowledged produced messages.")
+    processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
+    partition_assignment_strategy: str = "cooperative-sticky"
+    session_timeout_ms: int = Field(10_000, ge=1000)
+    shutdown_timeout_s: float = Field(30.0, gt=0)
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_ca_location: str | None = None
+    extra: dict[str, str] = Field(default_factory=dict, description="Raw librdkafka settings.")
+
+
+class ObservabilityConfig(_Section):
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["auto", "json", "console"] = "auto"
+    http_port: int | None = Field(
+        9308, ge=0, le=65535, description="/metrics, /healthz, /readyz; null disables."
+    )
+
+
+class Settings(BaseSettings):
+    """The whole configuration; see README.md for an annotated example file."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SD_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    input: InputConfig = InputConfig()
+    window: WindowConfig = WindowConfig()
+    normalize: NormalizeConfig = NormalizeConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    threshold: ThresholdConfig = ThresholdConfig()
+    episodes: EpisodeConfig = EpisodeConfig()
+    kafka: KafkaConfig = KafkaConfig()
+    observability: ObservabilityConfig = ObservabilityConfig()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # load_settings merges file < environment < CLI itself and passes the result as init
+        # kwargs, so the environment must not be applied a second time over the CLI flags.
+        return (init_settings,)
+
+    def model_fingerprint(self) -> str:
+        """Hash of every setting a trained model depends on; a mismatch means retrain."""
+        relevant = {
+            "features": list(self.input.value_fields),
+            "window": self.window.size,
+            "hidden_size": self.model.hidden_size,
+            "num_layers": self.model.num_layers,
+            "latent_size": self.model.latent_size,
+        }
+        return hashlib.sha256(orjson.dumps(relevant, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
+
+
+def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _env_overrides() -> dict[str, Any]:
+    """The SD_* environment as a nested dict, parsed by pydantic-settings' own env source."""
+
+    return EnvSettingsSource(Settings)()
+
+
+def _describe(error: ValidationError) -> str:
+    lines = ["invalid configuration:"]
+    for item in error.errors():
+        field = ".".join(str(part) for part in item["loc"]) or "(root)"
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = "unknown setting; check the spelling against README.md's example file"
+        hint = ""
+        if field:
+            env_name = "SD_" + "__".join(str(part).upper() for part in item["loc"])
+            hint = f" (set it in the TOML file under [{'.'.join(map(str, item['loc'][:-1])) or '.'}]"
+            hint += f" or with {env_name})"
+        given = item.get("input")
+        shown = "" if isinstance(given, dict) else f"; got {given!r}"
+        lines.append(f"  {field}: {message}{shown}{hint}")
+    return "\n".join(lines)
+
+
+def load_settings(
+    path: Path | str | None = None, overrides: dict[str, Any] | None = None
+) -> Settings:
+    """Build validated settings from an optional TOML file, the environment and CLI overrides.
+
+    ``overrides`` is nested like the file (``{"kafka": {"group_id": "x"}}``) and wins over all.
+    Raises ConfigError with a readable message on any problem.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        file_path = Path(path)
+        try:
+            data = tomllib.loads(file_path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {file_path} does not exist; pass an existing --config")
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {file_path} is not valid TOML: {exc}") from None
+    try:
+        env = _env_overrides()
+    except Exception as exc:  # pydantic-settings reports JSON errors in complex env values
+        raise ConfigError(f"invalid SD_* environment variable: {exc}") from None
+    merged = _deep_merge(_deep_merge(data, env), overrides or {})
+    try:
+        return Settings(**merged)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+
+
+def settings_to_dict(settings: Settings) -> dict[str, Any]:
+    """Plain JSON-able view, secrets masked, for logs and artefact metadata."""
+    return settings.model_dump(mode="json")

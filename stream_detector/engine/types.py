@@ -1,0 +1,131 @@
+"""Array-shaped records passed between engine stages.
+
+The batch is the unit of work: every stage takes and returns whole arrays, so no per-event Python
+object exists on the hot path. Only rejects and alerts, which are rare, are Python objects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Final
+
+import numpy as np
+
+# Every reason a record can be refused, as written into dead-letter headers and metrics labels.
+REJECT_REASONS: Final = (
+    "oversized",  # message larger than input.max_message_bytes
+    "not_json",  # bytes that orjson cannot parse
+    "not_object",  # valid JSON that is not an object (array, number, string, null)
+    "missing_key",  # key field absent or null (or no Kafka key when key_field is null)
+    "bad_key",  # key is not a string or integer
+    "missing_value",  # a value field absent or null
+    "non_numeric",  # a value field that is not a number (bools count as non-numeric)
+    "non_finite",  # NaN or +/-inf
+    "bad_timestamp",  # timestamp absent, of the wrong type or unparsable
+    "absurd_timestamp",  # parsed, but before input.min_timestamp or too far in the future
+    "late",  # behind the watermark (aggregate mode)
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    """One refused input record; `index` is its position in the batch handed to decode."""
+
+    index: int
+    reason: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class EventBatch:
+    """Accepted events, in input order.
+
+    index:  int64 [N]    position of each event in the batch handed to decode
+    keys:   object [N]   entity key as str
+    ts:     float64 [N]  event time, epoch seconds
+    values: float32 [N, F]
+    """
+
+    index: np.ndarray
+    keys: np.ndarray
+    ts: np.ndarray
+    values: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.index.shape[0])
+
+    @staticmethod
+    def empty(n_features: int) -> EventBatch:
+        return EventBatch(
+            index=np.empty(0, dtype=np.int64),
+            keys=np.empty(0, dtype=object),
+            ts=np.empty(0, dtype=np.float64),
+            values=np.empty((0, n_features), dtype=np.float32),
+        )
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """What decode returns: the good events and a reject for every bad record."""
+
+    batch: EventBatch
+    rejects: list[Reject] = field(default_factory=list)
+    # Optional 0/1 label per accepted event (evaluate only; None in the service).
+    labels: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class DueWindows:
+    """Windows that became due for scoring in one ingest, in arrival order of their last event.
+
+    slots:       int64 [B]       ring-buffer slot of the key
+    keys:        object [B]      the key
+    event_index: int64 [B]       row in the EventBatch of the event that completed the window
+    values:      float32 [B, W, F]  raw values, oldest first
+    start_ts:    float64 [B]     event time of the window's first event
+    end_ts:      float64 [B]     event time of the window's last event
+    """
+
+    slots: np.ndarray
+    keys: np.ndarray
+    event_index: np.ndarray
+    values: np.ndarray
+    start_ts: np.ndarray
+    end_ts: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.slots.shape[0])
+
+
+@dataclass(frozen=True)
+class IngestReport:
+    """Slots the window store freed during one ingest; per-slot state elsewhere must reset them."""
+
+    freed_slots: np.ndarray  # int64, slots whose key was evicted (now free or reused)
+    evicted_lru: int  # keys dropped because max_keys was reached
+    evicted_idle: int  # keys dropped because they were silent longer than idle_ttl_s
+
+
+@dataclass(frozen=True)
+class ScoredWindows:
+    """Due windows with their scores and threshold decisions, in arrival order.
+
+    feature_errors: float32 [B, F]  mean squared reconstruction error per feature (normalised units)
+    actual:         float32 [B, F]  raw value of the window's last event
+    expected:       float32 [B, F]  reconstruction of the last event, in raw units
+    """
+
+    slots: np.ndarray
+    keys: np.ndarray
+    event_index: np.ndarray
+    start_ts: np.ndarray
+    end_ts: np.ndarray
+    scores: np.ndarray
+    thresholds: np.ndarray
+    exceed: np.ndarray
+    feature_errors: np.ndarray
+    actual: np.ndarray
+    expected: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.slots.shape[0])

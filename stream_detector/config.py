@@ -14,7 +14,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -27,6 +35,10 @@ class ConfigError(Exception):
     """A configuration problem a user can fix; the message names the field and the fix."""
 
 
+MESSAGE_KEY = "@message_key"
+BROKER_TIMESTAMP = "@broker_timestamp"
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -35,10 +47,12 @@ class InputConfig(_Section):
     """How raw messages map onto keys, timestamps and feature values."""
 
     key_field: str | None = Field(
-        "key", description="Dotted path of the entity key; null uses the Kafka message key."
+        "key",
+        description=f"Dotted path of the entity key; {MESSAGE_KEY!r} uses the Kafka message key.",
     )
     timestamp_field: str | None = Field(
-        "ts", description="Dotted path of the event time; null uses the broker timestamp."
+        "ts",
+        description=f"Dotted path of the event time; {BROKER_TIMESTAMP!r} uses the broker's.",
     )
     timestamp_unit: Literal["auto", "s", "ms", "us", "ns", "rfc3339"] = Field(
         "auto", description="Unit of numeric timestamps; 'auto' infers from magnitude."
@@ -58,6 +72,12 @@ class InputConfig(_Section):
     label_field: str | None = Field(
         None, description="Optional 0/1 label column (evaluate only); ignored by the service."
     )
+
+    @field_validator("key_field", "timestamp_field", mode="before")
+    @classmethod
+    def _kafka_metadata(cls, value: object) -> object:
+        # TOML has no null, so the Kafka message key / timestamp are named by these tokens.
+        return None if value in (MESSAGE_KEY, BROKER_TIMESTAMP) else value
 
     @model_validator(mode="after")
     def _distinct_fields(self) -> InputConfig:

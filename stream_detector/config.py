@@ -156,6 +156,12 @@ class ThresholdConfig(_Section):
     global_factor: float = Field(
         1.0, gt=0, description="Multiplier on the calibrated global threshold used during warm-up."
     )
+    floor_factor: float = Field(
+        0.25,
+        ge=0,
+        description="A key's own threshold never drops below this x the calibrated global one, so "
+        "a very quiet key does not alert on noise that is normal for other keys; 0 disables.",
+    )
 
 
 class EpisodeConfig(_Section):

@@ -1,0 +1,150 @@
+"""The LSTM autoencoder and the batched scorer that training, replay and the service all share.
+
+A window is scored by how badly the model, trained on normal data, reconstructs it. The scorer is
+the only place a score is computed, so calibration at training time and detection at serving time
+measure exactly the same quantity.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import structlog
+import torch
+from torch import Tensor, nn
+
+log = structlog.get_logger(__name__)
+
+
+def select_device(preference: str) -> torch.device:
+    """Resolve `model.device` once, at start: a missing GPU is a config error, not a late crash."""
+    if preference not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"model.device must be 'auto', 'cpu' or 'cuda'; got {preference!r}")
+    has_cuda = torch.cuda.is_available()
+    if preference == "cuda" and not has_cuda:
+        raise ValueError(
+            "model.device is 'cuda' but no CUDA device is usable "
+            f"(torch {torch.__version__}, built for CUDA {torch.version.cuda or 'none'}); "
+            "set model.device = 'auto' or 'cpu', or install a CUDA build of torch"
+        )
+    device = torch.device("cuda" if preference != "cpu" and has_cuda else "cpu")
+    if device.type == "cuda":
+        log.info(
+            "model device selected",
+            device=str(device),
+            torch_version=torch.__version__,
+            cuda_device=torch.cuda.get_device_name(device),
+        )
+    else:
+        log.info("model device selected", device=str(device), torch_version=torch.__version__)
+    return device
+
+
+class LSTMAutoencoder(nn.Module):
+    """Sequence-to-sequence autoencoder squeezing a window through a small latent vector.
+
+    The bottleneck (latent_size) is what makes unusual windows reconstruct badly: the model can only
+    afford to encode the patterns it saw often in training.
+    """
+
+    def __init__(
+        self, n_features: int, window: int, hidden_size: int, num_layers: int, latent_size: int
+    ) -> None:
+        super().__init__()
+        self.n_features = n_features
+        self.window = window
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.latent_size = latent_size
+        self.encoder = nn.LSTM(n_features, hidden_size, num_layers, batch_first=True)
+        self.to_latent = nn.Linear(hidden_size, latent_size)
+        self.from_latent = nn.Linear(latent_size, hidden_size)
+        self.decoder = nn.LSTM(hidden_size, hidden_size, num_layers, batch_first=True)
+        self.output = nn.Linear(hidden_size, n_features)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """[B, W, F] -> reconstruction [B, W, F]."""
+        if x.dim() != 3 or x.shape[1] != self.window or x.shape[2] != self.n_features:
+            raise ValueError(
+                f"expected windows of shape [B, {self.window}, {self.n_features}], "
+                f"got {list(x.shape)}"
+            )
+        _, (hidden, _) = self.encoder(x)
+        latent = self.to_latent(hidden[-1])
+        # The decoder sees the same summary at every step and must unroll the window from it.
+        seed = self.from_latent(latent).unsqueeze(1).expand(-1, self.window, -1)
+        decoded, _ = self.decoder(seed)
+        return self.output(decoded)
+
+
+@dataclass(frozen=True)
+class WindowScores:
+    """Per-window results of one `WindowScorer.score` call, in input order.
+
+    scores:              float32 [B]     mean squared reconstruction error over W and F
+    feature_errors:      float32 [B, F]  mean over W of the squared error per feature
+    last_reconstruction: float32 [B, F]  reconstruction of the window's last step (normalised units)
+    """
+
+    scores: np.ndarray
+    feature_errors: np.ndarray
+    last_reconstruction: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.scores.shape[0])
+
+
+class WindowScorer:
+    """Scores normalised windows in micro-batches with a fixed memory ceiling on the device.
+
+    Each micro-batch costs one host->device copy; every result stays on the device until the end,
+    when all of them come back in a single device->host copy, so a GPU never stalls per batch.
+    """
+
+    def __init__(self, model: LSTMAutoencoder, device: torch.device, batch_size: int) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.model = model.to(device).eval()
+        self.device = device
+        self.batch_size = batch_size
+        self._non_blocking = device.type == "cuda"
+
+    def score(self, windows: np.ndarray) -> WindowScores:
+        """Score float32 [B, W, F] normalised windows; B may be 0."""
+        model = self.model
+        expected = (model.window, model.n_features)
+        if windows.ndim != 3 or windows.shape[1:] != expected:
+            raise ValueError(
+                f"expected windows of shape [B, {expected[0]}, {expected[1]}], "
+                f"got {list(windows.shape)}"
+            )
+        n, f = windows.shape[0], model.n_features
+        if n == 0:
+            return WindowScores(
+                scores=np.empty(0, dtype=np.float32),
+                feature_errors=np.empty((0, f), dtype=np.float32),
+                last_reconstruction=np.empty((0, f), dtype=np.float32),
+            )
+        host = np.ascontiguousarray(windows, dtype=np.float32)
+        model.eval()
+        with torch.inference_mode():
+            # Columns: score | feature errors | last-step reconstruction.
+            out = torch.empty((n, 1 + 2 * f), dtype=torch.float32, device=self.device)
+            for start in range(0, n, self.batch_size):
+                stop = min(start + self.batch_size, n)
+                x = torch.from_numpy(host[start:stop]).to(
+                    self.device, non_blocking=self._non_blocking
+                )
+                reconstruction = model(x)
+                squared = (reconstruction - x).square()
+                per_feature = squared.mean(dim=1)
+                out[start:stop, 0] = per_feature.mean(dim=1)
+                out[start:stop, 1 : 1 + f] = per_feature
+                out[start:stop, 1 + f :] = reconstruction[:, -1, :]
+            result = out.cpu().numpy()
+        return WindowScores(
+            scores=result[:, 0].copy(),
+            feature_errors=result[:, 1 : 1 + f].copy(),
+            last_reconstruction=result[:, 1 + f :].copy(),
+        )

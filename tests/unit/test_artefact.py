@@ -1,0 +1,236 @@
+"""Artefacts round-trip exactly, and any artefact that does not fit the configuration is refused."""
+
+from __future__ import annotations
+
+import pickle
+import struct
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from stream_detector.artefact import (
+    ARTEFACT_FORMAT,
+    METADATA_FILE,
+    WEIGHTS_FILE,
+    ArtefactError,
+    TrainingResult,
+    create_artefact,
+    load_artefact,
+    model_version_of,
+    save_artefact,
+)
+from stream_detector.config import Settings
+from stream_detector.engine.model import LSTMAutoencoder, WindowScorer
+
+CPU = torch.device("cpu")
+FEATURES = ("cpu", "latency")
+
+
+def _settings(**sections: Any) -> Settings:
+    base: dict[str, Any] = {
+        "input": {"value_fields": FEATURES},
+        "window": {"size": 8},
+        "model": {"hidden_size": 8, "num_layers": 1, "latent_size": 4, "device": "cpu"},
+    }
+    for name, values in sections.items():
+        base[name] = {**base.get(name, {}), **values}
+    return Settings(**base)
+
+
+def _model(settings: Settings, seed: int = 0) -> LSTMAutoencoder:
+    torch.manual_seed(seed)
+    return LSTMAutoencoder(
+        len(settings.input.value_fields),
+        settings.window.size,
+        settings.model.hidden_size,
+        settings.model.num_layers,
+        settings.model.latent_size,
+    )
+
+
+RESULT = TrainingResult(
+    norm_mean=(1.0, 2.0),
+    norm_std=(0.5, 3.0),
+    calibration_quantiles={"0.5": 0.1, "0.9": 0.2, "0.995": 0.4},
+    global_threshold=0.4,
+    training={"epochs_run": 3, "best_epoch": 2, "val_loss": [0.3, 0.2, 0.25]},
+)
+
+
+@pytest.fixture()
+def saved(tmp_path: Path) -> Path:
+    settings = _settings()
+    directory = tmp_path / "artefact"
+    save_artefact(directory, _model(settings), settings, RESULT)
+    return directory
+
+
+def _edit_metadata(directory: Path, **changes: Any) -> None:
+    path = directory / METADATA_FILE
+    data = orjson.loads(path.read_bytes())
+    data.update(changes)
+    path.write_bytes(orjson.dumps(data))
+
+
+def test_round_trip_gives_identical_scores_and_metadata(tmp_path: Path) -> None:
+    settings = _settings()
+    model = _model(settings)
+    saved = save_artefact(tmp_path / "a", model, settings, RESULT)
+    loaded = load_artefact(tmp_path / "a", settings, CPU)
+
+    assert loaded.metadata == saved.metadata
+    windows = np.random.default_rng(0).normal(size=(9, 8, 2)).astype(np.float32)
+    before = WindowScorer(model, CPU, 4).score(windows)
+    after = WindowScorer(loaded.model, CPU, 4).score(windows)
+    np.testing.assert_array_equal(after.scores, before.scores)
+    np.testing.assert_array_equal(after.last_reconstruction, before.last_reconstruction)
+    assert not loaded.model.training
+
+
+def test_metadata_describes_the_model(saved: Path) -> None:
+    settings = _settings()
+    meta = load_artefact(saved, settings, CPU).metadata
+    assert meta.format_version == ARTEFACT_FORMAT
+    assert meta.features == FEATURES
+    assert (meta.window, meta.hidden_size, meta.num_layers, meta.latent_size) == (8, 8, 1, 4)
+    assert meta.config_fingerprint == settings.model_fingerprint()
+    assert meta.norm_mean == (1.0, 2.0) and meta.norm_std == (0.5, 3.0)
+    assert meta.global_threshold == 0.4
+    assert meta.training["val_loss"] == [0.3, 0.2, 0.25]
+    assert meta.model_version == model_version_of((saved / WEIGHTS_FILE).read_bytes())
+    assert meta.model_version.startswith("lstm-ae-") and len(meta.model_version) == 8 + 12
+
+
+def test_version_depends_only_on_the_weights(tmp_path: Path) -> None:
+    settings = _settings()
+    in_memory = create_artefact(_model(settings, seed=0), settings, RESULT)
+    on_disk = save_artefact(tmp_path / "a", _model(settings, seed=0), settings, RESULT)
+    other = create_artefact(_model(settings, seed=1), settings, RESULT)
+    assert in_memory.metadata.model_version == on_disk.metadata.model_version
+    assert other.metadata.model_version != in_memory.metadata.model_version
+
+
+def test_save_refuses_a_model_that_does_not_match_the_settings(tmp_path: Path) -> None:
+    model = _model(_settings(model={"hidden_size": 16}))
+    with pytest.raises(ValueError, match="hidden_size"):
+        save_artefact(tmp_path / "a", model, _settings(), RESULT)
+
+
+@pytest.mark.parametrize(
+    ("sections", "field", "fix"),
+    [
+        (
+            {"input": {"value_fields": ("cpu",)}},
+            "features",
+            "input.value_fields = ['cpu', 'latency']",
+        ),
+        ({"window": {"size": 16}}, "window", "window.size = 8"),
+        ({"model": {"hidden_size": 64}}, "hidden_size", "model.hidden_size = 8"),
+        ({"model": {"num_layers": 2}}, "num_layers", "model.num_layers = 1"),
+        ({"model": {"latent_size": 2}}, "latent_size", "model.latent_size = 4"),
+    ],
+)
+def test_configuration_mismatch_is_refused_with_the_fix(
+    saved: Path, sections: dict[str, Any], field: str, fix: str
+) -> None:
+    with pytest.raises(ArtefactError) as info:
+        load_artefact(saved, _settings(**sections), CPU)
+    message = str(info.value)
+    assert field in message
+    assert fix in message
+    assert "stream-detector train" in message
+
+
+def test_fingerprint_mismatch_is_refused(saved: Path) -> None:
+    _edit_metadata(saved, config_fingerprint="0" * 16)
+    with pytest.raises(ArtefactError, match="config_fingerprint"):
+        load_artefact(saved, _settings(), CPU)
+
+
+def test_tampered_weights_are_refused(saved: Path) -> None:
+    path = saved / WEIGHTS_FILE
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0x01  # one bit in the last tensor's payload; still a valid safetensors file
+    path.write_bytes(bytes(data))
+    with pytest.raises(ArtefactError, match="model_version") as info:
+        load_artefact(saved, _settings(), CPU)
+    assert "modified or corrupted" in str(info.value)
+
+
+def test_weights_of_the_wrong_shape_are_refused_even_with_a_matching_hash(
+    tmp_path: Path, saved: Path
+) -> None:
+    wrong = _model(_settings(model={"hidden_size": 16}))
+    path = saved / WEIGHTS_FILE
+    save_file({k: v.contiguous() for k, v in wrong.state_dict().items()}, str(path))
+    _edit_metadata(saved, model_version=model_version_of(path.read_bytes()))
+    with pytest.raises(ArtefactError, match="weights do not fit") as info:
+        load_artefact(saved, _settings(), CPU)
+    assert "encoder.weight_hh_l0" in str(info.value)
+
+
+@pytest.mark.parametrize("name", [WEIGHTS_FILE, METADATA_FILE])
+def test_missing_file_is_refused(saved: Path, name: str) -> None:
+    (saved / name).unlink()
+    with pytest.raises(ArtefactError, match=name.replace(".", r"\.")):
+        load_artefact(saved, _settings(), CPU)
+
+
+def test_missing_directory_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ArtefactError, match="does not exist"):
+        load_artefact(tmp_path / "nowhere", _settings(), CPU)
+
+
+@pytest.mark.parametrize("version", [ARTEFACT_FORMAT + 1, 0, "1", True, None])
+def test_unsupported_format_version_is_refused(saved: Path, version: Any) -> None:
+    _edit_metadata(saved, format_version=version)
+    with pytest.raises(ArtefactError, match="format_version"):
+        load_artefact(saved, _settings(), CPU)
+
+
+def test_damaged_metadata_is_refused(saved: Path) -> None:
+    (saved / METADATA_FILE).write_bytes(b"{not json")
+    with pytest.raises(ArtefactError, match="not valid JSON"):
+        load_artefact(saved, _settings(), CPU)
+
+
+def test_metadata_missing_a_field_is_refused(saved: Path) -> None:
+    data = orjson.loads((saved / METADATA_FILE).read_bytes())
+    del data["norm_std"]
+    (saved / METADATA_FILE).write_bytes(orjson.dumps(data))
+    with pytest.raises(ArtefactError, match="norm_std"):
+        load_artefact(saved, _settings(), CPU)
+
+
+def test_weights_are_safetensors_and_loading_never_unpickles(
+    saved: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    raw = (saved / WEIGHTS_FILE).read_bytes()
+    (header_len,) = struct.unpack("<Q", raw[:8])
+    header = orjson.loads(raw[8 : 8 + header_len])
+    assert "encoder.weight_ih_l0" in header
+    assert header["encoder.weight_ih_l0"]["dtype"] == "F32"
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("artefact loading must not unpickle")
+
+    monkeypatch.setattr(torch, "load", refuse)
+    monkeypatch.setattr(pickle, "load", refuse)
+    monkeypatch.setattr(pickle, "loads", refuse)
+    monkeypatch.setattr(pickle, "Unpickler", refuse)
+    assert load_artefact(saved, _settings(), CPU).metadata.features == FEATURES
+
+
+def test_resaving_over_an_artefact_replaces_it(tmp_path: Path) -> None:
+    settings = _settings()
+    directory = tmp_path / "a"
+    save_artefact(directory, _model(settings, seed=0), settings, RESULT)
+    second = save_artefact(directory, _model(settings, seed=1), settings, RESULT)
+    loaded = load_artefact(directory, settings, CPU)
+    assert loaded.metadata.model_version == second.metadata.model_version
+    assert sorted(p.name for p in directory.iterdir()) == [METADATA_FILE, WEIGHTS_FILE]

@@ -1,0 +1,134 @@
+"""The autoencoder's shapes and the scorer's arithmetic, batching and usefulness."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from stream_detector.engine.model import LSTMAutoencoder, WindowScorer, select_device
+
+CPU = torch.device("cpu")
+
+
+def _model(n_features: int = 2, window: int = 8, seed: int = 0) -> LSTMAutoencoder:
+    torch.manual_seed(seed)
+    return LSTMAutoencoder(n_features, window, hidden_size=8, num_layers=1, latent_size=4)
+
+
+def test_forward_keeps_the_window_shape() -> None:
+    model = _model(n_features=3, window=8)
+    out = model(torch.randn(5, 8, 3))
+    assert out.shape == (5, 8, 3)
+
+
+def test_forward_refuses_a_window_of_the_wrong_length() -> None:
+    with pytest.raises(ValueError, match=r"\[B, 8, 2\]"):
+        _model()(torch.randn(5, 7, 2))
+
+
+def test_two_layer_model_runs() -> None:
+    torch.manual_seed(0)
+    model = LSTMAutoencoder(2, 6, hidden_size=8, num_layers=2, latent_size=3)
+    assert model(torch.randn(4, 6, 2)).shape == (4, 6, 2)
+
+
+def test_scores_are_the_mean_squared_reconstruction_error() -> None:
+    model = _model()
+    windows = np.random.default_rng(1).normal(size=(7, 8, 2)).astype(np.float32)
+    result = WindowScorer(model, CPU, batch_size=64).score(windows)
+
+    with torch.no_grad():
+        reconstruction = model(torch.from_numpy(windows)).numpy()
+    squared = (reconstruction.astype(np.float64) - windows) ** 2
+    np.testing.assert_allclose(result.scores, squared.mean(axis=(1, 2)), rtol=1e-5)
+    np.testing.assert_allclose(result.feature_errors, squared.mean(axis=1), rtol=1e-5)
+    np.testing.assert_allclose(result.last_reconstruction, reconstruction[:, -1, :], rtol=1e-6)
+    assert result.scores.dtype == np.float32
+    assert result.feature_errors.dtype == np.float32
+    assert result.last_reconstruction.dtype == np.float32
+
+
+@settings(max_examples=20, deadline=None)
+@given(n=st.integers(1, 40), batch_size=st.integers(1, 50))
+def test_micro_batching_does_not_change_scores(n: int, batch_size: int) -> None:
+    model = _model()
+    windows = np.random.default_rng(n).normal(size=(n, 8, 2)).astype(np.float32)
+    whole = WindowScorer(model, CPU, batch_size=1024).score(windows)
+    split = WindowScorer(model, CPU, batch_size=batch_size).score(windows)
+    np.testing.assert_allclose(split.scores, whole.scores, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(split.feature_errors, whole.feature_errors, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(
+        split.last_reconstruction, whole.last_reconstruction, rtol=1e-5, atol=1e-7
+    )
+
+
+def test_empty_batch_gives_empty_results() -> None:
+    result = WindowScorer(_model(), CPU, batch_size=4).score(np.empty((0, 8, 2), np.float32))
+    assert result.scores.shape == (0,)
+    assert result.feature_errors.shape == (0, 2)
+    assert result.last_reconstruction.shape == (0, 2)
+    assert len(result) == 0
+
+
+def test_scorer_refuses_windows_of_the_wrong_shape() -> None:
+    scorer = WindowScorer(_model(), CPU, batch_size=4)
+    with pytest.raises(ValueError, match="shape"):
+        scorer.score(np.zeros((3, 8, 3), np.float32))
+
+
+def test_scorer_leaves_gradients_off_and_model_in_eval_mode() -> None:
+    model = _model()
+    model.train()
+    scorer = WindowScorer(model, CPU, batch_size=4)
+    scorer.score(np.zeros((3, 8, 2), np.float32))
+    assert not model.training
+    assert all(p.grad is None for p in model.parameters())
+
+
+def _sine_windows(n: int, window: int, rng: np.random.Generator) -> np.ndarray:
+    phase = rng.uniform(0, 2 * np.pi, size=(n, 1))
+    steps = np.arange(window)[None, :]
+    wave = np.sin(phase + steps * 2 * np.pi / window)
+    return wave[:, :, None].astype(np.float32)
+
+
+def test_trained_autoencoder_scores_a_spike_above_normal_windows() -> None:
+    rng = np.random.default_rng(0)
+    torch.manual_seed(0)
+    model = LSTMAutoencoder(1, 8, hidden_size=16, num_layers=1, latent_size=4)
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-2)
+    train = torch.from_numpy(_sine_windows(256, 8, rng))
+    for _ in range(150):
+        optimiser.zero_grad()
+        loss = torch.nn.functional.mse_loss(model(train), train)
+        loss.backward()
+        optimiser.step()
+
+    normal = _sine_windows(64, 8, rng)
+    spiked = normal[:8].copy()
+    spiked[:, 4, 0] += 4.0
+    scorer = WindowScorer(model, CPU, batch_size=16)
+    normal_scores = scorer.score(normal).scores
+    spike_scores = scorer.score(spiked).scores
+    assert spike_scores.min() > normal_scores.max()
+    assert np.all(spike_scores > 5 * np.median(normal_scores))
+
+
+def test_select_device_cpu_and_auto_without_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert select_device("cpu") == CPU
+    assert select_device("auto") == CPU
+
+
+def test_select_device_refuses_cuda_when_absent(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="model.device"):
+        select_device("cuda")
+
+
+def test_select_device_refuses_unknown_names() -> None:
+    with pytest.raises(ValueError, match="'auto', 'cpu' or 'cuda'"):
+        select_device("tpu")

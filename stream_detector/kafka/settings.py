@@ -1,0 +1,96 @@
+"""KafkaConfig -> librdkafka property dicts, in one place.
+
+Every client the project creates (the service's consumer and producer, admin clients in tools and
+tests) takes its properties from here, so security settings and the delivery-guarantee properties
+can't drift apart between clients. `redact` is the only way a config dict reaches a log line.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+from stream_detector.config import KafkaConfig
+
+ClientConfig = dict[str, str | int | float | bool]
+
+# librdkafka property names whose values are secrets; any name containing one of these is masked.
+_SECRET_MARKERS = ("password", "secret", "key.pem", "ssl.key", "token", "jaas")
+
+
+def common_config(kafka: KafkaConfig) -> ClientConfig:
+    """Connection and security properties every client shares (`extra` is applied by callers)."""
+    conf: ClientConfig = {
+        "bootstrap.servers": kafka.bootstrap_servers,
+        "security.protocol": kafka.security_protocol.lower(),
+    }
+    if kafka.sasl_mechanism:
+        conf["sasl.mechanism"] = kafka.sasl_mechanism
+    if kafka.sasl_username:
+        conf["sasl.username"] = kafka.sasl_username
+    if kafka.sasl_password is not None:
+        conf["sasl.password"] = kafka.sasl_password.get_secret_value()
+    if kafka.ssl_ca_location:
+        conf["ssl.ca.location"] = kafka.ssl_ca_location
+    return conf
+
+
+def _with_extra(conf: ClientConfig, kafka: KafkaConfig) -> ClientConfig:
+    # A user who needs an exotic librdkafka setting gets the last word on it.
+    conf.update(kafka.extra)
+    return conf
+
+
+def consumer_config(kafka: KafkaConfig) -> ClientConfig:
+    """Offsets are stored and committed only by the service, after its output is acknowledged."""
+    conf = common_config(kafka)
+    conf.update(
+        {
+            "group.id": kafka.group_id,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            # 'earliest' so that a new group (or a partition whose log was truncated) reads
+            # everything rather than silently skipping what arrived before it joined.
+            "auto.offset.reset": "earliest",
+            "partition.assignment.strategy": kafka.partition_assignment_strategy,
+            "session.timeout.ms": kafka.session_timeout_ms,
+            "isolation.level": "read_committed",
+        }
+    )
+    return _with_extra(conf, kafka)
+
+
+def producer_config(kafka: KafkaConfig, transactional_id: str | None = None) -> ClientConfig:
+    """murmur2_random puts an alert key on the partition a Java client would choose."""
+    conf = common_config(kafka)
+    conf.update(
+        {
+            "partitioner": "murmur2_random",
+            "acks": "all",
+            "enable.idempotence": True,
+            "linger.ms": 5,
+            # The service bounds what is unacknowledged itself; librdkafka's queue must hold it.
+            "queue.buffering.max.messages": max(kafka.max_in_flight, 1000),
+        }
+    )
+    if transactional_id is not None:
+        conf["transactional.id"] = transactional_id
+    return _with_extra(conf, kafka)
+
+
+def admin_config(kafka: KafkaConfig) -> ClientConfig:
+    return _with_extra(common_config(kafka), kafka)
+
+
+def transactional_id(kafka: KafkaConfig) -> str:
+    """Unique per process: with KIP-447 the consumer group generation fences zombie instances,
+    so the id need not be stable across restarts, only distinct between live instances."""
+    return f"{kafka.group_id}-{socket.gethostname()}-{os.getpid()}"
+
+
+def redact(conf: ClientConfig) -> dict[str, str | int | float | bool]:
+    """A copy safe to log: secret values replaced by '***'."""
+    return {
+        name: "***" if any(marker in name.lower() for marker in _SECRET_MARKERS) else value
+        for name, value in conf.items()
+    }

@@ -1,0 +1,287 @@
+"""Fitting the autoencoder on presumed-normal events and calibrating its global threshold.
+
+Training windows are cut and normalised by the very WindowStore and KeyNormalizer the service
+uses, and calibration scores come from the serving WindowScorer, so the threshold learnt here is in
+the same units as the scores the detector will compare with it.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import structlog
+import torch
+from torch.nn import functional
+
+from stream_detector.artefact import ModelArtefact, TrainingResult, create_artefact, save_artefact
+from stream_detector.config import Settings
+from stream_detector.engine.model import LSTMAutoencoder, WindowScorer, select_device
+from stream_detector.engine.normalize import KeyNormalizer
+from stream_detector.engine.types import Decoded
+from stream_detector.engine.windows import WindowStore
+
+log = structlog.get_logger(__name__)
+
+# Fewer windows than this cannot be split into train and validation and still mean anything.
+MIN_TRAINING_WINDOWS = 10
+# Validation-score quantiles stored in the artefact, for choosing thresholds after the fact.
+CALIBRATION_QUANTILES = (0.5, 0.9, 0.99, 0.995, 0.999)
+
+
+@dataclass(frozen=True)
+class _Collected:
+    windows: np.ndarray
+    mean: np.ndarray
+    std: np.ndarray
+    n_events: int
+    n_keys: int
+
+
+def collect_training_windows(
+    batches: Iterable[Decoded], settings: Settings
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Cut and normalise training windows exactly as serving would.
+
+    Returns (windows float32 [N, W, F] normalised, global_mean [F], global_std [F]). Raises
+    ValueError, saying what was seen, when the data yields fewer than MIN_TRAINING_WINDOWS windows.
+    """
+    collected = _collect(batches, settings)
+    return collected.windows, collected.mean, collected.std
+
+
+def _collect(batches: Iterable[Decoded], settings: Settings) -> _Collected:
+    decoded = [d.batch for d in batches if len(d.batch)]
+    n_features = len(settings.input.value_fields)
+    size = settings.window.size
+    n_events = sum(len(batch) for batch in decoded)
+    if n_events == 0:
+        raise ValueError(
+            "no valid events to train on; check the input file and input.value_fields / "
+            "input.key_field / input.timestamp_field against its records"
+        )
+    # Pass 1: global statistics, the prior every new key's normalisation starts from.
+    values = np.concatenate([batch.values for batch in decoded]).astype(np.float64)
+    mean = values.mean(axis=0).astype(np.float32)
+    std = np.maximum(values.std(axis=0), settings.normalize.min_std).astype(np.float32)
+    n_keys = len(np.unique(np.concatenate([batch.keys for batch in decoded])))
+
+    # Pass 2: the serving path, batch by batch, so warm-up and evictions look as they will live.
+    store = WindowStore(
+        size,
+        n_features,
+        initial_capacity=settings.window.initial_capacity,
+        max_keys=settings.window.max_keys,
+        idle_ttl_s=settings.window.idle_ttl_s,
+    )
+    normalizer = KeyNormalizer(
+        n_features,
+        mean,
+        std,
+        prior_weight=settings.normalize.prior_weight,
+        horizon=settings.normalize.horizon,
+        min_std=settings.normalize.min_std,
+        capacity=store.capacity,
+    )
+    chunks: list[np.ndarray] = []
+    for batch in decoded:
+        due, report = store.ingest(batch, settings.train.stride)
+        normalizer.ensure_capacity(store.capacity)
+        if len(report.freed_slots):
+            normalizer.reset(report.freed_slots)
+        slots = _event_slots(store, batch.keys)
+        tracked = slots >= 0
+        normalizer.update(slots[tracked], batch.values[tracked])
+        if len(due):
+            normalised = normalizer.normalize(due.values, due.slots)
+            chunks.append(normalised.astype(np.float32, copy=False))
+
+    n_windows = sum(len(chunk) for chunk in chunks)
+    if n_windows < MIN_TRAINING_WINDOWS:
+        raise ValueError(
+            f"too little data to train: {n_events} events over {n_keys} keys gave {n_windows} "
+            f"windows (window.size = {size}, train.stride = {settings.train.stride}); a key needs "
+            f"at least {size} events for its first window and training needs at least "
+            f"{MIN_TRAINING_WINDOWS} windows; supply more events per key or lower window.size"
+        )
+    windows = np.concatenate(chunks)
+    cap = settings.train.max_windows
+    if n_windows > cap:
+        rng = np.random.default_rng(settings.train.seed)
+        keep = np.sort(rng.choice(n_windows, cap, replace=False))
+        windows = windows[keep]
+        log.info("training windows subsampled", available=n_windows, kept=cap)
+    return _Collected(windows=windows, mean=mean, std=std, n_events=n_events, n_keys=n_keys)
+
+
+def _event_slots(store: WindowStore, keys: np.ndarray) -> np.ndarray:
+    """Slot of each event's key, -1 for keys the store did not keep (max_keys overflow)."""
+    unique, inverse = np.unique(keys, return_inverse=True)
+    slot_of_unique = np.fromiter(
+        (-1 if (slot := store.slot_of(key)) is None else slot for key in unique),
+        dtype=np.int64,
+        count=len(unique),
+    )
+    return slot_of_unique[inverse]
+
+
+def train(
+    batches: Iterable[Decoded],
+    settings: Settings,
+    out_dir: Path | None,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+) -> ModelArtefact:
+    """Fit, early-stop on validation loss, calibrate, and (if out_dir is given) save an artefact.
+
+    Seeded end to end: the same data, settings and seed give identical weights on CPU.
+    """
+    started = time.perf_counter()
+    cfg = settings.train
+    collected = _collect(batches, settings)
+    windows = collected.windows
+    n = len(windows)
+    device = select_device(settings.model.device)
+
+    rng = np.random.default_rng(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    order = rng.permutation(n)
+    n_val = min(max(1, round(n * cfg.validation_fraction)), n - 1)
+    val_windows = windows[order[:n_val]]
+    train_x = torch.from_numpy(windows[order[n_val:]]).to(device)
+    n_train = len(train_x)
+
+    model = LSTMAutoencoder(
+        n_features=windows.shape[2],
+        window=windows.shape[1],
+        hidden_size=settings.model.hidden_size,
+        num_layers=settings.model.num_layers,
+        latent_size=settings.model.latent_size,
+    ).to(device)
+    scorer = WindowScorer(model, device, settings.model.batch_size)
+    optimiser = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
+    log.info(
+        "training started",
+        windows=n,
+        train_windows=n_train,
+        val_windows=n_val,
+        events=collected.n_events,
+        keys=collected.n_keys,
+        device=str(device),
+    )
+
+    train_history: list[float] = []
+    val_history: list[float] = []
+    best_loss, best_epoch, stale = math.inf, 0, 0
+    best_state: dict[str, torch.Tensor] = {}  # filled by epoch 1: a finite loss beats inf
+    for epoch in range(1, cfg.epochs + 1):
+        train_loss = _train_epoch(model, optimiser, train_x, cfg.batch_size, rng)
+        # Validation loss is the mean window score, measured the way serving measures it.
+        val_loss = float(np.mean(scorer.score(val_windows).scores, dtype=np.float64))
+        if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
+            raise ValueError(
+                f"training diverged at epoch {epoch} (train loss {train_loss}, validation loss "
+                f"{val_loss}); lower train.learning_rate (now {cfg.learning_rate})"
+            )
+        train_history.append(train_loss)
+        val_history.append(val_loss)
+        improved = val_loss < best_loss
+        if improved:
+            best_loss, best_epoch, stale = val_loss, epoch, 0
+            best_state = _snapshot(model)
+        else:
+            stale += 1
+        log.info(
+            "training epoch",
+            epoch=epoch,
+            epochs=cfg.epochs,
+            train_loss=train_loss,
+            val_loss=val_loss,
+            best=improved,
+        )
+        if progress is not None:
+            progress(
+                {
+                    "epoch": epoch,
+                    "epochs": cfg.epochs,
+                    "train_loss": train_loss,
+                    "val_loss": val_loss,
+                    "best": improved,
+                }
+            )
+        if stale >= cfg.patience:
+            log.info("early stopping", epoch=epoch, best_epoch=best_epoch, patience=cfg.patience)
+            break
+
+    model.load_state_dict(best_state)
+    model.eval()
+    val_scores = scorer.score(val_windows).scores.astype(np.float64)
+    quantiles = sorted({*CALIBRATION_QUANTILES, cfg.calibration_quantile})
+    values = np.quantile(val_scores, quantiles)
+    calibration = {f"{q:g}": float(v) for q, v in zip(quantiles, values, strict=True)}
+    result = TrainingResult(
+        norm_mean=tuple(float(v) for v in collected.mean),
+        norm_std=tuple(float(v) for v in collected.std),
+        calibration_quantiles=calibration,
+        global_threshold=calibration[f"{cfg.calibration_quantile:g}"],
+        training={
+            "epochs_run": len(val_history),
+            "best_epoch": best_epoch,
+            "best_val_loss": best_loss,
+            "stopped_early": len(val_history) < cfg.epochs,
+            "train_loss": train_history,
+            "val_loss": val_history,
+            "windows": n,
+            "train_windows": n_train,
+            "val_windows": n_val,
+            "events": collected.n_events,
+            "keys": collected.n_keys,
+            "seed": cfg.seed,
+            "seconds": round(time.perf_counter() - started, 3),
+            "device": str(device),
+        },
+    )
+    model = model.cpu()
+    if out_dir is None:
+        artefact = create_artefact(model, settings, result)
+    else:
+        artefact = save_artefact(Path(out_dir), model, settings, result)
+    log.info(
+        "training finished",
+        model_version=artefact.metadata.model_version,
+        best_epoch=best_epoch,
+        best_val_loss=best_loss,
+        global_threshold=result.global_threshold,
+        seconds=result.training["seconds"],
+    )
+    return artefact
+
+
+def _train_epoch(
+    model: LSTMAutoencoder,
+    optimiser: torch.optim.Optimizer,
+    train_x: torch.Tensor,
+    batch_size: int,
+    rng: np.random.Generator,
+) -> float:
+    """One shuffled pass; the loss is summed on the device so no step waits on a host sync."""
+    model.train()
+    n = len(train_x)
+    order = torch.from_numpy(rng.permutation(n)).to(train_x.device)
+    total = torch.zeros((), dtype=torch.float32, device=train_x.device)
+    for start in range(0, n, batch_size):
+        x = train_x[order[start : start + batch_size]]
+        optimiser.zero_grad(set_to_none=True)
+        loss = functional.mse_loss(model(x), x)
+        loss.backward()
+        optimiser.step()
+        total += loss.detach() * len(x)
+    return float(total) / n
+
+
+def _snapshot(model: LSTMAutoencoder) -> dict[str, torch.Tensor]:
+    return {name: t.detach().clone() for name, t in model.state_dict().items()}

@@ -1,0 +1,180 @@
+"""Training: windows cut like serving, seeded reproducibility, early stopping, calibration."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from stream_detector.artefact import load_artefact
+from stream_detector.config import Settings
+from stream_detector.engine.model import WindowScorer
+from stream_detector.engine.types import Decoded, EventBatch
+from stream_detector.training import MIN_TRAINING_WINDOWS, collect_training_windows, train
+
+CPU = torch.device("cpu")
+WINDOW = 8
+
+
+def _settings(**train: Any) -> Settings:
+    return Settings(
+        input={"value_fields": ("a", "b")},
+        window={"size": WINDOW, "initial_capacity": 2},
+        model={"hidden_size": 8, "latent_size": 4, "device": "cpu", "batch_size": 64},
+        train={"epochs": 3, "batch_size": 64, "learning_rate": 1e-2, **train},
+    )
+
+
+def _batches(
+    n_keys: int = 4, per_key: int = 60, batch_size: int = 50, seed: int = 0
+) -> list[Decoded]:
+    """Interleaved sine-like events of several keys, split into decode-sized batches."""
+    rng = np.random.default_rng(seed)
+    step = np.tile(np.arange(per_key), n_keys)
+    key_no = np.repeat(np.arange(n_keys), per_key)
+    order = np.argsort(step, kind="stable")  # round-robin over keys, time increasing
+    step, key_no = step[order], key_no[order]
+    a = np.sin(step * 0.7 + key_no) + 0.05 * rng.normal(size=len(step))
+    b = 100.0 + 10.0 * np.cos(step * 0.3) + key_no
+    values = np.stack([a, b], axis=1).astype(np.float32)
+    keys = np.array([f"k{k}" for k in key_no], dtype=object)
+    ts = 1_700_000_000.0 + step.astype(np.float64)
+    out = []
+    for start in range(0, len(step), batch_size):
+        sl = slice(start, start + batch_size)
+        n = len(keys[sl])
+        batch = EventBatch(np.arange(n, dtype=np.int64), keys[sl], ts[sl], values[sl])
+        out.append(Decoded(batch=batch))
+    return out
+
+
+def test_collected_windows_match_what_the_window_store_emits() -> None:
+    settings = _settings(stride=3)
+    windows, mean, std = collect_training_windows(_batches(n_keys=4, per_key=60), settings)
+    per_key = (60 - WINDOW) // 3 + 1
+    assert windows.shape == (4 * per_key, WINDOW, 2)
+    assert windows.dtype == np.float32
+    assert np.isfinite(windows).all()
+    values = np.concatenate([d.batch.values for d in _batches()]).astype(np.float64)
+    np.testing.assert_allclose(mean, values.mean(axis=0), rtol=1e-5)
+    np.testing.assert_allclose(std, values.std(axis=0), rtol=1e-4)
+    # Normalised: feature b lives around 100 in raw units but near 0 here.
+    assert abs(float(windows[..., 1].mean())) < 3.0
+
+
+def test_global_std_is_floored_for_a_constant_feature() -> None:
+    batches = _batches()
+    for d in batches:
+        d.batch.values[:, 0] = 5.0
+    settings = _settings()
+    _, mean, std = collect_training_windows(batches, settings)
+    assert mean[0] == pytest.approx(5.0)
+    assert std[0] == pytest.approx(settings.normalize.min_std)
+
+
+def test_window_cap_keeps_a_seeded_subset() -> None:
+    full, _, _ = collect_training_windows(_batches(), _settings())
+    first, _, _ = collect_training_windows(_batches(), _settings(max_windows=20))
+    again, _, _ = collect_training_windows(_batches(), _settings(max_windows=20))
+    assert first.shape == (20, WINDOW, 2)
+    np.testing.assert_array_equal(first, again)
+    flat_full = {w.tobytes() for w in full}
+    assert all(w.tobytes() in flat_full for w in first)
+
+
+def test_too_few_events_per_key_is_explained() -> None:
+    with pytest.raises(ValueError) as info:
+        collect_training_windows(_batches(n_keys=3, per_key=WINDOW - 1), _settings())
+    message = str(info.value)
+    assert "21 events over 3 keys" in message
+    assert f"window.size = {WINDOW}" in message
+
+
+def test_too_few_windows_is_refused() -> None:
+    per_key = WINDOW + MIN_TRAINING_WINDOWS - 2  # one key, MIN - 1 windows
+    with pytest.raises(ValueError, match=f"gave {MIN_TRAINING_WINDOWS - 1} windows"):
+        train(_batches(n_keys=1, per_key=per_key), _settings(), None)
+
+
+def test_no_events_is_refused() -> None:
+    empty = Decoded(batch=EventBatch.empty(2))
+    with pytest.raises(ValueError, match="no valid events"):
+        train([empty], _settings(), None)
+
+
+def test_same_seed_gives_identical_weights() -> None:
+    first = train(_batches(), _settings(seed=7), None)
+    second = train(_batches(), _settings(seed=7), None)
+    other = train(_batches(), _settings(seed=8), None)
+    a, b = first.model.state_dict(), second.model.state_dict()
+    assert all(torch.equal(a[name], b[name]) for name in a)
+    assert first.metadata.model_version == second.metadata.model_version
+    assert other.metadata.model_version != first.metadata.model_version
+
+
+def test_early_stopping_ends_training_when_validation_loss_stalls() -> None:
+    # A learning rate far below float32 resolution leaves the weights, hence the loss, unchanged.
+    updates: list[dict[str, Any]] = []
+    artefact = train(
+        _batches(), _settings(epochs=20, patience=2, learning_rate=1e-20), None, updates.append
+    )
+    summary = artefact.metadata.training
+    assert summary["epochs_run"] == 3
+    assert summary["stopped_early"] is True
+    assert summary["best_epoch"] == 1
+    assert [u["epoch"] for u in updates] == [1, 2, 3]
+    assert [u["best"] for u in updates] == [True, False, False]
+    assert all(u["epochs"] == 20 for u in updates)
+
+
+def test_training_improves_and_keeps_the_best_epoch() -> None:
+    updates: list[dict[str, Any]] = []
+    artefact = train(_batches(), _settings(epochs=6, patience=6), None, updates.append)
+    summary = artefact.metadata.training
+    val = summary["val_loss"]
+    assert len(val) == len(summary["train_loss"]) == 6
+    assert val[-1] < val[0]
+    assert summary["best_epoch"] == int(np.argmin(val)) + 1
+    assert summary["best_val_loss"] == min(val)
+    assert [u["val_loss"] for u in updates] == val
+
+
+def test_calibration_quantiles_are_monotone_and_set_the_threshold() -> None:
+    artefact = train(_batches(), _settings(calibration_quantile=0.95), None)
+    meta = artefact.metadata
+    levels = sorted(meta.calibration_quantiles, key=float)
+    assert {"0.5", "0.9", "0.99", "0.995", "0.999", "0.95"} <= set(levels)
+    values = [meta.calibration_quantiles[q] for q in levels]
+    assert all(lo <= hi for lo, hi in zip(values, values[1:], strict=False))
+    assert values[0] > 0
+    assert meta.global_threshold == meta.calibration_quantiles["0.95"]
+
+
+def test_threshold_is_calibrated_on_the_scores_serving_computes() -> None:
+    settings = _settings()
+    artefact = train(_batches(), settings, None)
+    windows, _, _ = collect_training_windows(_batches(), settings)
+    scores = WindowScorer(artefact.model, CPU, 64).score(windows).scores
+    # The 0.995 quantile of held-out scores sits in the upper tail of all training windows.
+    assert np.mean(scores <= artefact.metadata.global_threshold) > 0.9
+
+
+def test_out_dir_gets_a_loadable_artefact(tmp_path: Path) -> None:
+    settings = _settings()
+    trained = train(_batches(), settings, tmp_path / "model")
+    loaded = load_artefact(tmp_path / "model", settings, CPU)
+    assert loaded.metadata == trained.metadata
+    windows, mean, std = collect_training_windows(_batches(), settings)
+    np.testing.assert_allclose(loaded.metadata.norm_mean, mean, rtol=1e-6)
+    np.testing.assert_allclose(loaded.metadata.norm_std, std, rtol=1e-6)
+    scores_trained = WindowScorer(trained.model, CPU, 64).score(windows).scores
+    scores_loaded = WindowScorer(loaded.model, CPU, 64).score(windows).scores
+    np.testing.assert_array_equal(scores_loaded, scores_trained)
+    summary = loaded.metadata.training
+    assert summary["windows"] == len(windows)
+    assert summary["train_windows"] + summary["val_windows"] == len(windows)
+    assert summary["keys"] == 4 and summary["events"] == 240
+    assert summary["seed"] == 0 and summary["device"] == "cpu"

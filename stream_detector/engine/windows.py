@@ -1,0 +1,325 @@
+"""Per-key sliding windows held in one preallocated ring buffer.
+
+Every key owns a slot: a row of ``values[slot]`` (float32 [W, F]) and ``ts[slot]`` (float64 [W])
+written round-robin. Per-key state is a handful of numbers in flat arrays, so a key costs
+W*(4F + 8) bytes plus a few scalars and its dict entry, and a whole batch is ingested with array
+operations: no Python object per event or per window.
+
+Eviction rules (the detector resets per-slot state for every slot listed in
+``IngestReport.freed_slots``):
+
+* Idle: the watermark is the largest event time ever ingested, this batch included. At the start
+  of each ingest, every tracked key *without* events in the batch whose newest event is older
+  than ``watermark - idle_ttl_s`` is freed. A key with events in the batch is not silent and is
+  kept, so a key whose clock lags the others is not reset on every batch it appears in.
+* LRU: when the batch brings new keys and there is no room below ``max_keys``, the least recently
+  seen keys that are not in the batch are freed. "Recently seen" is a global sequence number of
+  each key's latest event, so ties cannot occur.
+* Overflow: if the batch alone has more distinct keys than ``max_keys``, every other key is
+  freed, the ``max_keys`` batch keys whose last event comes latest in the batch are kept, and
+  the remaining keys' events are dropped (no windows, no slot). Each dropped key, tracked
+  before or not, counts as one LRU eviction.
+
+A freed slot starts empty (count 0) even when a new key reuses it in the same ingest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import structlog
+
+from stream_detector.engine.types import DueWindows, EventBatch, IngestReport
+
+log = structlog.get_logger(__name__)
+
+
+def _grown(array: np.ndarray, capacity: int, fill: object) -> np.ndarray:
+    """``array`` with its first axis extended to ``capacity``, new rows set to ``fill``."""
+    bigger = np.full((capacity, *array.shape[1:]), fill, dtype=array.dtype)
+    bigger[: array.shape[0]] = array
+    return bigger
+
+
+@dataclass(frozen=True)
+class _KeyGroups:
+    """A batch's events grouped by key: the one sort every ingest step reuses.
+
+    keys:   object [U]  distinct keys, sorted
+    inverse: int64 [N]  key number of each event
+    order:  int64 [N]   event rows grouped by key, batch order kept inside a key
+    size:   int64 [U]   events per key
+    start:  int64 [U]   where each key's run begins in ``order``
+    """
+
+    keys: np.ndarray
+    inverse: np.ndarray
+    order: np.ndarray
+    size: np.ndarray
+    start: np.ndarray
+
+    @staticmethod
+    def of(keys: np.ndarray) -> _KeyGroups:
+        distinct, inverse = np.unique(keys, return_inverse=True)
+        inverse = inverse.reshape(-1)
+        size = np.bincount(inverse, minlength=len(distinct))
+        return _KeyGroups(
+            keys=distinct,
+            inverse=inverse,
+            order=np.argsort(inverse, kind="stable"),
+            size=size,
+            start=np.cumsum(size) - size,
+        )
+
+    @property
+    def last_row(self) -> np.ndarray:
+        """Batch row of each key's latest event."""
+        return self.order[self.start + self.size - 1]
+
+
+class WindowStore:
+    """Ring buffer of the last W events of every tracked key; emits windows as they fall due.
+
+    The write position of a key's j-th event (0-based, counted since the key got its slot) is
+    ``j % W``, so the write head is ``count % W`` and needs no array of its own.
+    """
+
+    def __init__(
+        self,
+        window: int,
+        n_features: int,
+        *,
+        initial_capacity: int = 1024,
+        max_keys: int = 100_000,
+        idle_ttl_s: float = 3600.0,
+    ) -> None:
+        if window < 1 or n_features < 1 or initial_capacity < 1 or max_keys < 1:
+            raise ValueError("window, n_features, initial_capacity and max_keys must be >= 1")
+        if not idle_ttl_s > 0:
+            raise ValueError("idle_ttl_s must be > 0")
+        self.window = window
+        self.n_features = n_features
+        self.max_keys = max_keys
+        self.idle_ttl_s = float(idle_ttl_s)
+        self.evicted_lru_total = 0
+        self.evicted_idle_total = 0
+        cap = initial_capacity
+        self._values = np.zeros((cap, window, n_features), dtype=np.float32)
+        self._ts = np.zeros((cap, window), dtype=np.float64)
+        self._count = np.zeros(cap, dtype=np.int64)  # events since the key got the slot
+        self._last_ts = np.full(cap, -np.inf)  # newest event time of the key
+        self._last_seq = np.full(cap, -1, dtype=np.int64)  # global sequence of its latest event
+        self._occupied = np.zeros(cap, dtype=bool)
+        self._key_of_slot = np.full(cap, None, dtype=object)
+        self._slot_by_key: dict[str, int] = {}
+        # Free-slot stack, top at the end; reversed so that pops hand out low slots first.
+        self._free = np.arange(cap - 1, -1, -1, dtype=np.int64)
+        self._n_free = cap
+        self._watermark = -np.inf
+        self._seq = 0
+
+    @property
+    def capacity(self) -> int:
+        return int(self._count.shape[0])
+
+    @property
+    def n_keys(self) -> int:
+        return len(self._slot_by_key)
+
+    def slot_of(self, key: str) -> int | None:
+        return self._slot_by_key.get(key)
+
+    def ingest(self, batch: EventBatch, stride: int) -> tuple[DueWindows, IngestReport]:
+        """Append a batch to its keys' windows; return every window that fell due, in arrival order.
+
+        A key's window is due after its c-th event when c >= W and (c - W) % stride == 0, and
+        holds exactly the W events up to that one even if later events of the same batch wrap
+        the ring past it: windows are gathered from (ring before the batch) ++ (batch) first,
+        and the batch is written into the ring afterwards.
+        """
+        if stride < 1:
+            raise ValueError("stride must be >= 1")
+        if len(batch) == 0:
+            return self._no_windows(), IngestReport(np.empty(0, dtype=np.int64), 0, 0)
+        groups = _KeyGroups.of(batch.keys)
+        last_row = groups.last_row
+        slots = np.fromiter(
+            (self._slot_by_key.get(key, -1) for key in groups.keys),
+            dtype=np.int64,
+            count=len(groups.keys),
+        )
+        self._watermark = max(self._watermark, float(batch.ts.max()))
+        in_batch = np.zeros(self.capacity, dtype=bool)
+        in_batch[slots[slots >= 0]] = True
+        idle = np.flatnonzero(
+            self._occupied & ~in_batch & (self._last_ts < self._watermark - self.idle_ttl_s)
+        )
+        self._release(idle)
+        kept, lru_freed, evicted_lru = self._make_room(slots, last_row, in_batch)
+        self._assign_slots(groups.keys, slots, kept)
+        due = self._gather_and_write(batch, stride, groups, slots, kept)
+        self._last_seq[slots[kept]] = self._seq + last_row[kept]
+        self._seq += len(batch)
+        self.evicted_idle_total += len(idle)
+        self.evicted_lru_total += evicted_lru
+        if len(idle) or evicted_lru:
+            log.debug("window keys evicted", idle=len(idle), lru=evicted_lru, n_keys=self.n_keys)
+        freed = np.unique(np.concatenate([idle, lru_freed]))
+        return due, IngestReport(freed, evicted_lru, len(idle))
+
+    def _make_room(
+        self, slots: np.ndarray, last_row: np.ndarray, in_batch: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, int]:
+        """Apply the LRU/overflow rules; return (batch keys kept, slots freed, LRU eviction count).
+
+        Dropped batch keys get slot -1 in ``slots`` (changed in place).
+        """
+        kept = np.ones(len(slots), dtype=bool)
+        others = np.flatnonzero(self._occupied & ~in_batch)
+        if len(slots) > self.max_keys:
+            kept[:] = False
+            kept[np.argsort(last_row, kind="stable")[-self.max_keys :]] = True
+            dropped_tracked = slots[~kept & (slots >= 0)]
+            victims = np.concatenate([others, dropped_tracked])
+            evicted = len(others) + int(np.count_nonzero(~kept))
+        else:
+            excess = self.n_keys + int(np.count_nonzero(slots < 0)) - self.max_keys
+            if excess > 0:
+                victims = others[np.argpartition(self._last_seq[others], excess - 1)[:excess]]
+            else:
+                victims = np.empty(0, dtype=np.int64)
+            evicted = len(victims)
+        self._release(victims)
+        slots[~kept] = -1
+        return kept, victims, evicted
+
+    def _release(self, freed: np.ndarray) -> None:
+        """Forget the keys in ``freed`` slots and push the slots on the free stack, empty."""
+        if len(freed) == 0:
+            return
+        for key in self._key_of_slot[freed].tolist():
+            del self._slot_by_key[key]
+        self._key_of_slot[freed] = None
+        self._occupied[freed] = False
+        self._count[freed] = 0
+        self._last_ts[freed] = -np.inf
+        self._last_seq[freed] = -1
+        self._free[self._n_free : self._n_free + len(freed)] = freed
+        self._n_free += len(freed)
+
+    def _assign_slots(self, keys: np.ndarray, slots: np.ndarray, kept: np.ndarray) -> None:
+        """Give every kept new key a free slot (growing first if needed); fills ``slots`` in place."""
+        new = np.flatnonzero(kept & (slots < 0))
+        if len(new) == 0:
+            return
+        if len(new) > self._n_free:
+            self._grow(self.n_keys + len(new))
+        top = self._n_free
+        popped = self._free[top - len(new) : top][::-1].copy()
+        self._n_free = top - len(new)
+        slots[new] = popped
+        self._key_of_slot[popped] = keys[new]
+        self._occupied[popped] = True
+        self._slot_by_key.update(zip(keys[new].tolist(), popped.tolist()))
+
+    def _grow(self, needed: int) -> None:
+        """Double capacity (never past max_keys) until ``needed`` keys fit; copies the arrays."""
+        old = self.capacity
+        cap = old
+        while cap < needed:
+            cap = min(cap * 2, self.max_keys)
+        self._values = _grown(self._values, cap, 0.0)
+        self._ts = _grown(self._ts, cap, 0.0)
+        self._count = _grown(self._count, cap, 0)
+        self._last_ts = _grown(self._last_ts, cap, -np.inf)
+        self._last_seq = _grown(self._last_seq, cap, -1)
+        self._occupied = _grown(self._occupied, cap, False)
+        self._key_of_slot = _grown(self._key_of_slot, cap, None)
+        free = np.empty(cap, dtype=np.int64)
+        free[: self._n_free] = self._free[: self._n_free]
+        free[self._n_free : self._n_free + cap - old] = np.arange(cap - 1, old - 1, -1)
+        self._free = free
+        self._n_free += cap - old
+        log.info("window store grown", capacity=cap, previous=old, n_keys=self.n_keys)
+
+    def _gather_and_write(
+        self,
+        batch: EventBatch,
+        stride: int,
+        groups: _KeyGroups,
+        slots: np.ndarray,
+        kept: np.ndarray,
+    ) -> DueWindows:
+        """Cut the due windows out of (old ring ++ batch), then write the batch into the ring."""
+        w = self.window
+        group = groups.inverse[groups.order]
+        keep = kept[group]
+        rows = groups.order[keep]  # batch row of each kept event, grouped by key
+        group = group[keep]
+        rank = np.flatnonzero(keep) - groups.start[group]  # position within its key in the batch
+        slot = slots[group]
+        before = self._count[slot]  # key's count before this batch
+        count = before + rank + 1  # key's count including this event
+        due = np.flatnonzero((count >= w) & ((count - w) % stride == 0))
+        due = due[np.argsort(rows[due], kind="stable")]
+        values, start_ts = self._cut(
+            batch, groups, group[due], slot[due], before[due], count[due]
+        )
+        windows = DueWindows(
+            slots=slot[due],
+            keys=groups.keys[group[due]],
+            event_index=rows[due],
+            values=values,
+            start_ts=start_ts,
+            end_ts=batch.ts[rows[due]],
+        )
+        # Only a key's last W events of the batch survive in the ring; earlier ones would be
+        # overwritten anyway, and skipping them keeps each (slot, position) written once.
+        last = rank >= groups.size[group] - w
+        position = (count[last] - 1) % w
+        self._values[slot[last], position] = batch.values[rows[last]]
+        self._ts[slot[last], position] = batch.ts[rows[last]]
+        kept_slots = slots[kept]
+        self._count[kept_slots] += groups.size[kept]
+        newest = np.maximum.reduceat(batch.ts[groups.order], groups.start)
+        self._last_ts[kept_slots] = np.maximum(self._last_ts[kept_slots], newest[kept])
+        return windows
+
+    def _cut(
+        self,
+        batch: EventBatch,
+        groups: _KeyGroups,
+        group: np.ndarray,
+        slot: np.ndarray,
+        before: np.ndarray,
+        count: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Values [B, W, F] and start times [B] of the due windows, through one gather index.
+
+        Element k of a window ending at a key's event number ``count`` (1-based) is the key's
+        event j = count - W + k (0-based): still in the old ring at ``j % W`` when j < ``before``,
+        otherwise the batch event of rank j - ``before`` within the key.
+        """
+        w = self.window
+        j = count[:, None] - w + np.arange(w)
+        from_ring = j < before[:, None]
+        ring_slots, ring_row = np.unique(slot, return_inverse=True)
+        ring_values = self._values[ring_slots].reshape(-1, self.n_features)
+        ring_ts = self._ts[ring_slots].reshape(-1)
+        batch_rank = np.maximum(j - before[:, None], 0)
+        batch_row = groups.order[groups.start[group][:, None] + batch_rank]
+        index = np.where(from_ring, ring_row[:, None] * w + j % w, len(ring_ts) + batch_row)
+        values = np.concatenate([ring_values, batch.values])[index]
+        start_ts = np.concatenate([ring_ts, batch.ts])[index[:, 0]]
+        return values, start_ts
+
+    def _no_windows(self) -> DueWindows:
+        return DueWindows(
+            slots=np.empty(0, dtype=np.int64),
+            keys=np.empty(0, dtype=object),
+            event_index=np.empty(0, dtype=np.int64),
+            values=np.empty((0, self.window, self.n_features), dtype=np.float32),
+            start_ts=np.empty(0, dtype=np.float64),
+            end_ts=np.empty(0, dtype=np.float64),
+        )

@@ -1,0 +1,150 @@
+"""KeyNormalizer against the textbook formulas over each key's full history."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from stream_detector.engine.normalize import KeyNormalizer
+
+N_FEATURES = 2
+GLOBAL_MEAN = np.array([5.0, -3.0], dtype=np.float32)
+GLOBAL_STD = np.array([2.0, 0.5], dtype=np.float32)
+
+
+def make(prior_weight: float = 8.0, horizon: int = 10**9, capacity: int = 8) -> KeyNormalizer:
+    return KeyNormalizer(
+        N_FEATURES,
+        GLOBAL_MEAN,
+        GLOBAL_STD,
+        prior_weight=prior_weight,
+        horizon=horizon,
+        min_std=1e-3,
+        capacity=capacity,
+    )
+
+
+def reference_stats(history: list[np.ndarray], prior_weight: float) -> tuple[np.ndarray, ...]:
+    """Pool the key's whole history with prior_weight pseudo-events of the global statistics."""
+    g_mean = GLOBAL_MEAN.astype(np.float64)
+    g_var = GLOBAL_STD.astype(np.float64) ** 2
+    if not history:
+        return g_mean, np.sqrt(g_var)
+    x = np.stack(history).astype(np.float64)
+    n, w = len(x), prior_weight
+    k_mean = x.mean(axis=0)
+    k_m2 = ((x - k_mean) ** 2).sum(axis=0)
+    mean = (w * g_mean + n * k_mean) / (w + n)
+    var = (w * g_var + k_m2 + (g_mean - k_mean) ** 2 * w * n / (w + n)) / (w + n)
+    return mean, np.maximum(np.sqrt(var), 1e-3)
+
+
+operation = st.one_of(
+    st.tuples(st.just("update"), st.integers(0, 2**31), st.integers(1, 30)),
+    st.tuples(st.just("reset"), st.integers(0, 2**31), st.integers(1, 3)),
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    prior_weight=st.sampled_from([0.0, 1.0, 64.0]),
+    level=st.floats(-1e3, 1e3),
+    scale=st.floats(1e-2, 1e2),
+    operations=st.lists(operation, min_size=1, max_size=12),
+)
+def test_matches_full_history_reference(
+    prior_weight: float, level: float, scale: float, operations: list[tuple[str, int, int]]
+) -> None:
+    n_slots = 5
+    normalizer = make(prior_weight, capacity=n_slots)
+    history: list[list[np.ndarray]] = [[] for _ in range(n_slots)]
+    for kind, seed, size in operations:
+        rng = np.random.default_rng(seed)
+        slots = rng.integers(0, n_slots, size)
+        if kind == "reset":
+            normalizer.reset(slots)
+            for slot in slots:
+                history[slot] = []
+            continue
+        # Per-slot offsets so the between-means term of the pooled variance matters.
+        values = (level + slots[:, None] * scale + rng.normal(0, scale, (size, N_FEATURES)))
+        values = values.astype(np.float32)
+        normalizer.update(slots, values)
+        for slot, row in zip(slots, values):
+            history[slot].append(row)
+        all_slots = np.arange(n_slots)
+        mean, std = normalizer.stats(all_slots)
+        assert mean.dtype == np.float32 and std.dtype == np.float32
+        for slot in all_slots:
+            want_mean, want_std = reference_stats(history[slot], prior_weight)
+            spread = max(scale, float(np.max(GLOBAL_STD)))
+            np.testing.assert_allclose(mean[slot], want_mean, rtol=1e-5, atol=1e-5 * spread)
+            np.testing.assert_allclose(std[slot], want_std, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("prior_weight", [0.0, 64.0])
+def test_new_and_reset_keys_get_exactly_the_global_stats(prior_weight: float) -> None:
+    normalizer = make(prior_weight)
+    mean, std = normalizer.stats(np.array([0, 3]))
+    np.testing.assert_array_equal(mean, [GLOBAL_MEAN, GLOBAL_MEAN])
+    np.testing.assert_array_equal(std, [GLOBAL_STD, GLOBAL_STD])
+    normalizer.update(np.array([3, 3, 5]), np.array([[100, 100], [200, 0], [7, 7]], np.float32))
+    normalizer.reset(np.array([3]))
+    mean, std = normalizer.stats(np.array([3, 5]))
+    np.testing.assert_array_equal(mean[0], GLOBAL_MEAN)
+    np.testing.assert_array_equal(std[0], GLOBAL_STD)
+    assert not np.array_equal(mean[1], GLOBAL_MEAN)  # slot 5 untouched by the reset
+
+
+def test_horizon_keeps_adapting_after_a_level_shift() -> None:
+    capped, uncapped = make(prior_weight=1.0, horizon=50), make(prior_weight=1.0)
+    rng = np.random.default_rng(0)
+    for level, batches in ((0.0, 200), (10.0, 20)):
+        for _ in range(batches):
+            values = (level + rng.normal(0, 0.1, (10, N_FEATURES))).astype(np.float32)
+            capped.update(np.zeros(10, dtype=np.int64), values)
+            uncapped.update(np.zeros(10, dtype=np.int64), values)
+    slot = np.array([0])
+    assert np.all(capped.stats(slot)[0] > 9.0)
+    assert np.all(uncapped.stats(slot)[0] < 1.5)
+
+
+def test_batch_larger_than_horizon_replaces_the_past() -> None:
+    normalizer = make(prior_weight=0.0, horizon=20)
+    slots = np.zeros(100, dtype=np.int64)
+    rng = np.random.default_rng(1)
+    normalizer.update(slots, rng.normal(-50.0, 20.0, (100, N_FEATURES)))
+    values = rng.normal(3.0, 2.0, (100, N_FEATURES)).astype(np.float32)
+    normalizer.update(slots, values)
+    mean, std = normalizer.stats(np.array([0]))
+    np.testing.assert_allclose(mean[0], values.mean(axis=0), rtol=1e-5)
+    np.testing.assert_allclose(std[0], values.std(axis=0), rtol=1e-4)
+
+
+def test_normalize_and_denormalize_are_inverse() -> None:
+    normalizer = make()
+    rng = np.random.default_rng(2)
+    normalizer.update(rng.integers(0, 4, 50), rng.normal(10, 3, (50, N_FEATURES)))
+    slots = np.array([0, 1, 3, 6])
+    windows = rng.normal(10, 3, (4, 7, N_FEATURES)).astype(np.float32)
+    z = normalizer.normalize(windows, slots)
+    mean, std = normalizer.stats(slots)
+    assert z.dtype == np.float32 and z.shape == windows.shape
+    np.testing.assert_allclose(z, (windows - mean[:, None]) / std[:, None], rtol=1e-5)
+    np.testing.assert_allclose(normalizer.denormalize(z, slots), windows, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        normalizer.denormalize(z[:, -1], slots), windows[:, -1], rtol=1e-4, atol=1e-4
+    )
+
+
+def test_std_floor_and_capacity_growth() -> None:
+    normalizer = make(prior_weight=0.0, capacity=2)
+    normalizer.update(np.array([1, 1, 1]), np.full((3, N_FEATURES), 4.0, np.float32))
+    before = normalizer.stats(np.array([1]))
+    np.testing.assert_array_equal(before[1], np.full((1, N_FEATURES), 1e-3, np.float32))  # floored
+    normalizer.ensure_capacity(16)
+    normalizer.ensure_capacity(4)  # never shrinks
+    np.testing.assert_array_equal(normalizer.stats(np.array([1]))[0], before[0])
+    np.testing.assert_array_equal(normalizer.stats(np.array([15]))[0], [GLOBAL_MEAN])

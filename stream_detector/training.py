@@ -22,9 +22,8 @@ from torch.nn import functional
 from stream_detector.artefact import ModelArtefact, TrainingResult, create_artefact, save_artefact
 from stream_detector.config import Settings
 from stream_detector.engine.model import LSTMAutoencoder, WindowScorer, select_device
-from stream_detector.engine.normalize import KeyNormalizer
+from stream_detector.engine.stage import WindowStage
 from stream_detector.engine.types import Decoded
-from stream_detector.engine.windows import WindowStore
 
 log = structlog.get_logger(__name__)
 
@@ -72,34 +71,8 @@ def _collect(batches: Iterable[Decoded], settings: Settings) -> _Collected:
     n_keys = len(np.unique(np.concatenate([batch.keys for batch in decoded])))
 
     # Pass 2: the serving path, batch by batch, so warm-up and evictions look as they will live.
-    store = WindowStore(
-        size,
-        n_features,
-        initial_capacity=settings.window.initial_capacity,
-        max_keys=settings.window.max_keys,
-        idle_ttl_s=settings.window.idle_ttl_s,
-    )
-    normalizer = KeyNormalizer(
-        n_features,
-        mean,
-        std,
-        prior_weight=settings.normalize.prior_weight,
-        horizon=settings.normalize.horizon,
-        min_std=settings.normalize.min_std,
-        capacity=store.capacity,
-    )
-    chunks: list[np.ndarray] = []
-    for batch in decoded:
-        due, report = store.ingest(batch, settings.train.stride)
-        normalizer.ensure_capacity(store.capacity)
-        if len(report.freed_slots):
-            normalizer.reset(report.freed_slots)
-        slots = _event_slots(store, batch.keys)
-        tracked = slots >= 0
-        normalizer.update(slots[tracked], batch.values[tracked])
-        if len(due):
-            normalised = normalizer.normalize(due.values, due.slots)
-            chunks.append(normalised.astype(np.float32, copy=False))
+    stage = WindowStage(settings, mean, std, settings.train.stride)
+    chunks = [staged.normalised for staged in map(stage.ingest, decoded) if len(staged.due)]
 
     n_windows = sum(len(chunk) for chunk in chunks)
     if n_windows < MIN_TRAINING_WINDOWS:
@@ -117,17 +90,6 @@ def _collect(batches: Iterable[Decoded], settings: Settings) -> _Collected:
         windows = windows[keep]
         log.info("training windows subsampled", available=n_windows, kept=cap)
     return _Collected(windows=windows, mean=mean, std=std, n_events=n_events, n_keys=n_keys)
-
-
-def _event_slots(store: WindowStore, keys: np.ndarray) -> np.ndarray:
-    """Slot of each event's key, -1 for keys the store did not keep (max_keys overflow)."""
-    unique, inverse = np.unique(keys, return_inverse=True)
-    slot_of_unique = np.fromiter(
-        (-1 if (slot := store.slot_of(key)) is None else slot for key in unique),
-        dtype=np.int64,
-        count=len(unique),
-    )
-    return slot_of_unique[inverse]
 
 
 def train(

@@ -104,6 +104,8 @@ class IngestReport:
     freed_slots: np.ndarray  # int64, slots whose key was evicted (now free or reused)
     evicted_lru: int  # keys dropped because max_keys was reached
     evicted_idle: int  # keys dropped because they were silent longer than idle_ttl_s
+    # int64 [N]: slot of each batch event's key after the ingest; -1 where the key was dropped.
+    event_slots: np.ndarray
 
 
 @dataclass(frozen=True)

@@ -141,7 +141,8 @@ class WindowStore:
         if stride < 1:
             raise ValueError("stride must be >= 1")
         if len(batch) == 0:
-            return self._no_windows(), IngestReport(np.empty(0, dtype=np.int64), 0, 0)
+            none = np.empty(0, dtype=np.int64)
+            return self._no_windows(), IngestReport(none, 0, 0, none)
         groups = _KeyGroups.of(batch.keys)
         last_row = groups.last_row
         slots = np.fromiter(
@@ -166,7 +167,7 @@ class WindowStore:
         if len(idle) or evicted_lru:
             log.debug("window keys evicted", idle=len(idle), lru=evicted_lru, n_keys=self.n_keys)
         freed = np.unique(np.concatenate([idle, lru_freed]))
-        return due, IngestReport(freed, evicted_lru, len(idle))
+        return due, IngestReport(freed, evicted_lru, len(idle), slots[groups.inverse])
 
     def _make_room(
         self, slots: np.ndarray, last_row: np.ndarray, in_batch: np.ndarray

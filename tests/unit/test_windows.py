@@ -142,6 +142,9 @@ def test_matches_naive_reference(
         assert due.start_ts.tolist() == [w[3] for w in expected]
         assert due.end_ts.tolist() == [w[4] for w in expected]
         assert due.slots.tolist() == [store.slot_of(k) for k in due.keys]
+        assert report.event_slots.tolist() == [
+            -1 if store.slot_of(k) is None else store.slot_of(k) for k in keys
+        ]
         assert (report.evicted_lru, report.evicted_idle) == (lru, idle)
         assert sorted(report.freed_slots.tolist()) == sorted(slot_before[k] for k in freed_keys)
         assert store.n_keys == len(naive.history)
@@ -200,6 +203,7 @@ def test_batch_with_more_keys_than_max_keeps_latest() -> None:
     assert {store.slot_of("y"), store.slot_of("z")} == {0, 1}
     assert "x" not in due.keys.tolist()
     assert report.evicted_lru == 2  # "old" evicted, "x" dropped
+    assert report.event_slots[[0, 3]].tolist() == [-1, -1]  # x's events are dropped
     assert report.freed_slots.tolist() == [0]
 
 

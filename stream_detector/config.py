@@ -105,15 +105,27 @@ class WindowConfig(_Section):
 class NormalizeConfig(_Section):
     """Per-key running mean/variance, shrunk towards the training statistics while a key is new."""
 
-    prior_weight: float = Field(
-        64.0,
+    warmup: int = Field(
+        64,
         ge=0,
-        description="Pseudo-count of the training statistics in a key's running estimate (warm-up).",
+        description="Events a key needs before its windows are scored: younger statistics "
+        "would normalise its first windows unlike anything the model was trained on.",
+    )
+    prior_weight: float = Field(
+        4.0,
+        ge=0,
+        description="Pseudo-count of the training statistics in a key's running estimate.",
     )
     horizon: int = Field(
         10_000, ge=2, description="Effective memory of the running statistics, in events."
     )
     min_std: float = Field(1e-3, gt=0, description="Floor on a key's std, in raw units.")
+
+    @model_validator(mode="after")
+    def _warmup_within_horizon(self) -> NormalizeConfig:
+        if self.warmup > self.horizon:
+            raise ValueError("warmup exceeds horizon; a key's count never gets past horizon")
+        return self
 
 
 class ModelConfig(_Section):
@@ -144,11 +156,11 @@ class TrainConfig(_Section):
 
 
 class ThresholdConfig(_Section):
-    """Adaptive per-key threshold on the (log) score."""
+    """Adaptive per-key threshold on the score."""
 
     alpha: float = Field(0.02, gt=0, le=1, description="EWMA weight of a new score.")
     sensitivity: float = Field(
-        4.0, gt=0, description="Threshold = mean + sensitivity x std of the key's recent log scores."
+        4.0, gt=0, description="Threshold = mean + sensitivity x std of the key's recent scores."
     )
     warmup: int = Field(
         64, ge=1, description="Scores a key needs before its own threshold replaces the global one."

@@ -31,6 +31,7 @@ class WindowStage:
         n_features = len(settings.input.value_fields)
         window = settings.window
         self.stride = stride
+        self.warmup = settings.normalize.warmup
         self.store = WindowStore(
             window.size,
             n_features,
@@ -56,5 +57,7 @@ class WindowStage:
         # Statistics take in this batch before its windows are normalised.
         tracked = report.event_slots >= 0
         self.normalizer.update(report.event_slots[tracked], batch.values[tracked])
+        # Keys still in normalisation warm-up are not scored: their statistics are too young.
+        due = due.take(self.normalizer.counts(due.slots) >= self.warmup)
         normalised = self.normalizer.normalize(due.values, due.slots).astype(np.float32, copy=False)
         return StagedWindows(due, normalised, report)

@@ -4,9 +4,11 @@ Keys differ by orders of magnitude in how well the model reconstructs them, so o
 either floods alerts from noisy keys or misses anomalies on quiet ones. Each key therefore learns
 its own band from its recent scores.
 
-Why log scores: reconstruction errors are heavy-tailed and positive; in log space a key's normal
-scores are roughly symmetric, so ``mean + sensitivity * std`` is a meaningful band, and the
-resulting threshold scales multiplicatively with the key's own noise level.
+Why raw scores, not log scores: a key whose windows a model reconstructs almost perfectly at some
+phase of its cycle has scores spanning decades (0.001 .. 0.2); in log space that low tail, which
+says nothing about anomalies, dominates the variance and drives ``exp(mean + k std)`` up by orders
+of magnitude, until real anomalies pass under it. In raw units the band tracks the upper part of
+the distribution that matters, and the floor keeps near-perfect keys from alerting on noise.
 
 Why batch granularity: within one `apply` call every score of a key is compared with the threshold
 from the key's state before the call. The decisions then depend only on the batches, not on how the
@@ -23,10 +25,6 @@ import numpy as np
 
 from stream_detector.config import ThresholdConfig
 
-# Keeps log() finite for a perfect reconstruction (score 0).
-_LOG_EPS = 1e-12
-
-
 def _grow(array: np.ndarray, capacity: int) -> np.ndarray:
     grown = np.zeros(capacity, dtype=array.dtype)
     grown[: array.shape[0]] = array
@@ -34,11 +32,11 @@ def _grow(array: np.ndarray, capacity: int) -> np.ndarray:
 
 
 class AdaptiveThreshold:
-    """EWMA mean and variance of each key's log scores, in arrays indexed by ring-buffer slot.
+    """EWMA mean and variance of each key's scores, in arrays indexed by ring-buffer slot.
 
     Until a key has absorbed `warmup` scores its estimate is too noisy to trust, and it is judged
     against the calibrated global threshold instead. Afterwards its threshold is
-    ``exp(mean + sensitivity * std)``, floored at ``floor_factor x global_threshold``.
+    ``mean + sensitivity * std``, floored at ``floor_factor x global_threshold``.
     """
 
     def __init__(
@@ -82,17 +80,14 @@ class AdaptiveThreshold:
         raw = np.asarray(scores, dtype=np.float64)
         thresholds = self._thresholds(slots)
         exceed = raw > thresholds
-        with np.errstate(invalid="ignore", divide="ignore"):
-            log_scores = np.log(raw + _LOG_EPS)
-        absorb = ~exceed & np.isfinite(log_scores)
+        absorb = ~exceed & np.isfinite(raw)
         if absorb.any():
-            self._absorb(slots[absorb], log_scores[absorb])
+            self._absorb(slots[absorb], raw[absorb])
         return thresholds.astype(np.float32), exceed
 
     def _thresholds(self, slots: np.ndarray) -> np.ndarray:
         count = self._count[slots]
-        with np.errstate(over="ignore"):
-            own = np.exp(self._mean[slots] + self._sensitivity * np.sqrt(self._var[slots]))
+        own = self._mean[slots] + self._sensitivity * np.sqrt(self._var[slots])
         own = np.maximum(own, self._floor)
         return np.where(count < self._warmup, self._warmup_threshold, own)
 
@@ -102,8 +97,8 @@ class AdaptiveThreshold:
         For m scores x_1..x_m of one key the sequential EWMA unrolls to
         ``mean' = (1-a)^m mean + sum_i a (1-a)^(m-i) x_i``; the same holds for the second moment
         E[x^2], and ``var = E[x^2] - mean^2`` is exactly the usual incremental EWMA variance
-        ``var' = (1-a)(var + a (x - mean)^2)``. Log scores are bounded (|x| < ~100), so the
-        subtraction loses nothing that matters in float64.
+        ``var' = (1-a)(var + a (x - mean)^2)``. Only scores under the threshold are absorbed, so
+        they are bounded and the subtraction loses nothing that matters in float64.
         """
         keys, inverse, m = np.unique(slots, return_inverse=True, return_counts=True)
         order = np.argsort(inverse, kind="stable")

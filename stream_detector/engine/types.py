@@ -96,6 +96,16 @@ class DueWindows:
     def __len__(self) -> int:
         return int(self.slots.shape[0])
 
+    def take(self, mask: np.ndarray) -> DueWindows:
+        return DueWindows(
+            slots=self.slots[mask],
+            keys=self.keys[mask],
+            event_index=self.event_index[mask],
+            values=self.values[mask],
+            start_ts=self.start_ts[mask],
+            end_ts=self.end_ts[mask],
+        )
+
 
 @dataclass(frozen=True)
 class IngestReport:

@@ -11,9 +11,6 @@ from hypothesis import strategies as st
 from stream_detector.config import ThresholdConfig
 from stream_detector.engine.threshold import AdaptiveThreshold
 
-EPS = 1e-12
-
-
 class NaiveThreshold:
     """Per-score reference: the textbook incremental EWMA (Finch), one score at a time."""
 
@@ -26,7 +23,7 @@ class NaiveThreshold:
         mean, var, count = self.state.get(slot, (0.0, 0.0, 0))
         if count < self.config.warmup:
             return self.global_threshold * self.config.global_factor
-        own = math.exp(mean + self.config.sensitivity * math.sqrt(var))
+        own = mean + self.config.sensitivity * math.sqrt(var)
         return max(own, self.global_threshold * self.config.floor_factor)
 
     def apply(self, slots: list[int], scores: list[float]) -> tuple[list[float], list[bool]]:
@@ -40,7 +37,7 @@ class NaiveThreshold:
             exceed.append(over)
             if over:
                 continue
-            x = math.log(score + EPS)
+            x = score
             mean, var, count = self.state.get(slot, (0.0, 0.0, 0))
             if count == 0:
                 mean, var = x, 0.0

@@ -19,9 +19,10 @@ CPU = torch.device("cpu")
 WINDOW = 8
 
 
-def _settings(**train: Any) -> Settings:
+def _settings(warmup: int = 0, **train: Any) -> Settings:
     return Settings(
         input={"value_fields": ("a", "b")},
+        normalize={"warmup": warmup},
         window={"size": WINDOW, "initial_capacity": 2},
         model={"hidden_size": 8, "latent_size": 4, "device": "cpu", "batch_size": 64},
         train={"epochs": 3, "batch_size": 64, "learning_rate": 1e-2, **train},
@@ -63,6 +64,15 @@ def test_collected_windows_match_what_the_window_store_emits() -> None:
     np.testing.assert_allclose(std, values.std(axis=0), rtol=1e-4)
     # Normalised: feature b lives around 100 in raw units but near 0 here.
     assert abs(float(windows[..., 1].mean())) < 3.0
+
+
+def test_keys_in_normalisation_warmup_give_no_windows() -> None:
+    # The service does not score a key before normalize.warmup events; training must not
+    # learn from such windows either. Batches of 50 interleave 4 keys: ~12 events per key each.
+    all_windows, _, _ = collect_training_windows(_batches(), _settings(warmup=0))
+    warm_windows, _, _ = collect_training_windows(_batches(), _settings(warmup=40))
+    assert 0 < len(warm_windows) < len(all_windows)
+    np.testing.assert_array_equal(warm_windows, all_windows[-len(warm_windows) :])
 
 
 def test_global_std_is_floored_for_a_constant_feature() -> None:

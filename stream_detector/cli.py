@@ -1,0 +1,279 @@
+"""The `stream-detector` command: parses arguments, builds settings, calls one function per command.
+
+Kept thin on purpose: every command's behaviour lives in a module that tests can call directly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tomllib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from stream_detector import __version__
+from stream_detector.config import ConfigError, Settings, load_settings
+from stream_detector.logs import configure_logging
+
+log = structlog.get_logger("stream_detector.cli")
+
+EXAMPLES = """\
+examples:
+  stream-detector demo                                  # everything local: broker, feed, live view
+  stream-detector train --input normal.jsonl --out model/
+  stream-detector replay --input day.jsonl --model model/ --out scores.jsonl
+  stream-detector evaluate --dataset smap_msl --config configs/smap_msl.toml
+  stream-detector run --config detector.toml            # the Kafka service
+  stream-detector run --config detector.toml --set kafka.group_id=blue
+
+configuration: a TOML file (--config), overridden by SD_* environment variables
+(SD_KAFKA__BOOTSTRAP_SERVERS=host:9092), overridden by --set section.field=value and the
+command's own flags. README.md has a complete annotated example file.
+"""
+
+
+class CliError(Exception):
+    """A user error: printed as one line, exit status 2."""
+
+
+def _parse_set(assignments: Sequence[str]) -> dict[str, Any]:
+    """Turn ['kafka.group_id=x', 'window.size=16'] into a nested override dict.
+
+    Values are read as TOML scalars/arrays when they parse (16, 0.5, true, ["a","b"]) and as plain
+    strings otherwise, so `--set kafka.group_id=blue` needs no quoting.
+    """
+    nested: dict[str, Any] = {}
+    for assignment in assignments:
+        path, sep, raw = assignment.partition("=")
+        if not sep or not path:
+            raise CliError(f"--set expects section.field=value, got {assignment!r}")
+        try:
+            value = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw
+        node = nested
+        *parents, leaf = path.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return nested
+
+
+def _merge(into: dict[str, Any], section: str, **values: Any) -> None:
+    present = {key: value for key, value in values.items() if value is not None}
+    if present:
+        into.setdefault(section, {}).update(present)
+
+
+def _settings(args: argparse.Namespace, overrides: dict[str, Any] | None = None) -> Settings:
+    merged = _parse_set(args.set or [])
+    for section, values in (overrides or {}).items():
+        _merge(merged, section, **values)
+    settings = load_settings(args.config, merged)
+    configure_logging(
+        args.log_level or settings.observability.log_level,
+        settings.observability.log_format,
+    )
+    return settings
+
+
+def _progress_printer(total_epochs: int) -> Callable[[dict[str, Any]], None]:
+    interactive = sys.stderr.isatty()
+
+    def show(update: dict[str, Any]) -> None:
+        epoch, epochs = update["epoch"], update.get("epochs", total_epochs)
+        if interactive:
+            filled = int(30 * epoch / max(epochs, 1))
+            bar = "#" * filled + "." * (30 - filled)
+            sys.stderr.write(
+                f"\rtraining [{bar}] epoch {epoch}/{epochs} "
+                f"train={update['train_loss']:.4f} val={update['val_loss']:.4f}"
+                f"{' *' if update.get('best') else '  '}"
+            )
+            sys.stderr.flush()
+        # Non-interactive runs get one structured log line per epoch from training itself.
+
+    return show
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from stream_detector.engine.decode import Decoder
+    from stream_detector.sources import read_batches
+    from stream_detector.training import train
+
+    settings = _settings(
+        args, {"train": {"epochs": args.epochs, "seed": args.seed}}
+    )
+    if not args.input.exists():
+        raise CliError(f"--input {args.input} does not exist")
+    decoder = Decoder(settings.input)
+    batches = read_batches(args.input, decoder)
+    artefact = train(batches, settings, args.out, progress=_progress_printer(settings.train.epochs))
+    if sys.stderr.isatty():
+        sys.stderr.write("\n")
+    meta = artefact.metadata
+    print(
+        f"model {meta.model_version} written to {args.out} "
+        f"(global threshold {meta.global_threshold:.4g}, "
+        f"best epoch {meta.training.get('best_epoch')}, "
+        f"{meta.training.get('windows')} windows)"
+    )
+    return 0
+
+
+def _load_detector(settings: Settings, model_dir: Path | None):  # noqa: ANN202 - lazy imports
+    from stream_detector.artefact import load_artefact
+    from stream_detector.engine.detector import Detector
+    from stream_detector.engine.model import select_device
+
+    path = model_dir or settings.model.path
+    if path is None:
+        raise CliError("no model given: pass --model DIR or set model.path in the config")
+    device = select_device(settings.model.device)
+    return Detector(settings, load_artefact(Path(path), settings, device), device)
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from stream_detector.replay import replay
+
+    settings = _settings(args)
+    if not args.input.exists():
+        raise CliError(f"--input {args.input} does not exist")
+    detector = _load_detector(settings, args.model)
+    out_stream = sys.stdout.buffer if str(args.out) == "-" else args.out.open("wb")
+    try:
+        summary = replay(args.input, detector, out_stream, batch_size=args.batch_size)
+    finally:
+        if out_stream is not sys.stdout.buffer:
+            out_stream.close()
+    log.info("replay finished", out=str(args.out), **summary.as_dict())
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from stream_detector.evaluation.runner import main_evaluate
+
+    settings = _settings(args)
+    return main_evaluate(settings, args)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from stream_detector.kafka.service import run_service
+
+    settings = _settings(
+        args,
+        {
+            "kafka": {"bootstrap_servers": args.bootstrap_servers},
+            "model": {"path": str(args.model) if args.model else None},
+        },
+    )
+    return run_service(settings)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="stream-detector",
+        description=(
+            "Streaming anomaly detection for Kafka event pipelines: per-key sliding windows, "
+            "an LSTM autoencoder (GPU when present), adaptive per-key thresholds, and alerts "
+            "as CloudEvents on an output topic."
+        ),
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", type=Path, help="TOML settings file (see README.md)")
+    common.add_argument(
+        "--set",
+        action="append",
+        metavar="SECTION.FIELD=VALUE",
+        help="override one setting, e.g. --set window.size=64 (repeatable)",
+    )
+    common.add_argument(
+        "--log-level", choices=["debug", "info", "warning", "error"], help="default: info"
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = sub.add_parser(
+        "train",
+        parents=[common],
+        help="fit a model on presumed-normal data and write a model artefact",
+        description=(
+            "Reads a JSONL or CSV file with the same field mapping the service uses, builds "
+            "windows exactly as the service does, trains the LSTM autoencoder with a validation "
+            "split and early stopping, calibrates the global threshold on validation scores, "
+            "and writes DIR/model.safetensors + DIR/metadata.json."
+        ),
+    )
+    train.add_argument("--input", type=Path, required=True, help="JSONL/CSV (.gz ok) of normal data")
+    train.add_argument("--out", type=Path, required=True, help="directory for the model artefact")
+    train.add_argument("--epochs", type=int, help="maximum epochs (default from config: 30)")
+    train.add_argument("--seed", type=int, help="random seed; same seed, same model")
+    train.set_defaults(func=cmd_train)
+
+    replay = sub.add_parser(
+        "replay",
+        parents=[common],
+        help="back-test: stream a file through the engine, one JSON line per input record",
+        description=(
+            "Streams FILE through the same engine the service runs, in arrival order, and "
+            "writes one JSON line per input record: offset, key, ts, score, threshold, anomaly, "
+            "episode_id, alerts (or `rejected` with the reason for a bad record)."
+        ),
+    )
+    replay.add_argument("--input", type=Path, required=True, help="JSONL/CSV (.gz ok)")
+    replay.add_argument("--model", type=Path, help="model artefact directory (or model.path)")
+    replay.add_argument("--out", type=Path, default=Path("-"), help="output JSONL; - = stdout")
+    replay.add_argument("--batch-size", type=int, default=4096, help="events per engine batch")
+    replay.set_defaults(func=cmd_replay)
+
+    evaluate = sub.add_parser(
+        "evaluate",
+        parents=[common],
+        help="score the detector and two baselines on labelled data (precision/recall/F1)",
+    )
+    _add_evaluate_arguments(evaluate)
+    evaluate.set_defaults(func=cmd_evaluate)
+
+    run = sub.add_parser(
+        "run",
+        parents=[common],
+        help="the service: consume from Kafka, detect, publish alerts (at-least-once)",
+        description=(
+            "Joins the consumer group on kafka.input_topics, runs each batch through the engine, "
+            "publishes alerts to kafka.alert_topic and bad records to kafka.dead_letter_topic, and "
+            "commits input offsets only after everything they caused is acknowledged. "
+            "SIGTERM/SIGINT drain, commit and exit 0."
+        ),
+    )
+    run.add_argument("--model", type=Path, help="model artefact directory (or model.path)")
+    run.add_argument("--bootstrap-servers", help="override kafka.bootstrap_servers")
+    run.set_defaults(func=cmd_run)
+    return parser
+
+
+def _add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    from stream_detector.evaluation.runner import add_arguments
+
+    add_arguments(parser)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, CliError) as exc:
+        print(f"stream-detector {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"stream-detector {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""The engine facade: one call takes a decoded batch through windows, model, threshold and episodes.
+
+Everything that runs the detector (the Kafka service, replay, evaluate, the demo, tests) goes
+through `Detector.process`, so a score seen in a back-test is the score the service would compute.
+All per-key state is held in arrays indexed by the window store's slot; when the store frees or
+grows slots, the other stages are told here, in one place.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import structlog
+import torch
+
+from stream_detector.artefact import ModelArtefact
+from stream_detector.config import Settings
+from stream_detector.engine.alerts import Alert
+from stream_detector.engine.decode import Decoder
+from stream_detector.engine.episodes import EpisodeTracker
+from stream_detector.engine.model import WindowScorer, select_device
+from stream_detector.engine.threshold import AdaptiveThreshold
+from stream_detector.engine.stage import StagedWindows, WindowStage
+from stream_detector.engine.types import Decoded, ScoredWindows
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class DetectionResult:
+    """What one batch caused: its rejects (inside `decoded`), its scored windows and its alerts."""
+
+    decoded: Decoded
+    scored: ScoredWindows
+    alerts: list[Alert]
+    model_seconds: float
+
+
+def _empty_scored(n_features: int) -> ScoredWindows:
+    f32 = np.empty(0, dtype=np.float32)
+    return ScoredWindows(
+        slots=np.empty(0, dtype=np.int64),
+        keys=np.empty(0, dtype=object),
+        event_index=np.empty(0, dtype=np.int64),
+        start_ts=np.empty(0, dtype=np.float64),
+        end_ts=np.empty(0, dtype=np.float64),
+        scores=f32,
+        thresholds=f32,
+        exceed=np.empty(0, dtype=bool),
+        feature_errors=np.empty((0, n_features), dtype=np.float32),
+        actual=np.empty((0, n_features), dtype=np.float32),
+        expected=np.empty((0, n_features), dtype=np.float32),
+    )
+
+
+class Detector:
+    """Stateful per-key anomaly detector over batches of events; not thread-safe."""
+
+    def __init__(
+        self, settings: Settings, artefact: ModelArtefact, device: torch.device | None = None
+    ) -> None:
+        meta = artefact.metadata
+        self.settings = settings
+        self.decoder = Decoder(settings.input)
+        self.feature_names = tuple(settings.input.value_fields)
+        self.model_version = meta.model_version
+        self.device = device if device is not None else select_device(settings.model.device)
+        n_features = len(self.feature_names)
+        self._stage = WindowStage(settings, meta.norm_mean, meta.norm_std, settings.window.stride)
+        self._windows = self._stage.store
+        self._normalizer = self._stage.normalizer
+        capacity = self._windows.capacity
+        self._scorer = WindowScorer(
+            artefact.model.to(self.device), self.device, settings.model.batch_size
+        )
+        self._threshold = AdaptiveThreshold(
+            settings.threshold, meta.global_threshold, capacity=capacity
+        )
+        self._episodes = EpisodeTracker(
+            settings.episodes, self.feature_names, self.model_version, capacity=capacity
+        )
+        self._capacity = capacity
+        self._n_features = n_features
+        log.info(
+            "detector ready",
+            model_version=self.model_version,
+            device=str(self.device),
+            features=list(self.feature_names),
+            window=settings.window.size,
+            stride=settings.window.stride,
+        )
+
+    @property
+    def n_keys(self) -> int:
+        return self._windows.n_keys
+
+    @property
+    def open_episodes(self) -> int:
+        return self._episodes.open_episodes
+
+    @property
+    def evicted_total(self) -> int:
+        return self._windows.evicted_lru_total + self._windows.evicted_idle_total
+
+    def process_messages(
+        self,
+        payloads: Sequence[bytes],
+        keys: Sequence[bytes | None] | None = None,
+        broker_ts_ms: Sequence[int] | np.ndarray | None = None,
+    ) -> DetectionResult:
+        """Decode raw Kafka messages and run them through the engine."""
+        return self.process(self.decoder.decode_messages(payloads, keys, broker_ts_ms))
+
+    def process(self, decoded: Decoded) -> DetectionResult:
+        batch = decoded.batch
+        if len(batch) == 0:
+            return DetectionResult(decoded, _empty_scored(self._n_features), [], 0.0)
+        staged = self._stage.ingest(batch)
+        self._sync_slots(staged.report.freed_slots)
+        started = time.perf_counter()
+        scored = self._score(staged)
+        model_seconds = time.perf_counter() - started
+        alerts = self._episodes.update(scored) if len(scored) else []
+        return DetectionResult(decoded, scored, alerts, model_seconds)
+
+    def _sync_slots(self, freed: np.ndarray) -> None:
+        capacity = self._windows.capacity
+        if capacity != self._capacity:
+            self._threshold.ensure_capacity(capacity)
+            self._episodes.ensure_capacity(capacity)
+            self._capacity = capacity
+        if len(freed):
+            self._threshold.reset(freed)
+            self._episodes.reset(freed)
+
+    def _score(self, staged: StagedWindows) -> ScoredWindows:
+        due = staged.due
+        if len(due) == 0:
+            return _empty_scored(self._n_features)
+        result = self._scorer.score(staged.normalised)
+        thresholds, exceed = self._threshold.apply(due.slots, result.scores)
+        expected = self._normalizer.denormalize(result.last_reconstruction, due.slots)
+        return ScoredWindows(
+            slots=due.slots,
+            keys=due.keys,
+            event_index=due.event_index,
+            start_ts=due.start_ts,
+            end_ts=due.end_ts,
+            scores=result.scores,
+            thresholds=thresholds,
+            exceed=exceed,
+            feature_errors=result.feature_errors,
+            actual=due.values[:, -1, :],
+            expected=expected.astype(np.float32, copy=False),
+        )

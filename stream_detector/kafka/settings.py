@@ -54,6 +54,8 @@ def consumer_config(kafka: KafkaConfig) -> ClientConfig:
             "auto.offset.reset": "earliest",
             "partition.assignment.strategy": kafka.partition_assignment_strategy,
             "session.timeout.ms": kafka.session_timeout_ms,
+            # librdkafka's 3 s default would let a short session expire between two heartbeats.
+            "heartbeat.interval.ms": min(3000, kafka.session_timeout_ms // 3),
             "isolation.level": "read_committed",
         }
     )
@@ -67,14 +69,20 @@ def producer_config(kafka: KafkaConfig, transactional_id: str | None = None) -> 
         {
             "partitioner": "murmur2_random",
             "acks": "all",
-            "enable.idempotence": True,
+            # Ordering per key (an open before its resolve) without the idempotent producer: a
+            # broker that loses its producer state on restart leaves an idempotent producer stuck,
+            # while a retried duplicate is harmless because alerts carry a stable id.
+            "enable.idempotence": False,
+            "max.in.flight.requests.per.connection": 1,
             "linger.ms": 5,
             # The service bounds what is unacknowledged itself; librdkafka's queue must hold it.
             "queue.buffering.max.messages": max(kafka.max_in_flight, 1000),
         }
     )
     if transactional_id is not None:
+        # Transactions need the idempotent producer; its broker-side state is then the point.
         conf["transactional.id"] = transactional_id
+        conf["enable.idempotence"] = True
     return _with_extra(conf, kafka)
 
 

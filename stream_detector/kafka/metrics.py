@@ -1,0 +1,117 @@
+"""Prometheus metrics of the service, in a registry of its own.
+
+An own CollectorRegistry (not the process-global default) keeps two services in one process, as in
+tests, from colliding, and keeps library metrics out of the scrape. Updates happen once per batch
+with whole-batch counts; only rejects and alerts, which are rare, are counted one by one.
+"""
+
+from __future__ import annotations
+
+from collections import Counter as Tally
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from stream_detector.engine.detector import DetectionResult, Detector
+from stream_detector.engine.types import REJECT_REASONS
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class ServiceMetrics:
+    """Every metric the service exports; names are documented in README.md."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.events_in = Counter("sd_events_in", "Messages consumed from the input topics.", registry=r)
+        self.events_processed = Counter(
+            "sd_events_processed", "Messages decoded into events and fed to the detector.", registry=r
+        )
+        self.rejects = Counter(
+            "sd_rejects", "Messages refused by decode, by reason.", ["reason"], registry=r
+        )
+        self.dead_letters = Counter(
+            "sd_dead_letters", "Records produced to the dead-letter topic.", registry=r
+        )
+        self.windows_scored = Counter("sd_windows_scored", "Windows scored by the model.", registry=r)
+        self.alerts = Counter("sd_alerts", "Alerts produced, by kind.", ["kind"], registry=r)
+        self.keys_tracked = Gauge("sd_keys_tracked", "Keys held in the window store.", registry=r)
+        self.open_episodes = Gauge("sd_open_episodes", "Anomaly episodes now open.", registry=r)
+        self.evictions = Counter(
+            "sd_evictions", "Keys dropped from the window store (LRU or idle).", registry=r
+        )
+        self.batch_seconds = Histogram(
+            "sd_batch_seconds",
+            "Wall time to decode, score and hand one consumed batch to the producer.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.model_seconds = Histogram(
+            "sd_model_seconds",
+            "Wall time of model inference for one consumed batch.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.consumer_lag = Gauge(
+            "sd_consumer_lag",
+            "Messages behind the fetch high watermark, per assigned partition.",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "sd_produce_in_flight", "Produced messages not yet acknowledged.", registry=r
+        )
+        self.delivery_retries = Counter(
+            "sd_delivery_retries", "Produced messages sent again after a delivery error.", registry=r
+        )
+        self.commits = Counter("sd_offset_commits", "Offset commits issued.", registry=r)
+        self.model_info = Gauge(
+            "sd_model_info", "The loaded model (value is always 1).", ["model_version"], registry=r
+        )
+        for reason in REJECT_REASONS:
+            self.rejects.labels(reason=reason)
+        for kind in ("open", "resolve"):
+            self.alerts.labels(kind=kind)
+        self._evicted_seen = 0
+
+    def record_batch(
+        self, consumed: int, result: DetectionResult, detector: Detector, seconds: float
+    ) -> None:
+        self.events_in.inc(consumed)
+        self.events_processed.inc(len(result.decoded.batch))
+        if result.decoded.rejects:
+            for reason, count in Tally(r.reason for r in result.decoded.rejects).items():
+                self.rejects.labels(reason=reason).inc(count)
+            self.dead_letters.inc(len(result.decoded.rejects))
+        self.windows_scored.inc(len(result.scored))
+        for kind, count in Tally(alert.kind for alert in result.alerts).items():
+            self.alerts.labels(kind=kind).inc(count)
+        self.keys_tracked.set(detector.n_keys)
+        self.open_episodes.set(detector.open_episodes)
+        evicted = detector.evicted_total
+        self.evictions.inc(evicted - self._evicted_seen)
+        self._evicted_seen = evicted
+        self.batch_seconds.observe(seconds)
+        self.model_seconds.observe(result.model_seconds)
+
+    def totals(self) -> dict[str, int]:
+        """The counters that must balance (events in = processed + dead letters), for the final
+        log line."""
+        sample = self.registry.get_sample_value
+        return {
+            "events_in": int(sample("sd_events_in_total") or 0),
+            "events_processed": int(sample("sd_events_processed_total") or 0),
+            "dead_letters": int(sample("sd_dead_letters_total") or 0),
+            "windows_scored": int(sample("sd_windows_scored_total") or 0),
+            "alerts": sum(int(sample("sd_alerts_total", {"kind": k}) or 0) for k in ("open", "resolve")),
+        }
+
+    def set_lag(self, topic: str, partition: int, lag: int) -> None:
+        self.consumer_lag.labels(topic=topic, partition=str(partition)).set(lag)
+
+    def drop_partition(self, topic: str, partition: int) -> None:
+        """A revoked partition's lag is no longer ours to report."""
+        try:
+            self.consumer_lag.remove(topic, str(partition))
+        except KeyError:
+            pass

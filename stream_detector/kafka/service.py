@@ -1,0 +1,525 @@
+"""`stream-detector run`: consume input topics, detect, publish alerts and dead letters.
+
+The loop is: consume a batch -> Detector.process_messages -> produce its alerts and dead letters ->
+commit the input offsets of every batch whose output the broker has acknowledged. Offsets are
+never committed ahead of their output (at-least-once; or, with processing_guarantee =
+"exactly_once", each batch's output and offsets go in one Kafka transaction).
+
+Faults are sorted into two kinds: ones that heal with time (a broker that is down or restarting,
+a topic briefly unknown) are waited out with a log line, and ones a person must fix (bad
+credentials, missing topics, an unusable model) end the process non-zero with a message naming
+the setting to change.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
+
+import structlog
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from stream_detector.artefact import ArtefactError, load_artefact
+from stream_detector.config import ConfigError, Settings
+from stream_detector.engine.detector import Detector
+from stream_detector.kafka.delivery import DeliveryFailed, DeliveryTracker, OutRecord, Partition
+from stream_detector.kafka.health import HealthState, StatusServer
+from stream_detector.kafka.metrics import ServiceMetrics
+from stream_detector.kafka.records import ConsumedBatch, alert_record, dead_letter_record
+from stream_detector.kafka.settings import (
+    admin_config,
+    consumer_config,
+    producer_config,
+    redact,
+    transactional_id,
+)
+
+log = structlog.get_logger(__name__)
+
+EXIT_OK = 0
+EXIT_FATAL = 1  # a broker-side problem to fix (auth, topics) or output that could not be delivered
+EXIT_CONFIG = 2  # the configuration or the model artefact is unusable
+
+_BACKOFF_START_S = 0.5
+_BACKOFF_MAX_S = 30.0
+_LAG_EVERY_S = 1.0
+_TXN_TIMEOUT_S = 30.0
+
+# Client errors no retry can fix, with what the user should change.
+_FATAL_HINTS: dict[int, str] = {
+    KafkaError._AUTHENTICATION: "check kafka.security_protocol, kafka.sasl_mechanism, "
+    "kafka.sasl_username and kafka.sasl_password (SD_KAFKA__SASL_PASSWORD)",
+    KafkaError.SASL_AUTHENTICATION_FAILED: "check kafka.sasl_username and kafka.sasl_password",
+    KafkaError._SSL: "check kafka.ssl_ca_location and the broker's certificate",
+    KafkaError.TOPIC_AUTHORIZATION_FAILED: "grant this principal read on kafka.input_topics and "
+    "write on kafka.alert_topic and kafka.dead_letter_topic",
+    KafkaError.GROUP_AUTHORIZATION_FAILED: "grant this principal access to group kafka.group_id",
+    KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED: "grant this principal transactional "
+    "write access, or set kafka.processing_guarantee = 'at_least_once'",
+    KafkaError._INVALID_ARG: "fix the librdkafka settings in kafka.extra",
+}
+
+
+class FatalServiceError(Exception):
+    """The service cannot go on; the message says what to fix."""
+
+
+def run_service(settings: Settings, *, stop_event: threading.Event | None = None) -> int:
+    """Run until stopped (SIGTERM/SIGINT or `stop_event`); returns the process exit code."""
+    stop = stop_event if stop_event is not None else threading.Event()
+    with _stop_on_signals(stop):
+        try:
+            service = KafkaService(settings, stop)
+        except (ConfigError, ArtefactError) as exc:
+            log.error("cannot start the service", error=str(exc))
+            return EXIT_CONFIG
+        return service.run()
+
+
+@contextmanager
+def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """SIGTERM/SIGINT set `stop`; handlers can only be installed from the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handle(signum: int, _frame: FrameType | None) -> None:
+        log.info("stop requested", signal=signal.Signals(signum).name)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _load_detector(settings: Settings) -> Detector:
+    if settings.model.path is None:
+        raise ConfigError(
+            "model.path is not set: train a model with `stream-detector train --out DIR`, then set "
+            "[model] path = DIR in the config file (or pass --model DIR)"
+        )
+    return Detector(settings, load_artefact(settings.model.path, settings))
+
+
+class KafkaService:
+    """One consumer-group member: owns the consumer, the producer and the detector."""
+
+    def __init__(self, settings: Settings, stop: threading.Event) -> None:
+        self.settings = settings
+        self.kafka = settings.kafka
+        self.stop = stop
+        self.metrics = ServiceMetrics()
+        self.health = HealthState()
+        self.tracker = DeliveryTracker()
+        self.detector = _load_detector(settings)
+        self.health.model_loaded = True
+        self.metrics.model_info.labels(model_version=self.detector.model_version).set(1)
+        self.source = f"stream-detector/{self.kafka.group_id}"
+        self._exactly_once = self.kafka.processing_guarantee == "exactly_once"
+        self._fatal: str | None = None
+        self._assigned: set[Partition] = set()
+        # Offsets released by the tracker: what this member may commit, per owned partition.
+        self._released: dict[Partition, int] = {}
+        self._stop_deadline: float | None = None
+        self._failing = False  # on the way out after a fatal error: commit nothing more
+        self._last_lag = 0.0
+        self._consumer: Consumer | None = None
+        self._producer: Producer | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        port = self.settings.observability.http_port
+        server = StatusServer(self.metrics.registry, self.health, port) if port is not None else None
+        if server is not None:
+            server.start()
+        try:
+            if not self._wait_for_broker():
+                log.info("service stopped before the broker was reached")
+                return EXIT_OK
+            self._start_clients()
+            self._loop()
+            return self._shutdown()
+        except (FatalServiceError, DeliveryFailed) as exc:
+            self.health.failed = str(exc)
+            self._failing = True
+            log.error(
+                "service failed",
+                error=str(exc),
+                note="input past the last acknowledged output was not committed; a restart "
+                "processes it again",
+            )
+            self._close_clients()
+            return EXIT_FATAL
+        finally:
+            if server is not None:
+                server.stop()
+
+    def _wait_for_broker(self) -> bool:
+        """Retry with backoff until the broker answers and the topics exist; False if stopped."""
+        admin = AdminClient({**admin_config(self.kafka), "error_cb": self._on_client_error})
+        delay = _BACKOFF_START_S
+        while not self.stop.is_set():
+            self._raise_if_fatal()
+            try:
+                metadata = admin.list_topics(timeout=5.0)
+            except KafkaException as exc:
+                log.warning(
+                    "kafka broker unreachable; retrying",
+                    bootstrap_servers=self.kafka.bootstrap_servers,
+                    error=str(exc.args[0]),
+                    retry_in_s=delay,
+                )
+                self.stop.wait(delay)
+                delay = min(delay * 2, _BACKOFF_MAX_S)
+                continue
+            self._check_topics(metadata.topics)
+            return True
+        return False
+
+    def _check_topics(self, present: dict[str, object]) -> None:
+        wanted = {topic: "kafka.input_topics" for topic in self.kafka.input_topics}
+        wanted[self.kafka.alert_topic] = "kafka.alert_topic"
+        wanted[self.kafka.dead_letter_topic] = "kafka.dead_letter_topic"
+        missing = [
+            f"{topic!r} ({setting})"
+            for topic, setting in wanted.items()
+            if topic not in present or getattr(present[topic], "error", None) is not None
+        ]
+        if missing:
+            raise FatalServiceError(
+                f"topic(s) {', '.join(missing)} do not exist on {self.kafka.bootstrap_servers}: "
+                "create them, or point those settings at existing topics"
+            )
+
+    def _start_clients(self) -> None:
+        consumer_conf = {
+            **consumer_config(self.kafka),
+            "error_cb": self._on_client_error,
+            "on_commit": self._on_commit,
+        }
+        txn_id = transactional_id(self.kafka) if self._exactly_once else None
+        producer_conf = {
+            **producer_config(self.kafka, txn_id),
+            "error_cb": self._on_client_error,
+        }
+        log.info(
+            "starting kafka clients",
+            consumer=redact(consumer_config(self.kafka)),
+            producer=redact(producer_config(self.kafka, txn_id)),
+            processing_guarantee=self.kafka.processing_guarantee,
+        )
+        try:
+            self._producer = Producer(producer_conf)
+            if self._exactly_once:
+                self._producer.init_transactions(_TXN_TIMEOUT_S)
+            self._consumer = Consumer(consumer_conf)
+        except KafkaException as exc:
+            raise FatalServiceError(
+                f"cannot create the Kafka clients: {exc.args[0].str()}; check the kafka settings "
+                "(kafka.extra is passed to librdkafka as is)"
+            ) from None
+        self._consumer.subscribe(
+            list(self.kafka.input_topics),
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
+        )
+
+    def _loop(self) -> None:
+        consumer = self._require_consumer()
+        while not self.stop.is_set():
+            self._raise_if_fatal()
+            messages = consumer.consume(self.kafka.batch_size, self.kafka.batch_timeout_s)
+            self.health.heartbeat()
+            data = self._data_messages(messages)
+            if data:
+                self._process(data)
+            self._service_producer(0.0)
+            self._commit_released(asynchronous=True)
+            self._update_lag()
+
+    def _shutdown(self) -> int:
+        """Finish what was produced, commit it, leave the group; within shutdown_timeout_s."""
+        self._stop_deadline = time.monotonic() + self.kafka.shutdown_timeout_s
+        log.info("stopping: draining produced messages", unacknowledged=self.tracker.unsettled)
+        drained = self._drain()
+        self._commit_released(asynchronous=False)
+        self._close_clients()
+        log.info(
+            "service stopped",
+            drained=drained,
+            **self.metrics.totals(),
+            produced_acknowledged=self.tracker.delivered,
+        )
+        if not drained:
+            log.error(
+                "shutdown deadline passed with messages unacknowledged; their input offsets were "
+                "not committed and will be processed again on restart",
+                unacknowledged=self.tracker.unsettled,
+                shutdown_timeout_s=self.kafka.shutdown_timeout_s,
+            )
+            return EXIT_FATAL
+        return EXIT_OK
+
+    def _close_clients(self) -> None:
+        if self._consumer is not None:
+            try:
+                self._consumer.close()  # leaves the group; runs on_revoke
+            except (KafkaException, RuntimeError) as exc:
+                log.warning("consumer close failed", error=str(exc))
+            finally:
+                self._consumer = None
+        self._producer = None
+
+    # -- one batch -------------------------------------------------------------------------------
+
+    def _data_messages(self, messages: list[Message]) -> list[Message]:
+        """Split off error events (rare), acting on each; returns the data messages."""
+        errors = [m for m in messages if m.error() is not None]
+        if not errors:
+            return messages
+        for message in errors:
+            self._on_consume_error(message.error(), message)
+        return [m for m in messages if m.error() is None]
+
+    def _process(self, messages: list[Message]) -> None:
+        started = time.perf_counter()
+        consumed = ConsumedBatch.from_messages(messages)
+        result = self.detector.process_messages(
+            consumed.payloads, consumed.keys, consumed.broker_ts_ms
+        )
+        offsets = consumed.next_offsets()
+        seq = -1 if self._exactly_once else self.tracker.open_batch(offsets)
+        records = [alert_record(a, self.kafka.alert_topic, self.source, seq) for a in result.alerts]
+        records += [
+            dead_letter_record(r, messages[r.index], self.kafka.dead_letter_topic, seq)
+            for r in result.decoded.rejects
+        ]
+        if self._exactly_once:
+            self._produce_transaction(records, offsets)
+        else:
+            for record in records:
+                self._produce(record)
+            self.tracker.seal(seq)
+        self.metrics.record_batch(len(messages), result, self.detector, time.perf_counter() - started)
+        for alert in result.alerts:
+            log.info(
+                "alert",
+                kind=alert.kind,
+                key=alert.key,
+                alert_id=alert.alert_id,
+                severity=alert.severity,
+                score=round(alert.score, 4),
+                threshold=round(alert.threshold, 4),
+            )
+
+    def _produce(self, record: OutRecord) -> None:
+        """Hand one record to the producer, waiting (polling) while max_in_flight is reached."""
+        producer = self._require_producer()
+        while True:
+            if self.tracker.in_flight >= self.kafka.max_in_flight:
+                self._wait_for_acks()
+                continue
+            try:
+                producer.produce(
+                    record.topic,
+                    value=record.value,
+                    key=record.key,
+                    headers=record.headers,
+                    on_delivery=self.tracker.callback_for(record),
+                )
+            except BufferError:
+                self._wait_for_acks()
+                continue
+            except KafkaException as exc:
+                raise FatalServiceError(
+                    f"cannot produce to topic {record.topic!r}: {exc.args[0].str()}"
+                ) from None
+            self.tracker.sent(record)
+            return
+
+    def _wait_for_acks(self) -> None:
+        self._require_producer().poll(0.1)
+        self.tracker.raise_if_failed()
+        self._raise_if_fatal()
+        if self._stop_deadline is not None and time.monotonic() > self._stop_deadline:
+            raise FatalServiceError(
+                "shutdown deadline passed while waiting for the broker to acknowledge output; "
+                "raise kafka.shutdown_timeout_s or check the broker"
+            )
+
+    def _service_producer(self, timeout_s: float) -> None:
+        """Serve delivery callbacks, re-produce what failed with a healable error."""
+        self._require_producer().poll(timeout_s)
+        for record in self.tracker.take_retries():
+            self.metrics.delivery_retries.inc()
+            self._produce(record)
+        self.tracker.raise_if_failed()
+        self.metrics.in_flight.set(self.tracker.in_flight)
+
+    def _drain(self) -> bool:
+        """Wait until everything produced is acknowledged (or the stop deadline passes)."""
+        deadline = self._stop_deadline or time.monotonic() + self.kafka.shutdown_timeout_s
+        while self.tracker.unsettled and time.monotonic() < deadline:
+            self._service_producer(min(0.1, max(deadline - time.monotonic(), 0.0)))
+        self._service_producer(0.0)
+        return self.tracker.unsettled == 0
+
+    def _produce_transaction(self, records: list[OutRecord], offsets: dict[Partition, int]) -> None:
+        """One Kafka transaction per batch: its output and its input offsets, or neither."""
+        producer, consumer = self._require_producer(), self._require_consumer()
+        try:
+            producer.begin_transaction()
+            for record in records:
+                self._produce(record)
+            producer.send_offsets_to_transaction(
+                [TopicPartition(t, p, o) for (t, p), o in offsets.items()],
+                consumer.consumer_group_metadata(),
+                _TXN_TIMEOUT_S,
+            )
+            producer.commit_transaction(_TXN_TIMEOUT_S)
+        except KafkaException as exc:
+            error: KafkaError = exc.args[0]
+            if error.txn_requires_abort():
+                producer.abort_transaction(_TXN_TIMEOUT_S)
+            raise FatalServiceError(
+                f"transaction failed ({error.str()}); nothing of this batch was committed, a "
+                "restart processes it again from the last committed offsets"
+            ) from None
+        self.metrics.commits.inc()
+        self._service_producer(0.0)
+
+    # -- offsets and rebalances ------------------------------------------------------------------
+
+    def _commit_released(self, *, asynchronous: bool, only: set[Partition] | None = None) -> None:
+        """Commit what the tracker released: new offsets normally, all owned ones when leaving
+        (so a failed asynchronous commit earlier cannot leave a partition behind)."""
+        if self._exactly_once or self._consumer is None:
+            return
+        fresh = {
+            (tp.topic, tp.partition): tp.offset
+            for tp in self.tracker.ready_offsets()
+            if (tp.topic, tp.partition) in self._assigned
+        }
+        self._released.update(fresh)
+        chosen = fresh if asynchronous else self._released
+        if only is not None:
+            chosen = {tp: o for tp, o in self._released.items() if tp in only}
+        if not chosen:
+            return
+        offsets = [TopicPartition(t, p, o) for (t, p), o in chosen.items()]
+        try:
+            self._consumer.commit(offsets=offsets, asynchronous=asynchronous)
+            self.metrics.commits.inc()
+        except KafkaException as exc:
+            # The offsets stay released and are committed again at the next chance; if this
+            # member is leaving, the new owner re-processes them (duplicates, never a loss).
+            log.warning("offset commit failed", error=exc.args[0].str(), offsets=len(offsets))
+
+    def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        added = {(tp.topic, tp.partition) for tp in partitions}
+        self._assigned |= added
+        self.health.assigned = bool(self._assigned)
+        log.info("partitions assigned", added=sorted(added), assigned=len(self._assigned))
+
+    def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Before giving partitions away: get their output acknowledged and their offsets in."""
+        revoked = {(tp.topic, tp.partition) for tp in partitions}
+        if self._producer is not None and not self._exactly_once and not self._failing:
+            if not self._drain():
+                log.warning("revoking with output unacknowledged; it will be processed again",
+                            unacknowledged=self.tracker.unsettled)
+            self._commit_released(asynchronous=False, only=revoked)
+        self._give_up(revoked)
+        log.info("partitions revoked", revoked=sorted(revoked), assigned=len(self._assigned))
+
+    def _on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Lost partitions already belong to someone else: committing for them would be wrong."""
+        lost = {(tp.topic, tp.partition) for tp in partitions}
+        self._give_up(lost)
+        log.warning("partitions lost; their uncommitted input will be processed again by the new "
+                    "owner", lost=sorted(lost))
+
+    def _give_up(self, partitions: set[Partition]) -> None:
+        # Per-key detector state is not partitioned; keys of these partitions age out through
+        # window.idle_ttl_s and window.max_keys.
+        self.tracker.forget(partitions)
+        for partition in partitions:
+            self._released.pop(partition, None)
+            self.metrics.drop_partition(*partition)
+        self._assigned -= partitions
+        self.health.assigned = bool(self._assigned)
+
+    def _update_lag(self) -> None:
+        now = time.monotonic()
+        if now - self._last_lag < _LAG_EVERY_S or not self._assigned:
+            return
+        self._last_lag = now
+        consumer = self._require_consumer()
+        try:
+            positions = consumer.position([TopicPartition(t, p) for t, p in self._assigned])
+        except KafkaException:
+            return
+        for tp in positions:
+            if tp.offset < 0:
+                continue
+            # The cached high watermark comes from fetch responses; list-offsets is not used
+            # because some brokers (Tansu) answer it wrongly.
+            _low, high = consumer.get_watermark_offsets(tp, cached=True)
+            if high >= 0:
+                self.metrics.set_lag(tp.topic, tp.partition, max(high - tp.offset, 0))
+
+    # -- errors ----------------------------------------------------------------------------------
+
+    def _note_if_fatal(self, error: KafkaError) -> bool:
+        """Remember an error no retry can fix; the loop raises it at the next turn (callbacks
+        run inside librdkafka calls, where raising would lose the message)."""
+        hint = _FATAL_HINTS.get(error.code())
+        if not (error.fatal() or hint is not None):
+            return False
+        if self._fatal is None:
+            self._fatal = f"kafka: {error.str()}" + (f"; {hint}" if hint else "")
+        return True
+
+    def _on_client_error(self, error: KafkaError) -> None:
+        if self._note_if_fatal(error):
+            return
+        if error.code() == KafkaError._ALL_BROKERS_DOWN:
+            log.warning("all kafka brokers are down; reconnecting",
+                        bootstrap_servers=self.kafka.bootstrap_servers)
+        else:
+            log.debug("kafka client error", error=error.str())
+
+    def _on_consume_error(self, error: KafkaError, message: Message) -> None:
+        if self._note_if_fatal(error):
+            return
+        if error.code() != KafkaError._PARTITION_EOF:
+            log.warning("consume error", error=error.str(), topic=message.topic(),
+                        partition=message.partition())
+
+    def _on_commit(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        if error is not None:
+            log.warning("offset commit failed", error=error.str(), partitions=len(partitions))
+
+    def _raise_if_fatal(self) -> None:
+        if self._fatal is not None:
+            raise FatalServiceError(self._fatal)
+
+    def _require_consumer(self) -> Consumer:
+        if self._consumer is None:
+            raise RuntimeError("consumer not started")
+        return self._consumer
+
+    def _require_producer(self) -> Producer:
+        if self._producer is None:
+            raise RuntimeError("producer not started")
+        return self._producer

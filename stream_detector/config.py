@@ -137,6 +137,14 @@ class ModelConfig(_Section):
     latent_size: int = Field(8, ge=1)
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="'auto' picks cuda if any.")
     batch_size: int = Field(2048, ge=1, description="Windows per inference micro-batch.")
+    cpu_threads: int = Field(
+        1,
+        ge=0,
+        description="Torch threads while scoring on CPU; 0 keeps torch's default (one per core). "
+        "One is fastest for this small LSTM: its matrices are too small to split across cores, "
+        "the other cores serve Kafka I/O and decoding, and OpenMP threads spin-waiting for a "
+        "busy core slow scoring down several-fold.",
+    )
 
 
 class TrainConfig(_Section):

@@ -74,7 +74,10 @@ class Detector:
         self._normalizer = self._stage.normalizer
         capacity = self._windows.capacity
         self._scorer = WindowScorer(
-            artefact.model.to(self.device), self.device, settings.model.batch_size
+            artefact.model.to(self.device),
+            self.device,
+            settings.model.batch_size,
+            settings.model.cpu_threads,
         )
         self._threshold = AdaptiveThreshold(
             settings.threshold, meta.global_threshold, capacity=capacity

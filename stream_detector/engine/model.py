@@ -7,6 +7,8 @@ measure exactly the same quantity.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -102,13 +104,20 @@ class WindowScorer:
     when all of them come back in a single device->host copy, so a GPU never stalls per batch.
     """
 
-    def __init__(self, model: LSTMAutoencoder, device: torch.device, batch_size: int) -> None:
+    def __init__(
+        self,
+        model: LSTMAutoencoder,
+        device: torch.device,
+        batch_size: int,
+        cpu_threads: int = 0,
+    ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.model = model.to(device).eval()
         self.device = device
         self.batch_size = batch_size
         self._non_blocking = device.type == "cuda"
+        self._threads = cpu_threads if device.type == "cpu" else 0
 
     def score(self, windows: np.ndarray) -> WindowScores:
         """Score float32 [B, W, F] normalised windows; B may be 0."""
@@ -128,7 +137,7 @@ class WindowScorer:
             )
         host = np.ascontiguousarray(windows, dtype=np.float32)
         model.eval()
-        with torch.inference_mode():
+        with _torch_threads(self._threads), torch.inference_mode():
             # Columns: score | feature errors | last-step reconstruction.
             out = torch.empty((n, 1 + 2 * f), dtype=torch.float32, device=self.device)
             for start in range(0, n, self.batch_size):
@@ -148,3 +157,18 @@ class WindowScorer:
             feature_errors=result[:, 1 : 1 + f].copy(),
             last_reconstruction=result[:, 1 + f :].copy(),
         )
+
+
+@contextmanager
+def _torch_threads(count: int) -> Iterator[None]:
+    """Torch's thread count is process-wide, so it is changed only around scoring: training and
+    anything else using torch in the process keep their own. 0 leaves it alone."""
+    if count <= 0:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

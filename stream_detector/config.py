@@ -177,7 +177,7 @@ class ThresholdConfig(_Section):
         1.0, gt=0, description="Multiplier on the calibrated global threshold used during warm-up."
     )
     floor_factor: float = Field(
-        0.25,
+        0.5,
         ge=0,
         description="A key's own threshold never drops below this x the calibrated global one, so "
         "a very quiet key does not alert on noise that is normal for other keys; 0 disables.",

@@ -117,10 +117,6 @@ class KeyNormalizer:
         )
         self._n[unique], self._mean[unique], self._m2[unique] = n, mean, m2
 
-    def counts(self, slots: np.ndarray) -> np.ndarray:
-        """Effective number of events behind each slot's statistics (capped at horizon)."""
-        return self._n[slots]
-
     def stats(self, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Mean [B, F] and std [B, F] (float32) of the slots, the prior pooled in as pseudo-events.
 

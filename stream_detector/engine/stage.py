@@ -57,7 +57,9 @@ class WindowStage:
         # Statistics take in this batch before its windows are normalised.
         tracked = report.event_slots >= 0
         self.normalizer.update(report.event_slots[tracked], batch.values[tracked])
-        # Keys still in normalisation warm-up are not scored: their statistics are too young.
-        due = due.take(self.normalizer.counts(due.slots) >= self.warmup)
+        # Windows of keys still in normalisation warm-up are not scored: their statistics are
+        # too young. Judged by the key's count at each window's own end, not at the end of the
+        # batch, so the same stream gives the same scored windows however it is batched.
+        due = due.take(due.key_events >= self.warmup)
         normalised = self.normalizer.normalize(due.values, due.slots).astype(np.float32, copy=False)
         return StagedWindows(due, normalised, report)

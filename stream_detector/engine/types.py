@@ -84,6 +84,7 @@ class DueWindows:
     values:      float32 [B, W, F]  raw values, oldest first
     start_ts:    float64 [B]     event time of the window's first event
     end_ts:      float64 [B]     event time of the window's last event
+    key_events:  int64 [B]       the key's event count (since it got its slot) at the window's end
     """
 
     slots: np.ndarray
@@ -92,6 +93,7 @@ class DueWindows:
     values: np.ndarray
     start_ts: np.ndarray
     end_ts: np.ndarray
+    key_events: np.ndarray
 
     def __len__(self) -> int:
         return int(self.slots.shape[0])
@@ -104,6 +106,7 @@ class DueWindows:
             values=self.values[mask],
             start_ts=self.start_ts[mask],
             end_ts=self.end_ts[mask],
+            key_events=self.key_events[mask],
         )
 
 

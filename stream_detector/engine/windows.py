@@ -274,6 +274,7 @@ class WindowStore:
             values=values,
             start_ts=start_ts,
             end_ts=batch.ts[rows[due]],
+            key_events=count[due],
         )
         # Only a key's last W events of the batch survive in the ring; earlier ones would be
         # overwritten anyway, and skipping them keeps each (slot, position) written once.
@@ -323,4 +324,5 @@ class WindowStore:
             values=np.empty((0, self.window, self.n_features), dtype=np.float32),
             start_ts=np.empty(0, dtype=np.float64),
             end_ts=np.empty(0, dtype=np.float64),
+            key_events=np.empty(0, dtype=np.int64),
         )

@@ -111,3 +111,21 @@ def test_replay_is_deterministic_and_covers_every_record(
     assert summary.alerts_opened == len(ANOMALOUS)
     flagged = {line["key"] for line in lines if line.get("episode_id")}
     assert flagged == ANOMALOUS
+
+
+def test_warmup_skips_the_same_windows_however_the_stream_is_batched(
+    artefact: ModelArtefact,
+) -> None:
+    payloads = _messages(120, anomaly=None, seed=9)
+    scored = []
+    for batch in (7, 1000):
+        detector = Detector(_settings(), artefact)
+        rows: list[tuple[str, float]] = []
+        for start in range(0, len(payloads), batch):
+            result = detector.process_messages(payloads[start : start + batch])
+            rows.extend(zip(result.scored.keys.tolist(), result.scored.end_ts.tolist()))
+        scored.append(sorted(rows))
+    assert scored[0] == scored[1]
+    warmup = _settings().normalize.warmup
+    first_end = min(ts for key, ts in scored[0] if key == KEYS[0])
+    assert first_end == 1_000 + warmup - 1  # the key's warmup-th event closes its first window

@@ -26,6 +26,7 @@ A freed slot starts empty (count 0) even when a new key reuses it in the same in
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import repeat
 
 import numpy as np
 import structlog
@@ -46,7 +47,8 @@ def _grown(array: np.ndarray, capacity: int, fill: object) -> np.ndarray:
 class _KeyGroups:
     """A batch's events grouped by key: the one sort every ingest step reuses.
 
-    keys:   object [U]  distinct keys, sorted
+    keys:   object [U]  distinct keys: tracked ones in slot order, then new ones sorted
+    slots:  int64 [U]   slot of each key before the ingest, -1 for a key not tracked yet
     inverse: int64 [N]  key number of each event
     order:  int64 [N]   event rows grouped by key, batch order kept inside a key
     size:   int64 [U]   events per key
@@ -54,22 +56,42 @@ class _KeyGroups:
     """
 
     keys: np.ndarray
+    slots: np.ndarray
     inverse: np.ndarray
     order: np.ndarray
     size: np.ndarray
     start: np.ndarray
 
     @staticmethod
-    def of(keys: np.ndarray) -> _KeyGroups:
-        distinct, inverse = np.unique(keys, return_inverse=True)
-        inverse = inverse.reshape(-1)
-        size = np.bincount(inverse, minlength=len(distinct))
+    def of(keys: np.ndarray, slot_by_key: dict[str, int], key_of_slot: np.ndarray) -> _KeyGroups:
+        """Group by slot rather than by key text: a dict lookup per event (run in C by ``map``)
+        and one integer sort cost a fraction of sorting strings. Only keys not tracked yet are
+        sorted as text, so new keys still take free slots in key order."""
+        n = len(keys)
+        capacity = len(key_of_slot)
+        codes = np.fromiter(map(slot_by_key.get, keys.tolist(), repeat(-1)), np.int64, n)
+        new_rows = np.flatnonzero(codes < 0)
+        new_keys = np.empty(0, dtype=object)
+        if new_rows.size:
+            new_keys, new_number = np.unique(keys[new_rows], return_inverse=True)
+            codes[new_rows] = capacity + new_number.reshape(-1)
+        order = np.argsort(codes, kind="stable")
+        ordered = codes[order]
+        first = np.empty(n, dtype=bool)
+        first[:1] = True
+        np.not_equal(ordered[1:], ordered[:-1], out=first[1:])
+        start = np.flatnonzero(first)
+        inverse = np.empty(n, dtype=np.int64)
+        inverse[order] = np.cumsum(first) - 1
+        distinct = ordered[start]
+        tracked = distinct < capacity
         return _KeyGroups(
-            keys=distinct,
+            keys=np.concatenate([key_of_slot[distinct[tracked]], new_keys]),
+            slots=np.where(tracked, distinct, -1),
             inverse=inverse,
-            order=np.argsort(inverse, kind="stable"),
-            size=size,
-            start=np.cumsum(size) - size,
+            order=order,
+            size=np.diff(start, append=n),
+            start=start,
         )
 
     @property
@@ -143,13 +165,9 @@ class WindowStore:
         if len(batch) == 0:
             none = np.empty(0, dtype=np.int64)
             return self._no_windows(), IngestReport(none, 0, 0, none)
-        groups = _KeyGroups.of(batch.keys)
+        groups = _KeyGroups.of(batch.keys, self._slot_by_key, self._key_of_slot)
         last_row = groups.last_row
-        slots = np.fromiter(
-            (self._slot_by_key.get(key, -1) for key in groups.keys),
-            dtype=np.int64,
-            count=len(groups.keys),
-        )
+        slots = groups.slots.copy()  # room-making and slot assignment fill it in place
         self._watermark = max(self._watermark, float(batch.ts.max()))
         in_batch = np.zeros(self.capacity, dtype=bool)
         in_batch[slots[slots >= 0]] = True
@@ -157,7 +175,7 @@ class WindowStore:
             self._occupied & ~in_batch & (self._last_ts < self._watermark - self.idle_ttl_s)
         )
         self._release(idle)
-        kept, lru_freed, evicted_lru = self._make_room(slots, last_row, in_batch)
+        kept, lru_freed, evicted_lru = self._make_room(groups.keys, slots, last_row, in_batch)
         self._assign_slots(groups.keys, slots, kept)
         due = self._gather_and_write(batch, stride, groups, slots, kept)
         self._last_seq[slots[kept]] = self._seq + last_row[kept]
@@ -170,7 +188,7 @@ class WindowStore:
         return due, IngestReport(freed, evicted_lru, len(idle), slots[groups.inverse])
 
     def _make_room(
-        self, slots: np.ndarray, last_row: np.ndarray, in_batch: np.ndarray
+        self, keys: np.ndarray, slots: np.ndarray, last_row: np.ndarray, in_batch: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, int]:
         """Apply the LRU/overflow rules; return (batch keys kept, slots freed, LRU eviction count).
 
@@ -181,7 +199,9 @@ class WindowStore:
         if len(slots) > self.max_keys:
             kept[:] = False
             kept[np.argsort(last_row, kind="stable")[-self.max_keys :]] = True
-            dropped_tracked = slots[~kept & (slots >= 0)]
+            dropped = np.flatnonzero(~kept & (slots >= 0))
+            # Freed in key order: the free stack's order decides which slots new keys get.
+            dropped_tracked = slots[dropped[np.argsort(keys[dropped], kind="stable")]]
             victims = np.concatenate([others, dropped_tracked])
             evicted = len(others) + int(np.count_nonzero(~kept))
         else:

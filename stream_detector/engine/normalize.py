@@ -35,6 +35,14 @@ def _merge(
     return n, mean, m2
 
 
+def _sums(group: np.ndarray, values: np.ndarray, n_groups: int) -> np.ndarray:
+    """Per-group column sums of values [N, F]: one bincount per feature, several times faster
+    than ``np.add.at`` and adding in the same (row) order, so the sums are the same bits."""
+    return np.stack(
+        [np.bincount(group, weights=column, minlength=n_groups) for column in values.T], axis=1
+    )
+
+
 class KeyNormalizer:
     """Running per-slot statistics with a global prior; the detector keeps it in step with slots."""
 
@@ -96,11 +104,9 @@ class KeyNormalizer:
         inverse = inverse.reshape(-1)
         values = np.asarray(values, dtype=np.float64)
         n_b = np.bincount(inverse, minlength=len(unique)).astype(np.float64)
-        sums = np.zeros((len(unique), self.n_features))
-        np.add.at(sums, inverse, values)
-        mean_b = sums / n_b[:, None]
-        m2_b = np.zeros_like(sums)
-        np.add.at(m2_b, inverse, (values - mean_b[inverse]) ** 2)  # two-pass: no cancellation
+        mean_b = _sums(inverse, values, len(unique)) / n_b[:, None]
+        # Two-pass: no cancellation.
+        m2_b = _sums(inverse, (values - mean_b[inverse]) ** 2, len(unique))
         n_a = self._n[unique]
         # Cap the merged count at the horizon by shrinking the weights (never the means) of the
         # old summary first, and of the batch too when the batch alone exceeds the horizon.

@@ -46,6 +46,12 @@ class _Section(BaseModel):
 class InputConfig(_Section):
     """How raw messages map onto keys, timestamps and feature values."""
 
+    mode: Literal["events", "aggregate"] = Field(
+        "events",
+        description="'events': each message is one reading of value_fields. 'aggregate': each "
+        "message is one raw event (a flow, a request) and the model sees per-key event-time "
+        "buckets of them, as defined in [aggregate]; value_fields then names those features.",
+    )
     key_field: str | None = Field(
         "key",
         description=f"Dotted path of the entity key; {MESSAGE_KEY!r} uses the Kafka message key.",
@@ -83,6 +89,79 @@ class InputConfig(_Section):
     def _distinct_fields(self) -> InputConfig:
         if len(set(self.value_fields)) != len(self.value_fields):
             raise ValueError("value_fields lists a field twice; list each feature once")
+        return self
+
+
+AggregateFunction = Literal["count", "sum", "mean", "min", "max", "distinct"]
+
+
+class AggregateFeature(_Section):
+    """One bucket feature: an aggregation over a raw field of the key's events in the bucket."""
+
+    name: str = Field(min_length=1, description="Feature name, as listed in input.value_fields.")
+    agg: AggregateFunction = Field(
+        description="count: events; sum/mean/min/max: of a numeric field; distinct: approximate "
+        "number of distinct non-null values of a field (HyperLogLog)."
+    )
+    field: str | None = Field(
+        None, description="Dotted path of the raw field; leave unset for count, set for the rest."
+    )
+
+    @model_validator(mode="after")
+    def _field_matches_agg(self) -> AggregateFeature:
+        if self.agg == "count" and self.field is not None:
+            raise ValueError(f"feature {self.name!r}: count counts events; remove `field`")
+        if self.agg != "count" and self.field is None:
+            raise ValueError(f"feature {self.name!r}: {self.agg} needs the raw `field` it reads")
+        return self
+
+
+class AggregateConfig(_Section):
+    """input.mode = "aggregate": raw events become per-key feature vectors over event-time buckets.
+
+    Keys and event times come from input.key_field / input.timestamp_field, decoded and refused
+    exactly as in events mode.
+    """
+
+    bucket_width_s: float = Field(
+        10.0, ge=0.001, description="Bucket width; buckets are aligned to multiples of it."
+    )
+    allowed_lateness_s: float = Field(
+        5.0,
+        ge=0,
+        description="Watermark = latest event time seen minus this; a bucket closes when the "
+        "watermark passes its end. Keep input.max_future_s tight: one event far in the future "
+        "moves the watermark and makes everything after it late.",
+    )
+    late_policy: Literal["dead_letter", "drop"] = Field(
+        "dead_letter",
+        description="What happens to an event whose bucket already closed: sent to the dead-letter "
+        "topic with reason 'late', or dropped; counted either way.",
+    )
+    idle_timeout_s: float = Field(
+        300.0,
+        ge=0,
+        description="A quiet key yields empty buckets (counts 0) this long after its last "
+        "non-empty bucket, so silence reaches the model; then its state is freed.",
+    )
+    distinct_precision: int = Field(
+        6,
+        ge=4,
+        le=12,
+        description="HyperLogLog precision p: 2**p one-byte registers per distinct feature and "
+        "open bucket; relative error about 1.04 / sqrt(2**p) (13% at 6).",
+    )
+    features: tuple[AggregateFeature, ...] = Field(
+        (AggregateFeature(name="events", agg="count"),),
+        min_length=1,
+        description="The bucket features, in model order; their names go in input.value_fields.",
+    )
+
+    @model_validator(mode="after")
+    def _distinct_names(self) -> AggregateConfig:
+        names = [feature.name for feature in self.features]
+        if len(set(names)) != len(names):
+            raise ValueError("aggregate.features names a feature twice; give each a unique name")
         return self
 
 
@@ -231,6 +310,7 @@ class Settings(BaseSettings):
     )
 
     input: InputConfig = InputConfig()
+    aggregate: AggregateConfig = AggregateConfig()
     window: WindowConfig = WindowConfig()
     normalize: NormalizeConfig = NormalizeConfig()
     model: ModelConfig = ModelConfig()
@@ -239,6 +319,16 @@ class Settings(BaseSettings):
     episodes: EpisodeConfig = EpisodeConfig()
     kafka: KafkaConfig = KafkaConfig()
     observability: ObservabilityConfig = ObservabilityConfig()
+
+    @model_validator(mode="after")
+    def _aggregate_features_are_the_model_features(self) -> Settings:
+        names = tuple(feature.name for feature in self.aggregate.features)
+        if self.input.mode == "aggregate" and self.input.value_fields != names:
+            raise ValueError(
+                "input.mode is 'aggregate', so the model's features are the bucket features: set "
+                f"input.value_fields = {list(names)} (aggregate.features' names, in order)"
+            )
+        return self
 
     @classmethod
     def settings_customise_sources(
@@ -262,6 +352,11 @@ class Settings(BaseSettings):
             "num_layers": self.model.num_layers,
             "latent_size": self.model.latent_size,
         }
+        if self.input.mode == "aggregate":
+            # Same feature names over other buckets or aggregations are different features.
+            relevant["aggregate"] = self.aggregate.model_dump(
+                mode="json", include={"bucket_width_s", "features"}
+            )
         return hashlib.sha256(orjson.dumps(relevant, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
 
 
@@ -289,7 +384,7 @@ def _describe(error: ValidationError) -> str:
         if item["type"] == "extra_forbidden":
             message = "unknown setting; check the spelling against README.md's example file"
         hint = ""
-        if field:
+        if item["loc"]:  # a model-level error has no field to point at
             env_name = "SD_" + "__".join(str(part).upper() for part in item["loc"])
             hint = f" (set it in the TOML file under [{'.'.join(map(str, item['loc'][:-1])) or '.'}]"
             hint += f" or with {env_name})"

@@ -16,10 +16,10 @@ import numpy as np
 import structlog
 import torch
 
+from stream_detector.aggregate.decode import decoder_for
 from stream_detector.artefact import ModelArtefact
 from stream_detector.config import Settings
 from stream_detector.engine.alerts import Alert
-from stream_detector.engine.decode import Decoder
 from stream_detector.engine.episodes import EpisodeTracker
 from stream_detector.engine.model import WindowScorer, select_device
 from stream_detector.engine.threshold import AdaptiveThreshold
@@ -64,7 +64,8 @@ class Detector:
     ) -> None:
         meta = artefact.metadata
         self.settings = settings
-        self.decoder = Decoder(settings.input)
+        # In aggregate mode this decoder turns raw events into closed per-key buckets.
+        self.decoder = decoder_for(settings)
         self.feature_names = tuple(settings.input.value_fields)
         self.model_version = meta.model_version
         self.device = device if device is not None else select_device(settings.model.device)

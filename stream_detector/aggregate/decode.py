@@ -1,0 +1,139 @@
+"""Raw event messages (flows, requests, log lines) -> the per-key buckets they close, as events.
+
+The engine's Decoder does all record validation (parse, key, event time, numeric fields), so a
+raw event is refused for the same reasons, with the same details, as in events mode. This module
+adds what aggregation needs on top: the distinct-count fields, which may be text (addresses) and
+may be absent (an ICMP flow has no port) without refusing the event, and the bucketing itself.
+
+The result is a `Decoded` whose batch holds closed buckets (key, bucket end time, the configured
+features) instead of messages, so everything after decode (windows, model, thresholds,
+episodes) runs unchanged. A bucket's `index` is the position of the message whose arrival
+closed it; late events become rejects with reason `late` (or are only counted, with
+late_policy = "drop").
+"""
+
+from __future__ import annotations
+
+import operator
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import orjson
+import structlog
+
+from stream_detector.aggregate.buckets import BucketAggregator, BucketStep, TimedEvents
+from stream_detector.aggregate.features import FeaturePlan
+from stream_detector.aggregate.sketch import hash_values
+from stream_detector.config import Settings
+from stream_detector.engine.decode import Decoder, _extract
+from stream_detector.engine.types import Decoded, EventBatch, Reject
+
+log = structlog.get_logger(__name__)
+
+
+class AggregatingDecoder:
+    """Decoder for input.mode = "aggregate": stateful, since buckets stay open across batches.
+
+    Offers the Decoder's entry points (decode_messages, decode_columns, feature_names), so the
+    detector, file sources and training take it in the Decoder's place.
+    """
+
+    def __init__(self, settings: Settings, now: Callable[[], float] = time.time) -> None:
+        config = settings.aggregate
+        self.plan = FeaturePlan.of(config)
+        # The raw events' own numeric fields; empty when every feature is a count or distinct,
+        # which model_copy allows because these are not model features.
+        raw_input = settings.input.model_copy(
+            update={"value_fields": self.plan.numeric_fields, "label_field": None}
+        )
+        self._decoder = Decoder(raw_input, now)
+        self._distinct_paths = [field.split(".") for field in self.plan.distinct_fields]
+        self._dead_letter_late = config.late_policy == "dead_letter"
+        self.aggregator = BucketAggregator(
+            self.plan, config.bucket_width_s, config.allowed_lateness_s, config.idle_timeout_s
+        )
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        return self.plan.names
+
+    def decode_messages(
+        self,
+        payloads: Sequence[bytes],
+        keys: Sequence[bytes | None] | None = None,
+        broker_ts_ms: Sequence[int] | np.ndarray | None = None,
+    ) -> Decoded:
+        """Fold one consumed batch into the buckets; return the buckets it closed."""
+        decoded = self._decoder.decode_messages(payloads, keys, broker_ts_ms)
+        accepted = decoded.batch.index.tolist()
+        columns: list[Sequence[Any]] = []
+        if self._distinct_paths and accepted:
+            # Every accepted payload parsed as one JSON object, so a comma join is one array.
+            objects = orjson.loads(b"[" + b",".join([payloads[i] for i in accepted]) + b"]")
+            columns = [_extract(objects, path) for path in self._distinct_paths]
+        return self._bucket(decoded, columns)
+
+    def decode_columns(self, columns: Mapping[str, Sequence[Any] | np.ndarray]) -> Decoded:
+        """Fold a table of raw events (a CSV file) into the buckets, as decode_messages."""
+        decoded = self._decoder.decode_columns(columns)
+        rows = decoded.batch.index
+        absent = [None] * len(rows)
+        distinct = [
+            np.asarray(columns[field], dtype=object)[rows] if field in columns else absent
+            for field in self.plan.distinct_fields
+        ]
+        return self._bucket(decoded, distinct)
+
+    def _bucket(self, decoded: Decoded, distinct: Sequence[Sequence[Any]]) -> Decoded:
+        batch = decoded.batch
+        n = len(batch)
+        hashes = np.zeros((n, len(self.plan.distinct_fields)), dtype=np.uint64)
+        present = np.zeros(hashes.shape, dtype=bool)
+        for j, column in enumerate(distinct):
+            hashes[:, j], present[:, j] = hash_values(column)
+        step = self.aggregator.add(
+            TimedEvents(
+                index=batch.index,
+                keys=batch.keys,
+                ts=batch.ts,
+                numbers=batch.values.astype(np.float64),
+                hashes=hashes,
+                present=present,
+            )
+        )
+        rejects = decoded.rejects
+        late = np.flatnonzero(step.late)
+        if late.size:
+            log.debug("late events", count=int(late.size), dead_lettered=self._dead_letter_late)
+            if self._dead_letter_late:
+                rejects = sorted(
+                    rejects + self._late_rejects(batch, step, late),
+                    key=operator.attrgetter("index"),
+                )
+        closed = EventBatch(index=step.index, keys=step.keys, ts=step.end_ts, values=step.values)
+        return Decoded(batch=closed, rejects=rejects)
+
+    def _late_rejects(self, batch: EventBatch, step: BucketStep, late: np.ndarray) -> list[Reject]:
+        width = self.aggregator.width
+        lateness = self.aggregator.lateness
+        return [
+            Reject(
+                int(batch.index[i]),
+                "late",
+                f"event time {batch.ts[i]:.3f} is in the bucket ending "
+                f"{(np.floor(batch.ts[i] / width) + 1) * width:.3f}, already closed by the "
+                f"watermark {step.watermark[i]:.3f} (latest event time minus "
+                f"aggregate.allowed_lateness_s={lateness:g})",
+            )
+            for i in late.tolist()
+        ]
+
+
+def decoder_for(settings: Settings) -> Decoder | AggregatingDecoder:
+    """The decoder raw messages go through under these settings (one per detector: in aggregate
+    mode it holds that detector's open buckets)."""
+    if settings.input.mode == "aggregate":
+        return AggregatingDecoder(settings)
+    return Decoder(settings.input)

@@ -302,6 +302,32 @@ class ObservabilityConfig(_Section):
     )
 
 
+class StateConfig(_Section):
+    """Checkpoints of per-key engine state, so a restart or rebalance resumes warm (docs/state.md)."""
+
+    store: Literal["local", "kafka", "none"] = Field(
+        "local",
+        description="'local': files under `dir`, for one instance (or several sharing a volume). "
+        "'kafka': the changelog topic, so any instance assigned a partition can restore it. "
+        "'none': every start and rebalance is cold.",
+    )
+    dir: Path = Field(
+        Path("~/.local/state/stream-detector"),
+        description="Directory of the local store; a sub-directory per consumer group.",
+    )
+    checkpoint_interval_s: float = Field(
+        30.0,
+        gt=0,
+        description="How often each owned partition's state is checkpointed (also on revoke and "
+        "shutdown); each checkpoint first waits for all output so far to be acknowledged.",
+    )
+    changelog_topic: str = Field(
+        "stream-detector-state",
+        min_length=1,
+        description="The Kafka store's topic; create it before starting (no compaction needed).",
+    )
+
+
 class Settings(BaseSettings):
     """The whole configuration; see README.md for an annotated example file."""
 
@@ -319,6 +345,7 @@ class Settings(BaseSettings):
     episodes: EpisodeConfig = EpisodeConfig()
     kafka: KafkaConfig = KafkaConfig()
     observability: ObservabilityConfig = ObservabilityConfig()
+    state: StateConfig = StateConfig()
 
     @model_validator(mode="after")
     def _aggregate_features_are_the_model_features(self) -> Settings:

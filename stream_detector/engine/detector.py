@@ -9,7 +9,7 @@ grows slots, the other stages are told here, in one place.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,6 +25,8 @@ from stream_detector.engine.model import WindowScorer, select_device
 from stream_detector.engine.threshold import AdaptiveThreshold
 from stream_detector.engine.stage import StagedWindows, WindowStage
 from stream_detector.engine.types import Decoded, ScoredWindows
+from stream_detector.state.slots import SlotArrays
+from stream_detector.state.snapshot import EngineSnapshot
 
 log = structlog.get_logger(__name__)
 
@@ -129,6 +131,58 @@ class Detector:
         model_seconds = time.perf_counter() - started
         alerts = self._episodes.update(scored) if len(scored) else []
         return DetectionResult(decoded, scored, alerts, model_seconds)
+
+    def snapshot(self, keys: Collection[str]) -> EngineSnapshot:
+        """The state of those of `keys` that are tracked (evicted or unseen ones are skipped).
+
+        The arrays are copies, so the detector can go on while the snapshot is written out.
+        """
+        tracked, slots = self._windows.tracked(np.asarray(list(keys), dtype=object))
+        arrays = {
+            f"{prefix}.{name}": array
+            for prefix, stage in self._slot_stages()
+            for name, array in stage.export_slots(slots).items()
+        }
+        watermark, seq = self._windows.clock
+        return EngineSnapshot(tracked, arrays, watermark, seq)
+
+    def restore(self, snapshot: EngineSnapshot) -> int:
+        """Take over the snapshot's keys, replacing any of them tracked here; returns how many
+        were restored. Raises ValueError, before changing anything, for a malformed snapshot."""
+        parts: dict[str, dict[str, np.ndarray]] = {prefix: {} for prefix, _ in self._slot_stages()}
+        for name, array in snapshot.arrays.items():
+            prefix, _, field = name.partition(".")
+            if prefix not in parts:
+                raise ValueError(f"snapshot array {name!r} belongs to no engine stage")
+            parts[prefix][field] = array
+        for prefix, stage in self._slot_stages():
+            stage.check_import(parts[prefix], len(snapshot))
+        rows, slots = self._windows.import_keys(
+            snapshot.keys, parts["windows"], (snapshot.watermark, snapshot.seq)
+        )
+        self._sync_slots(np.empty(0, dtype=np.int64))
+        self._normalizer.ensure_capacity(self._windows.capacity)
+        for prefix, stage in self._slot_stages()[1:]:
+            stage.import_slots(slots, {name: array[rows] for name, array in parts[prefix].items()})
+        return len(rows)
+
+    def drop(self, keys: Collection[str]) -> int:
+        """Forget the given keys, e.g. those of partitions handed to another instance; returns
+        how many were tracked. Their open episodes end without a resolve alert here: the new
+        owner restores them from the checkpoint and resolves them."""
+        freed = self._windows.release_keys(np.asarray(list(keys), dtype=object))
+        for stage in (self._normalizer, self._threshold, self._episodes):
+            stage.reset(freed)
+        return len(freed)
+
+    def _slot_stages(self) -> tuple[tuple[str, SlotArrays], ...]:
+        """Every stage with per-slot state, the window store (which owns the slots) first."""
+        return (
+            ("windows", self._windows),
+            ("normalizer", self._normalizer),
+            ("threshold", self._threshold),
+            ("episodes", self._episodes),
+        )
 
     def _sync_slots(self, freed: np.ndarray) -> None:
         capacity = self._windows.capacity

@@ -33,6 +33,7 @@ from stream_detector.engine.alerts import (
     top_contributions,
 )
 from stream_detector.engine.types import ScoredWindows
+from stream_detector.state.slots import SlotArrays
 
 log = structlog.get_logger(__name__)
 
@@ -55,7 +56,7 @@ class _KeyState:
     peak: float
 
 
-class EpisodeTracker:
+class EpisodeTracker(SlotArrays):
     """Per-key episode state in arrays indexed by ring-buffer slot.
 
     run:            consecutive exceeding windows while no episode is open
@@ -67,6 +68,11 @@ class EpisodeTracker:
     peak*:          the highest-scoring window of the run or episode (score, threshold and the
                     per-feature errors / actual / expected needed to explain it at resolve time)
     """
+
+    SLOT_FIELDS = (
+        "run", "open", "calm", "windows_over", "episode_start", "peak",
+        "peak_threshold", "peak_errors", "peak_actual", "peak_expected",
+    )
 
     def __init__(
         self,
@@ -104,11 +110,8 @@ class EpisodeTracker:
         """Grow to at least `capacity` slots, keeping every existing key's state."""
         if capacity <= self.capacity:
             return
-        for name in (
-            "_run", "_open", "_calm", "_windows_over", "_episode_start", "_peak",
-            "_peak_threshold", "_peak_errors", "_peak_actual", "_peak_expected",
-        ):
-            setattr(self, name, _grow(getattr(self, name), capacity))
+        for name in self.SLOT_FIELDS:
+            setattr(self, "_" + name, _grow(getattr(self, "_" + name), capacity))
 
     def reset(self, slots: np.ndarray) -> None:
         """Forget freed slots, dropping any open episode without a resolve alert.

@@ -15,6 +15,8 @@ from __future__ import annotations
 import numpy as np
 import structlog
 
+from stream_detector.state.slots import SlotArrays
+
 log = structlog.get_logger(__name__)
 
 
@@ -43,8 +45,10 @@ def _sums(group: np.ndarray, values: np.ndarray, n_groups: int) -> np.ndarray:
     )
 
 
-class KeyNormalizer:
+class KeyNormalizer(SlotArrays):
     """Running per-slot statistics with a global prior; the detector keeps it in step with slots."""
+
+    SLOT_FIELDS = ("n", "mean", "m2")
 
     def __init__(
         self,

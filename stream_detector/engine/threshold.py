@@ -24,6 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from stream_detector.config import ThresholdConfig
+from stream_detector.state.slots import SlotArrays
 
 def _grow(array: np.ndarray, capacity: int) -> np.ndarray:
     grown = np.zeros(capacity, dtype=array.dtype)
@@ -31,13 +32,15 @@ def _grow(array: np.ndarray, capacity: int) -> np.ndarray:
     return grown
 
 
-class AdaptiveThreshold:
+class AdaptiveThreshold(SlotArrays):
     """EWMA mean and variance of each key's scores, in arrays indexed by ring-buffer slot.
 
     Until a key has absorbed `warmup` scores its estimate is too noisy to trust, and it is judged
     against the calibrated global threshold instead. Afterwards its threshold is
     ``mean + sensitivity * std``, floored at ``floor_factor x global_threshold``.
     """
+
+    SLOT_FIELDS = ("mean", "var", "count")
 
     def __init__(
         self, config: ThresholdConfig, global_threshold: float, capacity: int = 1024

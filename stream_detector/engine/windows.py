@@ -32,6 +32,7 @@ import numpy as np
 import structlog
 
 from stream_detector.engine.types import DueWindows, EventBatch, IngestReport
+from stream_detector.state.slots import SlotArrays
 
 log = structlog.get_logger(__name__)
 
@@ -100,7 +101,7 @@ class _KeyGroups:
         return self.order[self.start + self.size - 1]
 
 
-class WindowStore:
+class WindowStore(SlotArrays):
     """Ring buffer of the last W events of every tracked key; emits windows as they fall due.
 
     The write position of a key's j-th event (0-based, counted since the key got its slot) is
@@ -151,6 +152,57 @@ class WindowStore:
 
     def slot_of(self, key: str) -> int | None:
         return self._slot_by_key.get(key)
+
+    # Ring rows are exported as stored: the write head is count % W, so they stay valid in
+    # whatever slot the key gets on restore.
+    SLOT_FIELDS = ("values", "ts", "count", "last_ts", "last_seq")
+
+    @property
+    def clock(self) -> tuple[float, int]:
+        """(event-time watermark, event sequence number): the store's state beyond its keys."""
+        return float(self._watermark), int(self._seq)
+
+    def tracked(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(keys, slots) of the given keys that are tracked, in the given order."""
+        slots = self._slots_of(keys)
+        present = slots >= 0
+        return keys[present], slots[present]
+
+    def import_keys(
+        self, keys: np.ndarray, state: dict[str, np.ndarray], clock: tuple[float, int]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Take over keys exported elsewhere; returns (rows of ``keys`` kept, their slots).
+
+        A key already tracked is overwritten: the checkpoint reflects its partition's input up
+        to the offset the consumer resumes from, so the live state would count events twice.
+        When the keys do not all fit under max_keys, the most recently seen ones are kept.
+        The clock moves forward only, so restored sequence numbers keep their LRU order.
+        """
+        rows = np.arange(len(keys))
+        existing = self._slots_of(keys)
+        new = np.flatnonzero(existing < 0)
+        room = self.max_keys - self.n_keys
+        if len(new) > room:
+            by_recency = np.argsort(state["last_seq"][new], kind="stable")
+            dropped = new[by_recency[: len(new) - room]]
+            log.warning("restored keys over max_keys dropped", dropped=len(dropped))
+            rows = np.setdiff1d(rows, dropped)
+        slots = existing[rows]
+        self._assign_slots(keys[rows], slots, np.ones(len(rows), dtype=bool))
+        self.import_slots(slots, {name: array[rows] for name, array in state.items()})
+        watermark, seq = clock
+        self._watermark = max(self._watermark, watermark)
+        self._seq = max(self._seq, seq)
+        return rows, slots
+
+    def _slots_of(self, keys: np.ndarray) -> np.ndarray:
+        return np.fromiter(map(self._slot_by_key.get, keys.tolist(), repeat(-1)), np.int64, len(keys))
+
+    def release_keys(self, keys: np.ndarray) -> np.ndarray:
+        """Forget the given keys (those tracked); returns the slots freed, for the other stages."""
+        _, slots = self.tracked(keys)
+        self._release(slots)
+        return slots
 
     def ingest(self, batch: EventBatch, stride: int) -> tuple[DueWindows, IngestReport]:
         """Append a batch to its keys' windows; return every window that fell due, in arrival order.

@@ -1,0 +1,167 @@
+"""Detector snapshot/restore: a restored detector is indistinguishable from the one snapshotted.
+
+The property: feed a detector a stream, snapshot it (through the on-disk format), restore into a
+fresh detector, feed both the same continuation; every alert and every scored window must be
+identical (slot numbers aside, which are an internal detail). Small key limits and idle TTLs make
+evictions, slot reuse and growth happen on both sides of the snapshot.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings as hyp_settings, strategies as st
+
+from stream_detector.artefact import ModelArtefact
+from stream_detector.config import Settings, load_settings
+from stream_detector.engine.decode import Decoder
+from stream_detector.engine.detector import DetectionResult, Detector
+from stream_detector.state.snapshot import decode, encode, make_checkpoint
+from stream_detector.training import train
+
+N_KEYS = 6
+
+
+def _settings(stride: int = 1) -> Settings:
+    return load_settings(
+        None,
+        {
+            "window": {"size": 4, "stride": stride, "max_keys": 4, "initial_capacity": 2,
+                       "idle_ttl_s": 6.0},
+            "normalize": {"warmup": 3},
+            "model": {"hidden_size": 4, "latent_size": 2, "device": "cpu"},
+            "train": {"epochs": 1, "batch_size": 64, "seed": 0, "max_windows": 400},
+            "threshold": {"warmup": 3, "alpha": 0.3},
+            "episodes": {"min_consecutive": 1, "cooldown": 2},
+        },
+    )
+
+
+def _payload(key: int, ts: float, value: float) -> bytes:
+    return orjson.dumps({"key": f"k{key}", "ts": ts, "value": value})
+
+
+@pytest.fixture(scope="module")
+def artefact() -> ModelArtefact:
+    settings = _settings()
+    rng = np.random.default_rng(0)
+    payloads = [
+        _payload(k, float(t), float(np.sin(t / 3 + k) + rng.normal(0, 0.1)))
+        for t in range(80)
+        for k in range(N_KEYS)
+    ]
+    return train([Decoder(settings.input).decode_messages(payloads)], settings, out_dir=None)
+
+
+# One event: (key, time step, value). Steps go back as well as forward (late events: the idle
+# watermark must survive the snapshot) and sometimes jump past idle_ttl_s; large values are
+# spikes that alert.
+events = st.lists(
+    st.tuples(
+        st.integers(0, N_KEYS - 1),
+        st.sampled_from([0, 1, 1, -3, 8]),
+        st.one_of(st.floats(-1.5, 1.5), st.sampled_from([25.0, -40.0])),
+    ),
+    min_size=30,
+    max_size=120,
+)
+
+
+def _stream(raw: list[tuple[int, int, float]]) -> list[bytes]:
+    ts = np.cumsum([step for _, step, _ in raw]) + 1_000.0
+    return [_payload(k, float(t), v) for (k, _, v), t in zip(raw, ts, strict=True)]
+
+
+def _feed(detector: Detector, payloads: list[bytes], cuts: list[int]) -> list[DetectionResult]:
+    bounds = [0, *sorted(c % (len(payloads) + 1) for c in cuts), len(payloads)]
+    return [detector.process_messages(payloads[a:b]) for a, b in zip(bounds, bounds[1:])]
+
+
+def _observable(results: list[DetectionResult]) -> list[object]:
+    """Everything a caller can see, slots excepted."""
+    seen: list[object] = []
+    for result in results:
+        scored = result.scored
+        seen.append(result.alerts)
+        seen.append(scored.keys.tolist())
+        for name in ("event_index", "start_ts", "end_ts", "scores", "thresholds", "exceed",
+                     "feature_errors", "actual", "expected"):
+            seen.append(getattr(scored, name).tolist())
+    return seen
+
+
+@hyp_settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    before=events,
+    after=events,
+    cuts_before=st.lists(st.integers(0, 200), max_size=3),
+    cuts_after=st.lists(st.integers(0, 200), max_size=3),
+    stride=st.integers(1, 3),
+)
+def test_restored_detector_continues_exactly_like_the_original(
+    artefact: ModelArtefact,
+    before: list[tuple[int, int, float]],
+    after: list[tuple[int, int, float]],
+    cuts_before: list[int],
+    cuts_after: list[int],
+    stride: int,
+) -> None:
+    settings = _settings(stride)
+    payloads = _stream(before + after)
+    head, tail = payloads[: len(before)], payloads[len(before) :]
+    original = Detector(settings, artefact)
+    _feed(original, head, cuts_before)
+
+    snapshot = original.snapshot([f"k{k}" for k in range(N_KEYS)])
+    assert len(snapshot) == original.n_keys
+    checkpoint = make_checkpoint(
+        snapshot, model_version="m", fingerprint="f", topic="t", partition=0, offset=len(head)
+    )
+    restored = Detector(settings, artefact)
+    assert restored.restore(decode(encode(checkpoint)).engine) == original.n_keys
+    assert restored.open_episodes == original.open_episodes
+
+    expected = _observable(_feed(original, tail, cuts_after))
+    assert _observable(_feed(restored, tail, cuts_after)) == expected
+
+
+def test_snapshot_of_some_keys_and_drop(artefact: ModelArtefact) -> None:
+    settings = _settings()
+    detector = Detector(settings, artefact)
+    detector.process_messages([_payload(k, 1_000.0 + t, 0.1) for t in range(5) for k in range(3)])
+    part = detector.snapshot(["k0", "k2", "never-seen"])
+    assert part.keys.tolist() == ["k0", "k2"]
+    assert all(array.shape[0] == 2 for array in part.arrays.values())
+    assert detector.drop(["k0", "k2", "never-seen"]) == 2
+    assert detector.n_keys == 1
+    assert len(detector.snapshot(["k0", "k2"])) == 0
+    assert detector.restore(part) == 2 and detector.n_keys == 3
+
+
+def test_restore_replaces_live_state_of_the_same_key(artefact: ModelArtefact) -> None:
+    """The checkpoint is the truth for its keys: the consumer resumes at its offset."""
+    settings = _settings()
+    detector = Detector(settings, artefact)
+    detector.process_messages([_payload(0, 1_000.0 + t, 0.1) for t in range(3)])
+    early = detector.snapshot(["k0"])
+    detector.process_messages([_payload(0, 1_010.0 + t, 0.1) for t in range(3)])
+    detector.restore(early)
+    again = detector.snapshot(["k0"])
+    assert int(again.arrays["windows.count"][0]) == 3
+
+
+def test_malformed_snapshot_is_refused_before_anything_changes(artefact: ModelArtefact) -> None:
+    settings = _settings()
+    source = Detector(settings, artefact)
+    source.process_messages([_payload(k, 1_000.0, 0.1) for k in range(3)])
+    snapshot = source.snapshot(["k0", "k1", "k2"])
+    wrong_window = dict(snapshot.arrays)
+    wrong_window["windows.values"] = np.zeros((3, 5, 1), dtype=np.float32)
+    target = Detector(settings, artefact)
+    with pytest.raises(ValueError, match="values"):
+        target.restore(type(snapshot)(snapshot.keys, wrong_window, 0.0, 0))
+    missing = {k: v for k, v in snapshot.arrays.items() if k != "threshold.var"}
+    with pytest.raises(ValueError, match="var"):
+        target.restore(type(snapshot)(snapshot.keys, missing, 0.0, 0))
+    assert target.n_keys == 0

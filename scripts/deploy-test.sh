@@ -189,8 +189,16 @@ print(
 )
 PY
 
-say "stopping the detector: it must drain, commit and exit 0"
 detector="$(compose ps -q detector)"
+health=""
+for _ in $(seq 1 30); do
+    health="$(docker inspect -f '{{.State.Health.Status}}' "$detector")"
+    [ "$health" = "healthy" ] && break
+    sleep 2
+done
+[ "$health" = "healthy" ] || { say "the detector's compose health check says '$health'"; exit 1; }
+
+say "stopping the detector: it must drain, commit and exit 0"
 compose stop --timeout 45 detector >/dev/null
 exit_code="$(docker inspect -f '{{.State.ExitCode}}' "$detector")"
 [ "$exit_code" = "0" ] || { say "detector exited $exit_code"; exit 1; }

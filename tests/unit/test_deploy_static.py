@@ -266,6 +266,13 @@ def test_compose_starts_in_order_with_health_checks(
     assert all(services[name].get("init") for name in ("topics", "detector", "generator"))
 
 
+def test_compose_commands_are_ones_the_cli_accepts(base_compose: dict[str, Any]) -> None:
+    from stream_detector.cli import build_parser
+
+    args = build_parser().parse_args(base_compose["services"]["detector"]["command"])
+    assert args.command == "run"
+
+
 def test_compose_grace_period_exceeds_the_drain_timeout(
     base_compose: dict[str, Any], compose_settings: Settings
 ) -> None:
@@ -549,6 +556,12 @@ def test_selectors_match_the_pods(manifests: dict[str, dict[str, Any]]) -> None:
     ]
     for selector in selectors:
         assert selector.items() <= pod_labels.items()
+
+
+def test_container_args_are_ones_the_cli_accepts(container: dict[str, Any]) -> None:
+    from stream_detector.cli import build_parser
+
+    assert build_parser().parse_args(container["args"]).command == "run"
 
 
 def test_config_is_mounted_where_the_command_reads_it(

@@ -21,7 +21,15 @@ from contextlib import contextmanager
 from types import FrameType
 
 import structlog
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_INVALID,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient
 
 from stream_detector.artefact import ArtefactError, load_artefact
@@ -38,6 +46,7 @@ from stream_detector.kafka.settings import (
     redact,
     transactional_id,
 )
+from stream_detector.state.partitions import open_partition_state
 
 log = structlog.get_logger(__name__)
 
@@ -133,6 +142,11 @@ class KafkaService:
         self._last_lag = 0.0
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
+        # Per-partition engine state (None: state.store = "none"), and what it reflects: the
+        # next offset to consume of every owned partition, as far as the detector has seen.
+        self.state = open_partition_state(settings, self.detector)
+        self._positions: dict[Partition, int] = {}
+        self._last_checkpoint = time.monotonic()
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -189,6 +203,8 @@ class KafkaService:
         wanted = {topic: "kafka.input_topics" for topic in self.kafka.input_topics}
         wanted[self.kafka.alert_topic] = "kafka.alert_topic"
         wanted[self.kafka.dead_letter_topic] = "kafka.dead_letter_topic"
+        if self.settings.state.store == "kafka":
+            wanted[self.settings.state.changelog_topic] = "state.changelog_topic"
         missing = [
             f"{topic!r} ({setting})"
             for topic, setting in wanted.items()
@@ -244,7 +260,10 @@ class KafkaService:
             if data:
                 self._process(data)
             self._service_producer(0.0)
-            self._commit_released(asynchronous=True)
+            if self.state is None:
+                self._commit_released(asynchronous=True)
+            else:
+                self._checkpoint_if_due()
             self._update_lag()
 
     def _shutdown(self) -> int:
@@ -252,6 +271,7 @@ class KafkaService:
         self._stop_deadline = time.monotonic() + self.kafka.shutdown_timeout_s
         log.info("stopping: draining produced messages", unacknowledged=self.tracker.unsettled)
         drained = self._drain()
+        self._checkpoint(self._assigned, wait=False)
         self._commit_released(asynchronous=False)
         self._close_clients()
         log.info(
@@ -298,6 +318,12 @@ class KafkaService:
             consumed.payloads, consumed.keys, consumed.broker_ts_ms
         )
         offsets = consumed.next_offsets()
+        self._positions.update(offsets)
+        if self.state is not None:
+            events = result.decoded.batch
+            self.state.observe(
+                consumed.topics[events.index], consumed.partitions[events.index], events.keys
+            )
         seq = -1 if self._exactly_once else self.tracker.open_batch(offsets)
         records = [alert_record(a, self.kafka.alert_topic, self.source, seq) for a in result.alerts]
         records += [
@@ -425,11 +451,62 @@ class KafkaService:
             # member is leaving, the new owner re-processes them (duplicates, never a loss).
             log.warning("offset commit failed", error=exc.args[0].str(), offsets=len(offsets))
 
-    def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         added = {(tp.topic, tp.partition) for tp in partitions}
         self._assigned |= added
         self.health.assigned = bool(self._assigned)
         log.info("partitions assigned", added=sorted(added), assigned=len(self._assigned))
+        if self.state is not None:
+            self._restore(consumer, partitions)
+
+    def _restore(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Restore the partitions' checkpoints and start consuming each restored one at its
+        checkpoint's offset, so state and position agree: no event counted twice into a window,
+        none skipped. The others start at their committed offset (OFFSET_INVALID)."""
+        assert self.state is not None
+        resume = self.state.restore({(tp.topic, tp.partition) for tp in partitions})
+        if not resume:
+            return  # the client assigns at the committed offsets once this callback returns
+        positioned = [
+            TopicPartition(
+                tp.topic, tp.partition, resume.get((tp.topic, tp.partition), OFFSET_INVALID)
+            )
+            for tp in partitions
+        ]
+        if "cooperative" in self.kafka.partition_assignment_strategy:
+            consumer.incremental_assign(positioned)
+        else:
+            consumer.assign(positioned)
+        self._positions.update(resume)
+
+    def _checkpoint_if_due(self) -> None:
+        if self.state is None:
+            return
+        now = time.monotonic()
+        if now - self._last_checkpoint < self.settings.state.checkpoint_interval_s:
+            return
+        self._last_checkpoint = now
+        if self._checkpoint(self._assigned):
+            self._commit_released(asynchronous=False)
+
+    def _checkpoint(self, partitions: set[Partition], *, wait: bool = True) -> bool:
+        """Checkpoint the partitions at their positions, once every output up to there is
+        acknowledged: a checkpoint ahead of its output would lose those alerts on restore. With
+        exactly_once each batch's transaction is already committed when the next one starts.
+
+        With a state store, offsets are committed only right after a checkpoint (the callers do
+        it): a committed offset ahead of a partition's checkpoint would, after a crash, leave the
+        events in between in neither, and a partition with no checkpoint yet would resume cold
+        in mid-stream. Returns False when it could not be taken (output unacknowledged)."""
+        if self.state is None or self._failing:
+            return False
+        if not self._exactly_once and self.tracker.unsettled:
+            if not (wait and self._drain()):
+                log.warning("checkpoint skipped: output still unacknowledged",
+                            unacknowledged=self.tracker.unsettled)
+                return False
+        self.state.checkpoint({p: o for p, o in self._positions.items() if p in partitions})
+        return True
 
     def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Before giving partitions away: get their output acknowledged and their offsets in."""
@@ -438,7 +515,10 @@ class KafkaService:
             if not self._drain():
                 log.warning("revoking with output unacknowledged; it will be processed again",
                             unacknowledged=self.tracker.unsettled)
+            self._checkpoint(revoked, wait=False)  # drained just above, as far as it could be
             self._commit_released(asynchronous=False, only=revoked)
+        elif self._exactly_once and not self._failing:
+            self._checkpoint(revoked)
         self._give_up(revoked)
         log.info("partitions revoked", revoked=sorted(revoked), assigned=len(self._assigned))
 
@@ -450,11 +530,14 @@ class KafkaService:
                     "owner", lost=sorted(lost))
 
     def _give_up(self, partitions: set[Partition]) -> None:
-        # Per-key detector state is not partitioned; keys of these partitions age out through
-        # window.idle_ttl_s and window.max_keys.
+        # With a state store the partitions' keys are dropped (the new owner restores them);
+        # without one they age out through window.idle_ttl_s and window.max_keys.
         self.tracker.forget(partitions)
+        if self.state is not None:
+            self.state.drop(partitions)
         for partition in partitions:
             self._released.pop(partition, None)
+            self._positions.pop(partition, None)
             self.metrics.drop_partition(*partition)
         self._assigned -= partitions
         self.health.assigned = bool(self._assigned)

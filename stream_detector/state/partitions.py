@@ -1,0 +1,175 @@
+"""The detector's state cut along input partitions: checkpoint, restore and drop per partition.
+
+The detector keeps one pool of keys; Kafka hands out partitions. With keyed input (message key =
+entity key, the normal case) every key lives in one partition, so remembering which keys each
+partition fed is enough to snapshot a partition, move it to another instance and drop it here.
+A key fed by several partitions is kept while any of them is owned.
+
+A checkpoint is only ever restored when it was made by the running model and settings; anything
+else is refused with a warning and that partition starts cold, while the service keeps running.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Collection, Mapping
+
+import numpy as np
+import structlog
+
+from stream_detector.config import Settings
+from stream_detector.engine.detector import Detector
+from stream_detector.state.changelog import KafkaChangelogStore
+from stream_detector.state.snapshot import (
+    SnapshotError,
+    check_compatible,
+    decode,
+    encode,
+    make_checkpoint,
+    state_fingerprint,
+)
+from stream_detector.state.store import LocalDirStore, Partition, StateStore, StateStoreError
+
+log = structlog.get_logger(__name__)
+
+
+class PartitionState:
+    """Which keys each owned partition fed the detector, and their checkpoints in a store."""
+
+    def __init__(self, detector: Detector, store: StateStore, fingerprint: str) -> None:
+        self.detector = detector
+        self.store = store
+        self.fingerprint = fingerprint
+        self._keys: dict[Partition, set[str]] = {}
+        # Offset of the last checkpoint saved or restored per partition: an idle partition is
+        # not written again.
+        self._saved: dict[Partition, int] = {}
+
+    def observe(self, topics: np.ndarray, partitions: np.ndarray, keys: np.ndarray) -> None:
+        """Note the partition of each accepted event (parallel arrays, one row per event)."""
+        if len(keys) == 0:
+            return
+        names, topic_index = np.unique(topics, return_inverse=True)
+        width = int(partitions.max()) + 1
+        codes, group = np.unique(topic_index.reshape(-1) * width + partitions, return_inverse=True)
+        order = np.argsort(group.reshape(-1), kind="stable")
+        bounds = np.flatnonzero(np.diff(group.reshape(-1)[order])) + 1
+        for code, rows in zip(codes.tolist(), np.split(order, bounds), strict=True):
+            partition = (str(names[code // width]), code % width)
+            self._keys.setdefault(partition, set()).update(keys[rows].tolist())
+
+    def checkpoint(self, positions: Mapping[Partition, int]) -> int:
+        """Save the state of each partition as of `positions` (the next offset to consume, all
+        output before it acknowledged); returns how many partitions were written."""
+        started = time.perf_counter()
+        blobs: dict[Partition, bytes] = {}
+        n_keys = 0
+        for partition, offset in positions.items():
+            if self._saved.get(partition) == offset:
+                continue
+            snapshot = self.detector.snapshot(self._keys.get(partition, ()))
+            # Evicted keys fall out of the partition's key set here, so it cannot grow forever.
+            self._keys[partition] = set(snapshot.keys.tolist())
+            topic, number = partition
+            checkpoint = make_checkpoint(
+                snapshot,
+                model_version=self.detector.model_version,
+                fingerprint=self.fingerprint,
+                topic=topic,
+                partition=number,
+                offset=offset,
+            )
+            blobs[partition] = encode(checkpoint)
+            n_keys += len(snapshot)
+        if not blobs:
+            return 0
+        try:
+            self.store.save(blobs)
+        except StateStoreError as exc:
+            log.warning("checkpoint not written; the previous one stays in place", error=str(exc))
+            return 0
+        for partition in blobs:
+            self._saved[partition] = positions[partition]
+        log.info(
+            "checkpoint written",
+            partitions=sorted(f"{t}:{p}@{positions[(t, p)]}" for t, p in blobs),
+            keys=n_keys,
+            bytes=sum(len(b) for b in blobs.values()),
+            seconds=round(time.perf_counter() - started, 4),
+        )
+        return len(blobs)
+
+    def restore(self, partitions: Collection[Partition]) -> dict[Partition, int]:
+        """Restore each partition that has a usable checkpoint; returns the offset to resume
+        each restored partition from. Partitions without one start cold from the committed
+        offset, as before this feature."""
+        try:
+            blobs = self.store.load(partitions)
+        except StateStoreError as exc:
+            log.warning("state store unreadable; partitions start cold", error=str(exc),
+                        partitions=sorted(map(str, partitions)))
+            return {}
+        resume: dict[Partition, int] = {}
+        for partition, data in blobs.items():
+            offset = self._restore_one(partition, data)
+            if offset is not None:
+                resume[partition] = offset
+        return resume
+
+    def drop(self, partitions: Collection[Partition]) -> int:
+        """Forget the partitions' keys (their new owner restores them); returns keys dropped."""
+        gone: set[str] = set()
+        for partition in partitions:
+            gone |= self._keys.pop(partition, set())
+            self._saved.pop(partition, None)
+        if gone and self._keys:
+            gone -= set().union(*self._keys.values())
+        dropped = self.detector.drop(gone) if gone else 0
+        if dropped:
+            log.info("partition state dropped", partitions=sorted(map(str, partitions)), keys=dropped)
+        return dropped
+
+    def _restore_one(self, partition: Partition, data: bytes) -> int | None:
+        started = time.perf_counter()
+        try:
+            checkpoint = decode(data)
+            meta = checkpoint.meta
+            if (meta.topic, meta.partition) != partition:
+                raise SnapshotError(f"checkpoint is of {meta.topic}:{meta.partition}")
+            check_compatible(meta, self.detector.model_version, self.fingerprint)
+            restored = self.detector.restore(checkpoint.engine)
+        except (SnapshotError, ValueError) as exc:
+            log.warning(
+                "checkpoint refused; partition starts cold",
+                topic=partition[0],
+                partition=partition[1],
+                reason=str(exc),
+            )
+            return None
+        self._keys[partition] = set(checkpoint.engine.keys.tolist())
+        self._saved[partition] = meta.offset
+        log.info(
+            "partition state restored",
+            topic=partition[0],
+            partition=partition[1],
+            offset=meta.offset,
+            keys=restored,
+            age_s=round(time.time() - meta.created_at, 1),
+            seconds=round(time.perf_counter() - started, 4),
+        )
+        return meta.offset
+
+
+def open_partition_state(settings: Settings, detector: Detector) -> PartitionState | None:
+    """The configured store around `detector`, or None for state.store = "none"."""
+    state = settings.state
+    store: StateStore
+    if state.store == "none":
+        return None
+    if state.store == "kafka":
+        store = KafkaChangelogStore(settings.kafka, state.changelog_topic)
+    else:
+        store = LocalDirStore(state.dir, settings.kafka.group_id)
+    log.info("state store", store=state.store, interval_s=state.checkpoint_interval_s,
+             location=state.changelog_topic if state.store == "kafka" else str(state.dir))
+    return PartitionState(detector, store, state_fingerprint(settings))

@@ -17,6 +17,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future
 from contextlib import contextmanager
 from types import FrameType
 
@@ -147,6 +148,8 @@ class KafkaService:
         self.state = open_partition_state(settings, self.detector)
         self._positions: dict[Partition, int] = {}
         self._last_checkpoint = time.monotonic()
+        # A checkpoint being written in the background, with the offsets it reflects.
+        self._writing: tuple[dict[Partition, int], Future[int]] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -271,7 +274,7 @@ class KafkaService:
         self._stop_deadline = time.monotonic() + self.kafka.shutdown_timeout_s
         log.info("stopping: draining produced messages", unacknowledged=self.tracker.unsettled)
         drained = self._drain()
-        self._checkpoint(self._assigned, wait=False)
+        self._checkpoint_now(self._assigned)
         self._commit_released(asynchronous=False)
         self._close_clients()
         log.info(
@@ -431,16 +434,25 @@ class KafkaService:
         (so a failed asynchronous commit earlier cannot leave a partition behind)."""
         if self._exactly_once or self._consumer is None:
             return
+        fresh = self._collect_released()
+        chosen = fresh if asynchronous else self._released
+        if only is not None:
+            chosen = {tp: o for tp, o in self._released.items() if tp in only}
+        self._commit(chosen, asynchronous=asynchronous)
+
+    def _collect_released(self) -> dict[Partition, int]:
+        """Take the offsets the tracker released (fully acknowledged batches) of owned
+        partitions into `_released`; returns the fresh ones."""
         fresh = {
             (tp.topic, tp.partition): tp.offset
             for tp in self.tracker.ready_offsets()
             if (tp.topic, tp.partition) in self._assigned
         }
         self._released.update(fresh)
-        chosen = fresh if asynchronous else self._released
-        if only is not None:
-            chosen = {tp: o for tp, o in self._released.items() if tp in only}
-        if not chosen:
+        return fresh
+
+    def _commit(self, chosen: dict[Partition, int], *, asynchronous: bool) -> None:
+        if self._exactly_once or self._consumer is None or not chosen:
             return
         offsets = [TopicPartition(t, p, o) for (t, p), o in chosen.items()]
         try:
@@ -480,16 +492,42 @@ class KafkaService:
         self._positions.update(resume)
 
     def _checkpoint_if_due(self) -> None:
+        """Every checkpoint_interval_s: snapshot here, encode and write in the background, and
+        commit its offsets at a later turn, once written; one write at a time."""
         if self.state is None:
             return
+        if self._writing is not None:
+            if not self._writing[1].done():
+                return
+            self._commit_checkpointed()
         now = time.monotonic()
         if now - self._last_checkpoint < self.settings.state.checkpoint_interval_s:
             return
         self._last_checkpoint = now
-        if self._checkpoint(self._assigned):
-            self._commit_released(asynchronous=False)
+        self._writing = self._checkpoint(self._assigned)
 
-    def _checkpoint(self, partitions: set[Partition], *, wait: bool = True) -> bool:
+    def _commit_checkpointed(self) -> None:
+        """Wait for the background checkpoint, then commit the offsets it reflects (also when
+        the write failed: restores seek to their checkpoint's own offset, so a commit ahead of
+        the previous checkpoint costs re-processing, while never committing would cost more)."""
+        if self._writing is None:
+            return
+        (positions, written), self._writing = self._writing, None
+        written.result()
+        self._collect_released()  # their batches are acknowledged: let the tracker forget them
+        owned = {p: o for p, o in positions.items() if p in self._assigned}
+        self._commit(owned, asynchronous=False)
+
+    def _checkpoint_now(self, partitions: set[Partition]) -> None:
+        """Checkpoint and wait for the write (revoke, shutdown): the partitions leave next."""
+        self._commit_checkpointed()
+        started = self._checkpoint(partitions, wait=False)
+        if started is not None:
+            started[1].result()
+
+    def _checkpoint(
+        self, partitions: set[Partition], *, wait: bool = True
+    ) -> tuple[dict[Partition, int], Future[int]] | None:
         """Checkpoint the partitions at their positions, once every output up to there is
         acknowledged: a checkpoint ahead of its output would lose those alerts on restore. With
         exactly_once each batch's transaction is already committed when the next one starts.
@@ -497,16 +535,17 @@ class KafkaService:
         With a state store, offsets are committed only right after a checkpoint (the callers do
         it): a committed offset ahead of a partition's checkpoint would, after a crash, leave the
         events in between in neither, and a partition with no checkpoint yet would resume cold
-        in mid-stream. Returns False when it could not be taken (output unacknowledged)."""
+        in mid-stream. Returns the positions and the write's future, or None when no
+        checkpoint could be taken (output unacknowledged)."""
         if self.state is None or self._failing:
-            return False
+            return None
         if not self._exactly_once and self.tracker.unsettled:
             if not (wait and self._drain()):
                 log.warning("checkpoint skipped: output still unacknowledged",
                             unacknowledged=self.tracker.unsettled)
-                return False
-        self.state.checkpoint({p: o for p, o in self._positions.items() if p in partitions})
-        return True
+                return None
+        positions = {p: o for p, o in self._positions.items() if p in partitions}
+        return positions, self.state.checkpoint(positions)
 
     def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Before giving partitions away: get their output acknowledged and their offsets in."""
@@ -515,10 +554,10 @@ class KafkaService:
             if not self._drain():
                 log.warning("revoking with output unacknowledged; it will be processed again",
                             unacknowledged=self.tracker.unsettled)
-            self._checkpoint(revoked, wait=False)  # drained just above, as far as it could be
+            self._checkpoint_now(revoked)  # drained just above, as far as it could be
             self._commit_released(asynchronous=False, only=revoked)
         elif self._exactly_once and not self._failing:
-            self._checkpoint(revoked)
+            self._checkpoint_now(revoked)
         self._give_up(revoked)
         log.info("partitions revoked", revoked=sorted(revoked), assigned=len(self._assigned))
 

@@ -11,8 +11,10 @@ else is refused with a warning and that partition starts cold, while the service
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Collection, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 import structlog
@@ -21,6 +23,7 @@ from stream_detector.config import Settings
 from stream_detector.engine.detector import Detector
 from stream_detector.state.changelog import KafkaChangelogStore
 from stream_detector.state.snapshot import (
+    EngineSnapshot,
     SnapshotError,
     check_compatible,
     decode,
@@ -42,8 +45,10 @@ class PartitionState:
         self.fingerprint = fingerprint
         self._keys: dict[Partition, set[str]] = {}
         # Offset of the last checkpoint saved or restored per partition: an idle partition is
-        # not written again.
+        # not written again. The writer thread updates it, hence the lock.
         self._saved: dict[Partition, int] = {}
+        self._lock = threading.Lock()
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-writer")
 
     def observe(self, topics: np.ndarray, partitions: np.ndarray, keys: np.ndarray) -> None:
         """Note the partition of each accepted event (parallel arrays, one row per event)."""
@@ -58,42 +63,55 @@ class PartitionState:
             partition = (str(names[code // width]), code % width)
             self._keys.setdefault(partition, set()).update(keys[rows].tolist())
 
-    def checkpoint(self, positions: Mapping[Partition, int]) -> int:
-        """Save the state of each partition as of `positions` (the next offset to consume, all
-        output before it acknowledged); returns how many partitions were written."""
-        started = time.perf_counter()
-        blobs: dict[Partition, bytes] = {}
-        n_keys = 0
+    def checkpoint(self, positions: Mapping[Partition, int]) -> Future[int]:
+        """Checkpoint each partition as of `positions` (the next offset to consume, all output
+        before it acknowledged); the future gives how many partitions were written.
+
+        The snapshot (a copy of the keys' rows) is taken now, on the caller's thread, so it
+        reflects exactly `positions`; encoding and writing, the slow part, run on the writer
+        thread while the caller goes on with the next batches. A failed write is logged and
+        leaves the previous checkpoint in place.
+        """
+        snapshots: dict[Partition, tuple[int, EngineSnapshot]] = {}
+        with self._lock:
+            saved = dict(self._saved)
         for partition, offset in positions.items():
-            if self._saved.get(partition) == offset:
+            if saved.get(partition) == offset:
                 continue
             snapshot = self.detector.snapshot(self._keys.get(partition, ()))
             # Evicted keys fall out of the partition's key set here, so it cannot grow forever.
             self._keys[partition] = set(snapshot.keys.tolist())
-            topic, number = partition
-            checkpoint = make_checkpoint(
-                snapshot,
-                model_version=self.detector.model_version,
-                fingerprint=self.fingerprint,
-                topic=topic,
-                partition=number,
-                offset=offset,
-            )
-            blobs[partition] = encode(checkpoint)
-            n_keys += len(snapshot)
-        if not blobs:
+            snapshots[partition] = (offset, snapshot)
+        return self._writer.submit(self._write, snapshots)
+
+    def _write(self, snapshots: dict[Partition, tuple[int, EngineSnapshot]]) -> int:
+        if not snapshots:
             return 0
+        started = time.perf_counter()
+        blobs = {
+            partition: encode(
+                make_checkpoint(
+                    snapshot,
+                    model_version=self.detector.model_version,
+                    fingerprint=self.fingerprint,
+                    topic=partition[0],
+                    partition=partition[1],
+                    offset=offset,
+                )
+            )
+            for partition, (offset, snapshot) in snapshots.items()
+        }
         try:
             self.store.save(blobs)
         except StateStoreError as exc:
             log.warning("checkpoint not written; the previous one stays in place", error=str(exc))
             return 0
-        for partition in blobs:
-            self._saved[partition] = positions[partition]
+        with self._lock:
+            self._saved.update({p: offset for p, (offset, _) in snapshots.items()})
         log.info(
             "checkpoint written",
-            partitions=sorted(f"{t}:{p}@{positions[(t, p)]}" for t, p in blobs),
-            keys=n_keys,
+            partitions=sorted(f"{t}:{p}@{offset}" for (t, p), (offset, _) in snapshots.items()),
+            keys=sum(len(snapshot) for _, snapshot in snapshots.values()),
             bytes=sum(len(b) for b in blobs.values()),
             seconds=round(time.perf_counter() - started, 4),
         )
@@ -121,7 +139,8 @@ class PartitionState:
         gone: set[str] = set()
         for partition in partitions:
             gone |= self._keys.pop(partition, set())
-            self._saved.pop(partition, None)
+            with self._lock:
+                self._saved.pop(partition, None)
         if gone and self._keys:
             gone -= set().union(*self._keys.values())
         dropped = self.detector.drop(gone) if gone else 0
@@ -147,7 +166,8 @@ class PartitionState:
             )
             return None
         self._keys[partition] = set(checkpoint.engine.keys.tolist())
-        self._saved[partition] = meta.offset
+        with self._lock:
+            self._saved[partition] = meta.offset
         log.info(
             "partition state restored",
             topic=partition[0],

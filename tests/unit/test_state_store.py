@@ -183,8 +183,8 @@ def test_checkpoint_restore_and_drop_by_partition(artefact: ModelArtefact) -> No
     store = MemoryStore()
     detector, state = _fed(artefact, store)
     positions = {("events", 0): 20, ("events", 1): 10, ("other", 0): 10}
-    assert state.checkpoint(positions) == 3
-    assert state.checkpoint(positions) == 0, "unchanged positions are not written again"
+    assert state.checkpoint(positions).result() == 3
+    assert state.checkpoint(positions).result() == 0, "unchanged positions are not written again"
 
     # Dropping events/0 keeps d, which other/0 still feeds.
     assert state.drop([("events", 0)]) == 2 and detector.n_keys == 2
@@ -221,3 +221,17 @@ def test_mismatched_checkpoints_are_refused_and_logged(artefact: ModelArtefact) 
     refused = [e for e in logs if e["event"] == "checkpoint refused; partition starts cold"]
     assert len(refused) == 3 and refused[0]["log_level"] == "warning"
     assert any("lstm-ae-old" in e["reason"] for e in refused)
+
+
+def test_failed_write_is_logged_and_tried_again(artefact: ModelArtefact) -> None:
+    class Broken(MemoryStore):
+        def save(self, checkpoints: dict[Partition, bytes]) -> None:
+            raise StateStoreError("disk full")
+
+    _, state = _fed(artefact, Broken())
+    positions = {("events", 0): 20}
+    with structlog.testing.capture_logs() as logs:
+        assert state.checkpoint(positions).result() == 0
+    assert [e["error"] for e in logs if e["log_level"] == "warning"] == ["disk full"]
+    state.store = MemoryStore()
+    assert state.checkpoint(positions).result() == 1, "not mistaken for already written"

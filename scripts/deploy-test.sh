@@ -8,8 +8,9 @@
 #      trust needed inside the build);
 #   4. the compose stack, docker-compose.yml + deploy/compose/tansu.override.yml, host networking,
 #      everything on 127.0.0.1 (free ports picked here);
-#   5. asserts: the detector turns ready, alerts (CloudEvents) arrive on the alert topic, and a
-#      stopped detector drains, commits its offsets and exits 0;
+#   5. asserts: the detector turns ready (and its compose health check agrees), alerts
+#      (CloudEvents) arrive on the alert topic, and a stopped detector drains, checkpoints its
+#      state, commits its offsets and exits 0;
 #   6. tears everything down, also on failure.
 #
 # Too slow for every CI run (minutes: an image build that trains the demo model, then a live
@@ -202,8 +203,10 @@ say "stopping the detector: it must drain, commit and exit 0"
 compose stop --timeout 45 detector >/dev/null
 exit_code="$(docker inspect -f '{{.State.ExitCode}}' "$detector")"
 [ "$exit_code" = "0" ] || { say "detector exited $exit_code"; exit 1; }
-docker logs "$detector" 2>&1 | grep -q 'service stopped' \
-    || { say "no 'service stopped' line in the detector's log"; exit 1; }
+for line in 'checkpoint written' 'service stopped'; do
+    docker logs "$detector" 2>&1 | grep -q "$line" \
+        || { say "no '$line' line in the detector's log"; exit 1; }
+done
 "$PYTHON" - <<'PY'
 """The group's committed offsets cover what the detector consumed before it stopped."""
 import os

@@ -1,4 +1,5 @@
-"""Create the detector's topics: the compose stack's one-shot init step.
+"""Create the detector's topics (input, alerts, dead letters, state changelog): the compose
+stack's one-shot init step.
 
 The service refuses to start when its topics are missing (a typo in a topic name must not create
 a new, silent topic), so something has to create them first. This step reads the very settings
@@ -21,19 +22,23 @@ import structlog
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from stream_detector.config import KafkaConfig, load_settings
+from stream_detector.config import Settings, load_settings
 from stream_detector.kafka.settings import admin_config
 from stream_detector.logs import configure_logging
 
 log = structlog.get_logger("stream_detector.deploy.create_topics")
 
 
-def wanted_topics(kafka: KafkaConfig, partitions: int, replication: int) -> list[NewTopic]:
-    """Inputs and alerts get `partitions` (the ceiling on detector replicas); the DLQ gets one.
+def wanted_topics(settings: Settings, partitions: int, replication: int) -> list[NewTopic]:
+    """Inputs, alerts and the state changelog (when state is kept in Kafka) get `partitions`, the
+    ceiling on detector replicas; the DLQ gets one.
 
     Dead letters are rare and read by people, so one partition keeps them in arrival order.
     """
+    kafka = settings.kafka
     sized = dict.fromkeys((*kafka.input_topics, kafka.alert_topic), partitions)
+    if settings.state.store == "kafka":
+        sized.setdefault(settings.state.changelog_topic, partitions)
     sized.setdefault(kafka.dead_letter_topic, 1)
     return [
         NewTopic(name, num_partitions=n, replication_factor=replication)
@@ -80,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(settings.observability.log_level, settings.observability.log_format)
     admin = AdminClient(admin_config(settings.kafka))
     wait_for_broker(admin, args.timeout_s)
-    create(admin, wanted_topics(settings.kafka, args.partitions, args.replication))
+    create(admin, wanted_topics(settings, args.partitions, args.replication))
     return 0
 
 

@@ -333,17 +333,23 @@ def create_topics() -> ModuleType:
     return module
 
 
-def test_topic_step_sizes_inputs_and_alerts_and_keeps_one_dlq_partition(
+def test_topic_step_creates_every_topic_the_detector_needs(
     create_topics: ModuleType, compose_settings: Settings
 ) -> None:
-    kafka = compose_settings.kafka.model_copy(update={"input_topics": ("a", "b")})
-    topics = {t.topic: t for t in create_topics.wanted_topics(kafka, 6, 3)}
-    assert set(topics) == {"a", "b", kafka.alert_topic, kafka.dead_letter_topic}
-    assert {n: topics[n].num_partitions for n in ("a", "b", kafka.alert_topic)} == dict.fromkeys(
-        ("a", "b", kafka.alert_topic), 6
+    settings = compose_settings.model_copy(
+        update={"kafka": compose_settings.kafka.model_copy(update={"input_topics": ("a", "b")})}
     )
+    kafka, changelog = settings.kafka, settings.state.changelog_topic
+    topics = {t.topic: t for t in create_topics.wanted_topics(settings, 6, 3)}
+    assert set(topics) == {"a", "b", kafka.alert_topic, kafka.dead_letter_topic, changelog}
+    sized = ("a", "b", kafka.alert_topic, changelog)
+    assert {n: topics[n].num_partitions for n in sized} == dict.fromkeys(sized, 6)
     assert topics[kafka.dead_letter_topic].num_partitions == 1
     assert {t.replication_factor for t in topics.values()} == {3}
+    without_state = settings.model_copy(
+        update={"state": settings.state.model_copy(update={"store": "none"})}
+    )
+    assert changelog not in {t.topic for t in create_topics.wanted_topics(without_state, 6, 3)}
 
 
 # -- Kubernetes ------------------------------------------------------------------------------------
@@ -600,6 +606,13 @@ def test_pods_run_as_the_image_user_without_privileges(container: dict[str, Any]
     assert security["allowPrivilegeEscalation"] is False
     assert security["readOnlyRootFilesystem"] is True
     assert security["capabilities"]["drop"] == ["ALL"]
+
+
+def test_replicas_share_state_through_kafka(
+    k8s_settings: Settings, compose_settings: Settings
+) -> None:
+    # Several replicas and pods that move: a local store would restore nothing after a rebalance.
+    assert k8s_settings.state.store == compose_settings.state.store == "kafka"
 
 
 def test_kubernetes_config_fits_the_image_model(

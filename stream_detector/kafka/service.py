@@ -302,6 +302,8 @@ class KafkaService:
             finally:
                 self._consumer = None
         self._producer = None
+        if self.state is not None:
+            self.state.close()
 
     # -- one batch -------------------------------------------------------------------------------
 

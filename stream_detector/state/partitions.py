@@ -148,6 +148,11 @@ class PartitionState:
             log.info("partition state dropped", partitions=sorted(map(str, partitions)), keys=dropped)
         return dropped
 
+    def close(self) -> None:
+        """Finish the write in progress, then release the store's clients."""
+        self._writer.shutdown(wait=True)
+        self.store.close()
+
     def _restore_one(self, partition: Partition, data: bytes) -> int | None:
         started = time.perf_counter()
         try:

@@ -1,0 +1,130 @@
+"""Scoring every method's episodes against the labels, per key, per group and overall; the table.
+
+Group and overall figures are micro-averages: confusion counts summed over keys, then P/R/F1, the
+way the published SMAP/MSL figures are computed (one pool of labelled ranges and alert ranges).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from stream_detector.evaluation.datasets import LabelledDataset
+from stream_detector.evaluation.metrics import KeyScores, score_key
+from stream_detector.evaluation.trace import MethodTrace
+
+OVERALL = "all"
+
+# Event-wise figures published with the dataset (PROVENANCE.md: Hundman et al., KDD 2018).
+REFERENCE: dict[str, dict[str, dict[str, float]]] = {
+    "smap_msl": {
+        "SMAP": {"precision": 0.855, "recall": 0.855},
+        "MSL": {"precision": 0.926, "recall": 0.694},
+        OVERALL: {"precision": 0.875, "recall": 0.800},
+    }
+}
+
+
+def _f1(p: float, r: float) -> float:
+    return 2 * p * r / (p + r) if p + r else 0.0
+
+
+def score_methods(
+    dataset: LabelledDataset, traces: Sequence[MethodTrace]
+) -> tuple[dict[str, dict[str, KeyScores]], dict[str, dict[str, KeyScores]]]:
+    """(per key -> method -> scores, per group -> method -> summed scores); 'all' is overall.
+
+    The first trace is the model under test; the others are what it is compared with.
+    """
+    empty = np.empty((0, 2), dtype=np.int64)
+    per_key: dict[str, dict[str, KeyScores]] = {}
+    groups: dict[str, dict[str, KeyScores]] = {}
+    for key_id, channel in enumerate(dataset.channels):
+        scores = {
+            trace.name: score_key(
+                channel.test_labels, trace.episodes.get(key_id, empty), channel.test_ts
+            )
+            for trace in traces
+        }
+        per_key[channel.key] = scores
+        for group in dict.fromkeys((channel.group, OVERALL)):  # a file's one group is 'all'
+            summed = groups.setdefault(group, {})
+            for name, value in scores.items():
+                summed[name] = summed.get(name, KeyScores.zero()) + value
+    return per_key, groups
+
+
+def build_report(
+    dataset: LabelledDataset,
+    traces: Sequence[MethodTrace],
+    header: dict[str, Any],
+) -> dict[str, Any]:
+    per_key, groups = score_methods(dataset, traces)
+    reference = REFERENCE.get(dataset.name, {})
+    group_section: dict[str, Any] = {}
+    for group, methods in groups.items():
+        entry: dict[str, Any] = {name: scores.as_dict() for name, scores in methods.items()}
+        model = methods[traces[0].name].event_wise
+        entry["labelled_ranges"] = model.tp + model.fn
+        entry["keys"] = sum(1 for c in dataset.channels if group in (OVERALL, c.group))
+        entry["model_event_f1_lead"] = {
+            t.name: model.f1 - methods[t.name].event_wise.f1 for t in traces[1:]
+        }
+        if group in reference:
+            ref = reference[group]
+            entry["reference_event_wise"] = {
+                **ref,
+                "f1": _f1(ref["precision"], ref["recall"]),
+                "source": "Hundman et al., KDD 2018 (telemanom), as in PROVENANCE.md",
+            }
+        group_section[group] = entry
+    ordered = {g: group_section[g] for g in sorted(group_section, key=lambda g: (g == OVERALL, g))}
+    return {
+        **header,
+        "dataset": dataset.name,
+        "notes": list(dataset.notes) + list(header.get("notes", [])),
+        "methods": [trace.name for trace in traces],
+        "method_seconds": {trace.name: round(trace.seconds, 2) for trace in traces},
+        "groups": ordered,
+        "keys": {
+            channel.key: {
+                "group": channel.group,
+                "test_events": len(channel.test_ts),
+                **{name: scores.as_dict() for name, scores in per_key[channel.key].items()},
+            }
+            for channel in dataset.channels
+        },
+    }
+
+
+def _pct(value: float | None) -> str:
+    return "   -  " if value is None else f"{100 * value:5.1f}%"
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """Per group and method: event-wise P/R/F1 first (the headline), then the other two F1s."""
+    lines = [
+        f"{'group':6} {'method':18} {'event P':>7} {'event R':>7} {'event F1':>8} "
+        f"{'PA F1':>6} {'point F1':>8} {'delay med':>9} {'episodes':>8}",
+    ]
+    for group, entry in report["groups"].items():
+        for method in report["methods"]:
+            m = entry[method]
+            ev = m["event_wise"]
+            delay = m["delay"]["median_steps"]
+            lines.append(
+                f"{group:6} {method:18} {_pct(ev['precision']):>7} {_pct(ev['recall']):>7} "
+                f"{_pct(ev['f1']):>8} {_pct(m['point_adjusted']['f1']):>6} "
+                f"{_pct(m['point_wise']['f1']):>8} "
+                f"{'-' if delay is None else f'{delay:.0f}':>9} {m['alert_episodes']:>8}"
+            )
+        if ref := entry.get("reference_event_wise"):
+            lines.append(
+                f"{group:6} {'published ref.':18} {_pct(ref['precision']):>7} "
+                f"{_pct(ref['recall']):>7} {_pct(ref['f1']):>8}"
+            )
+        ranges, keys = entry["labelled_ranges"], entry["keys"]
+        lines.append(f"{'':6} ({ranges} labelled ranges over {keys} keys)")
+    return "\n".join(lines)

@@ -1,0 +1,98 @@
+"""What one method decided over the stream: its window scores and its alert episodes per key.
+
+Alerts are the detector's real output, so episodes are rebuilt from them alone: an episode is
+active from the event that triggered its open alert to the event that triggered its resolve alert.
+An episode still open when a key's data ends (or dropped without a resolve because the engine
+evicted the key) is taken to last until the key's last event.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from stream_detector.engine.alerts import Alert
+from stream_detector.engine.types import ScoredWindows
+from stream_detector.evaluation.datasets import Stream
+
+
+@dataclass(frozen=True)
+class MethodTrace:
+    """Per key (index into dataset.channels): window scores and episodes in test-local positions.
+
+    scores[k]:    float64 [n, 3] columns (test-local position, score, threshold), test part only
+    episodes[k]:  int64 [E, 2] inclusive test-local [start, end]; an episode opened during the
+                  train part but still active in the test part starts at 0
+    """
+
+    name: str
+    scores: dict[int, np.ndarray]
+    episodes: dict[int, np.ndarray]
+    seconds: float
+
+
+class TraceRecorder:
+    """Accumulates one method's scored windows and alerts, batch by batch, in stream rows."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.seconds = 0.0
+        self._rows: list[np.ndarray] = []
+        self._scores: list[np.ndarray] = []
+        self._thresholds: list[np.ndarray] = []
+        self._opened: dict[str, int] = {}
+        self._spans: list[tuple[int, int]] = []
+
+    def record(self, offset: int, scored: ScoredWindows, alerts: list[Alert]) -> None:
+        self._rows.append(offset + np.asarray(scored.event_index, dtype=np.int64))
+        self._scores.append(np.asarray(scored.scores, dtype=np.float64))
+        self._thresholds.append(np.asarray(scored.thresholds, dtype=np.float64))
+        for alert in alerts:  # rare: one per episode transition
+            row = offset + alert.event_index
+            if alert.kind == "open":
+                self._opened[alert.episode_id] = row
+            elif (start := self._opened.pop(alert.episode_id, None)) is not None:
+                self._spans.append((start, row))
+
+    def finish(self, stream: Stream) -> MethodTrace:
+        n_keys = int(stream.key_id.max()) + 1 if len(stream) else 0
+        last_row = np.full(n_keys, -1, dtype=np.int64)
+        np.maximum.at(last_row, stream.key_id, np.arange(len(stream), dtype=np.int64))
+        spans = self._spans + [
+            (start, int(last_row[stream.key_id[start]])) for start in self._opened.values()
+        ]
+        return MethodTrace(
+            self.name, self._scores_by_key(stream), _episodes_by_key(stream, spans), self.seconds
+        )
+
+    def _scores_by_key(self, stream: Stream) -> dict[int, np.ndarray]:
+        rows = np.concatenate(self._rows) if self._rows else np.empty(0, dtype=np.int64)
+        table = np.column_stack(
+            [
+                stream.local[rows],
+                np.concatenate(self._scores) if self._scores else np.empty(0),
+                np.concatenate(self._thresholds) if self._thresholds else np.empty(0),
+            ]
+        )
+        keep = stream.is_test[rows]
+        return _split_by_key(stream.key_id[rows][keep], table[keep])
+
+
+def _episodes_by_key(stream: Stream, spans: list[tuple[int, int]]) -> dict[int, np.ndarray]:
+    rows = np.array(spans, dtype=np.int64).reshape(-1, 2)
+    local = stream.local[rows]
+    keep = local[:, 1] >= 0  # an episode over before the test part began is not scored
+    ranges = np.column_stack([np.maximum(local[keep, 0], 0), local[keep, 1]])
+    key_ids = stream.key_id[rows[keep, 0]]
+    order = np.lexsort((ranges[:, 0], key_ids))
+    return _split_by_key(key_ids[order], ranges[order])
+
+
+def _split_by_key(key_ids: np.ndarray, table: np.ndarray) -> dict[int, np.ndarray]:
+    if len(key_ids) == 0:
+        return {}
+    order = np.argsort(key_ids, kind="stable")
+    unique, first = np.unique(key_ids[order], return_index=True)
+    pieces = np.split(table[order], first[1:])
+    return {int(k): piece for k, piece in zip(unique.tolist(), pieces, strict=True)}

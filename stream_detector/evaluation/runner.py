@@ -44,7 +44,9 @@ log = structlog.get_logger(__name__)
 MODEL_METHOD = "lstm_autoencoder"
 BASELINES = ("rolling_zscore", "half_space_trees")
 # Where a dataset given by name (e.g. `--dataset smap_msl`) is looked for, in order.
-DATA_ROOTS = (Path("data"), Path("/work/shared/data"))
+# A checkout keeps the labelled data sets in shared/data beside it (or inside it).
+_REPO = Path(__file__).resolve().parents[2]
+DATA_ROOTS = (Path("data"), _REPO / "shared" / "data", _REPO.parent / "shared" / "data")
 
 Progress = Callable[[str, dict[str, Any]], None]
 
@@ -244,7 +246,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dataset",
         default="smap_msl",
-        help="a dataset name under ./data or /work/shared/data (smap_msl), a SMAP/MSL-style "
+        help="a dataset name under ./data or the checkout's shared/data (smap_msl), a SMAP/MSL-style "
         "directory, or a CSV/JSONL file with input.label_field",
     )
     parser.add_argument("--out", type=Path, help="output directory (default reports/<dataset>)")

@@ -15,6 +15,7 @@ from typing import Any
 import structlog
 
 from stream_detector import __version__
+from stream_detector.artefact import ArtefactError
 from stream_detector.config import ConfigError, Settings, load_settings
 from stream_detector.logs import configure_logging
 
@@ -100,7 +101,7 @@ def _progress_printer(total_epochs: int) -> Callable[[dict[str, Any]], None]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from stream_detector.engine.decode import Decoder
+    from stream_detector.aggregate.decode import decoder_for
     from stream_detector.sources import read_batches
     from stream_detector.training import train
 
@@ -109,9 +110,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     if not args.input.exists():
         raise CliError(f"--input {args.input} does not exist")
-    decoder = Decoder(settings.input)
-    batches = read_batches(args.input, decoder)
-    artefact = train(batches, settings, args.out, progress=_progress_printer(settings.train.epochs))
+    # In aggregate mode the decoder buckets raw events exactly as the service will.
+    batches = read_batches(args.input, decoder_for(settings))
+    try:
+        artefact = train(
+            batches, settings, args.out, progress=_progress_printer(settings.train.epochs)
+        )
+    except ValueError as exc:  # too little or unusable data: the message says what to change
+        raise CliError(str(exc)) from None
     if sys.stderr.isatty():
         sys.stderr.write("\n")
     meta = artefact.metadata
@@ -267,7 +273,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, CliError) as exc:
+    except (ConfigError, CliError, ArtefactError) as exc:
         print(f"stream-detector {args.command}: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

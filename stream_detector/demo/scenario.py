@@ -1,0 +1,78 @@
+"""The demo's one set of choices: the feed it plays, and the detector settings that suit it.
+
+The live demo, `--train`, the bundled model's trainer and the offline check all read these, so the
+bundled artefact is always trained with the window, features and architecture the demo serves with
+(`load_artefact` would refuse it otherwise), and a tuning change is made in one place.
+
+Timeline of a demo feed: the first `warmup_ticks` readings of every device are anomaly-free and
+are produced at once as a backlog, so each key's normalisation and threshold warm up on normal data
+within seconds; the live feed after it carries the injected anomalies.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Final
+
+from stream_detector.config import Settings, _deep_merge, load_settings
+from stream_detector.demo.generator import GeneratorConfig, mapping_for
+
+BUNDLED_MODEL_DIR: Final = Path(__file__).resolve().parent / "model"
+
+# Readings per device played as a backlog before the live feed. A key is scored once it has
+# normalize.warmup events and judged by its own threshold after threshold.warmup more windows.
+WARMUP_TICKS: Final = 128
+# With `demo --train` the backlog is a whole simulated day, which the model is fitted on: a shorter
+# stretch shows each device in one phase of its cycle only, and the model then takes the rest of
+# the cycle for anomalies.
+TRAIN_WARMUP_TICKS: Final = 600
+
+# The live demo and the bundled model's training data come from the same generator with different
+# seeds, so the demo never scores the very readings the model was fitted on.
+DEMO_SEED: Final = 0
+TRAINING_SEED: Final = 7
+
+# Measured with `python -m stream_detector.demo.bundled --check-only` and variants of it: the
+# thresholds favour precision (a demo's false alarms are what a newcomer remembers), keeping the
+# global threshold x1.5 while a key's own threshold warms up.
+DEMO_SECTIONS: Final[dict[str, dict[str, Any]]] = {
+    "window": {"size": 32, "stride": 4},
+    "normalize": {"warmup": 32},
+    "model": {"hidden_size": 32, "latent_size": 8, "num_layers": 1},
+    "train": {
+        "epochs": 20,
+        "batch_size": 256,
+        "learning_rate": 3e-3,
+        "patience": 3,
+        "stride": 2,
+        "max_windows": 40_000,
+        "seed": 0,
+    },
+    "threshold": {"warmup": 96, "sensitivity": 5.0, "global_factor": 1.5},
+    "episodes": {"min_consecutive": 2, "cooldown": 4, "top_features": 3},
+}
+
+
+def generator_config(
+    devices: int = 200, seed: int = DEMO_SEED, warmup_ticks: int = WARMUP_TICKS
+) -> GeneratorConfig:
+    """The demo feed: anomalies only after the warm-up backlog."""
+    base = GeneratorConfig(devices=devices, seed=seed)
+    return replace(base, warmup_s=warmup_ticks * base.period_s)
+
+
+def demo_settings(
+    feed: GeneratorConfig, overrides: dict[str, Any] | None = None
+) -> Settings:
+    """Settings for serving (or training on) `feed`; `overrides` (nested, like --set) win.
+
+    The environment (SD_*) still applies beneath the overrides, as for every command.
+    """
+    sections: dict[str, Any] = {"input": mapping_for(feed), **DEMO_SECTIONS}
+    return load_settings(None, _deep_merge(sections, overrides or {}))
+
+
+def slack_s(settings: Settings, feed: GeneratorConfig) -> float:
+    """How long after an anomaly an alert still counts as its detection: one window's span."""
+    return settings.window.size * feed.period_s

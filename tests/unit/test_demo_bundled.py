@@ -1,0 +1,63 @@
+"""The demo's bundled model: it fits the demo's settings, detects on the demo feed, and the
+training path that made it (and that `demo --train` uses) reads the feed like the service."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from stream_detector.artefact import load_artefact
+from stream_detector.demo.scenario import (
+    BUNDLED_MODEL_DIR,
+    WARMUP_TICKS,
+    demo_settings,
+    generator_config,
+)
+from stream_detector.demo.training import score_offline, train_from_feed
+
+
+def test_bundled_model_is_small_and_fits_the_demo_settings() -> None:
+    assert sum(f.stat().st_size for f in BUNDLED_MODEL_DIR.iterdir()) < 200_000
+    feed = generator_config()
+    artefact = load_artefact(BUNDLED_MODEL_DIR, demo_settings(feed, {"model": {"device": "cpu"}}))
+    assert artefact.metadata.training["device"] == "cpu"  # reproducible: CPU, fixed seeds
+
+
+def test_bundled_model_finds_most_injected_anomalies_without_flooding() -> None:
+    # A different seed from the bundled model's training feed and fewer devices than the demo.
+    feed = generator_config(devices=100, seed=11)
+    settings = demo_settings(feed, {"model": {"device": "cpu"}})
+    artefact = load_artefact(BUNDLED_MODEL_DIR, settings)
+    score = score_offline(feed, WARMUP_TICKS + 500, settings, artefact)
+    assert score.injected >= 30
+    assert score.recall is not None and score.recall >= 0.6
+    assert score.precision is not None and score.precision >= 0.6
+
+
+TINY = {
+    "window": {"size": 8, "stride": 2},
+    "normalize": {"warmup": 8},
+    "model": {"hidden_size": 4, "latent_size": 2, "device": "cpu"},
+    "train": {"epochs": 1, "max_windows": 400},
+}
+
+
+def test_train_from_feed_fits_on_the_warm_up_stretch(tmp_path: Path) -> None:
+    feed = generator_config(devices=4)
+    settings = demo_settings(feed, TINY)
+    artefact = train_from_feed(feed, 60, settings, tmp_path)
+    assert artefact.metadata.features == settings.input.value_fields
+    assert artefact.metadata.training["events"] == 4 * 60
+    reloaded = load_artefact(tmp_path, settings)
+    assert reloaded.metadata.model_version == artefact.metadata.model_version
+
+
+def test_train_from_feed_refuses_readings_past_the_anomaly_free_warm_up() -> None:
+    feed = generator_config(devices=4)
+    with pytest.raises(ValueError, match="warm-up"):
+        train_from_feed(feed, WARMUP_TICKS + 1, demo_settings(feed, TINY), None)
+    # A feed without anomalies may be trained on for as long as wanted.
+    clean = replace(feed, anomaly_rate=0.0)
+    train_from_feed(clean, WARMUP_TICKS + 1, demo_settings(clean, TINY), None)

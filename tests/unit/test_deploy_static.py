@@ -28,9 +28,13 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+import torch
 
+from stream_detector.artefact import load_artefact
+from stream_detector.cli import build_parser
 from stream_detector.config import Settings, load_settings
 from stream_detector.demo.generator import GeneratorConfig, TelemetryGenerator, mapping_for
+from stream_detector.demo.scenario import BUNDLED_MODEL_DIR, DEMO_SECTIONS
 from stream_detector.engine.decode import Decoder
 from stream_detector.kafka.broker import tansu_version
 
@@ -105,14 +109,38 @@ def test_demo_config_reads_the_generator_feed(compose_settings: Settings) -> Non
     assert len(decoded.batch) == len(payloads) == 20
 
 
-def test_demo_config_uses_the_model_baked_into_the_image(compose_settings: Settings) -> None:
+def test_image_bakes_in_the_demo_model_and_its_config(compose_settings: Settings) -> None:
     final = _copies(_final_stage())
-    assert (str(compose_settings.model.path), str(compose_settings.model.path), False) in final
+    assert (_relative(BUNDLED_MODEL_DIR), str(compose_settings.model.path), True) in final
     assert ("deploy/compose/detector.toml", "/etc/stream-detector/detector.toml", True) in final
     assert '"/etc/stream-detector/detector.toml"' in dict(_final_stage())["CMD"]
 
 
+@pytest.mark.parametrize("which", ["compose_settings", "k8s_settings"])
+def test_the_image_model_loads_with_the_deployed_config(
+    which: str, request: pytest.FixtureRequest
+) -> None:
+    settings: Settings = request.getfixturevalue(which)
+    artefact = load_artefact(BUNDLED_MODEL_DIR, settings, torch.device("cpu"))
+    assert tuple(artefact.metadata.features) == settings.input.value_fields
+
+
+@pytest.mark.parametrize("which", ["compose_settings", "k8s_settings"])
+def test_deployed_config_serves_with_the_demo_tuning(
+    which: str, request: pytest.FixtureRequest
+) -> None:
+    settings: Settings = request.getfixturevalue(which)
+    for section, values in DEMO_SECTIONS.items():
+        if section == "train":  # the bundled model is trained already
+            continue
+        assert {name: getattr(getattr(settings, section), name) for name in values} == values
+
+
 # -- the Dockerfile --------------------------------------------------------------------------------
+
+
+def _relative(path: Path) -> str:
+    return str(path.relative_to(REPO))
 
 
 def _dockerfile_instructions() -> list[tuple[str, str]]:
@@ -172,9 +200,8 @@ def test_dockerfile_runs_the_cli_as_a_numeric_non_root_user() -> None:
 
 
 def test_dockerfile_offers_cpu_by_default_and_cuda_by_argument() -> None:
-    args = dict(
-        args.split("=", 1) for word, args in _dockerfile_instructions() if word == "ARG" and "=" in args
-    )
+    instructions = _dockerfile_instructions()
+    args = dict(a.split("=", 1) for word, a in instructions if word == "ARG" and "=" in a)
     assert args["VARIANT"] == "cpu"
     assert args["TORCH_VERSION"] == "2.13.0"
     text = DOCKERFILE.read_text()
@@ -266,11 +293,14 @@ def test_compose_starts_in_order_with_health_checks(
     assert all(services[name].get("init") for name in ("topics", "detector", "generator"))
 
 
-def test_compose_commands_are_ones_the_cli_accepts(base_compose: dict[str, Any]) -> None:
-    from stream_detector.cli import build_parser
-
-    args = build_parser().parse_args(base_compose["services"]["detector"]["command"])
-    assert args.command == "run"
+def test_compose_commands_are_ones_the_cli_accepts(
+    base_compose: dict[str, Any], compose_settings: Settings
+) -> None:
+    services = base_compose["services"]
+    assert build_parser().parse_args(services["detector"]["command"]).command == "run"
+    generate = build_parser().parse_args(services["generator"]["command"])
+    assert generate.command == "generate"
+    assert generate.topic in compose_settings.kafka.input_topics
 
 
 def test_compose_grace_period_exceeds_the_drain_timeout(
@@ -340,16 +370,17 @@ def test_topic_step_creates_every_topic_the_detector_needs(
         update={"kafka": compose_settings.kafka.model_copy(update={"input_topics": ("a", "b")})}
     )
     kafka, changelog = settings.kafka, settings.state.changelog_topic
-    topics = {t.topic: t for t in create_topics.wanted_topics(settings, 6, 3)}
-    assert set(topics) == {"a", "b", kafka.alert_topic, kafka.dead_letter_topic, changelog}
-    sized = ("a", "b", kafka.alert_topic, changelog)
-    assert {n: topics[n].num_partitions for n in sized} == dict.fromkeys(sized, 6)
-    assert topics[kafka.dead_letter_topic].num_partitions == 1
-    assert {t.replication_factor for t in topics.values()} == {3}
+    assert create_topics.topic_partitions(settings, 6) == {
+        "a": 6,
+        "b": 6,
+        kafka.alert_topic: 6,
+        changelog: 6,
+        kafka.dead_letter_topic: 1,
+    }
     without_state = settings.model_copy(
         update={"state": settings.state.model_copy(update={"store": "none"})}
     )
-    assert changelog not in {t.topic for t in create_topics.wanted_topics(without_state, 6, 3)}
+    assert changelog not in create_topics.topic_partitions(without_state, 6)
 
 
 # -- Kubernetes ------------------------------------------------------------------------------------
@@ -565,8 +596,6 @@ def test_selectors_match_the_pods(manifests: dict[str, dict[str, Any]]) -> None:
 
 
 def test_container_args_are_ones_the_cli_accepts(container: dict[str, Any]) -> None:
-    from stream_detector.cli import build_parser
-
     assert build_parser().parse_args(container["args"]).command == "run"
 
 
@@ -597,7 +626,9 @@ def test_credentials_come_only_from_secrets(
     assert any(v.get("secret", {}).get("optional") is True for v in volumes)
 
 
-def test_pods_run_as_the_image_user_without_privileges(container: dict[str, Any], manifests: Any) -> None:
+def test_pods_run_as_the_image_user_without_privileges(
+    container: dict[str, Any], manifests: dict[str, dict[str, Any]]
+) -> None:
     pod_security = manifests["Deployment"]["spec"]["template"]["spec"]["securityContext"]
     image_user = int(dict(_final_stage())["USER"].split(":")[0])
     assert pod_security["runAsNonRoot"] is True
@@ -615,13 +646,6 @@ def test_replicas_share_state_through_kafka(
     assert k8s_settings.state.store == compose_settings.state.store == "kafka"
 
 
-def test_kubernetes_config_fits_the_image_model(
-    k8s_settings: Settings, compose_settings: Settings
-) -> None:
-    assert k8s_settings.model_fingerprint() == compose_settings.model_fingerprint()
-    assert k8s_settings.model.path == compose_settings.model.path
-
-
 # -- the scripts -----------------------------------------------------------------------------------
 
 
@@ -633,6 +657,8 @@ def _scripts() -> Iterator[Path]:
 
 @pytest.mark.parametrize("script", list(_scripts()), ids=lambda p: p.name)
 def test_scripts_parse(script: Path) -> None:
-    result = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        ["bash", "-n", str(script)], capture_output=True, text=True, check=False
+    )
     assert result.returncode == 0, result.stderr
     assert os.access(script, os.X_OK), f"{script} is not executable"

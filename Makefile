@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo test test-unit bench clean
+.PHONY: venv demo test test-unit bench clean deploy-test validate-deploy
 
 # torch==2.13.0 goes in first: it is the CPU build, and pinning it keeps pip from pulling a
 # multi-GB CUDA build when the package's own `torch>=` range is resolved.
@@ -31,3 +31,11 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+# Slow (minutes; builds images): the documented end-to-end deploy test, not part of `make test`.
+deploy-test: $(STAMP)
+	bash scripts/deploy-test.sh
+
+# The static deployment checks alone (they also run inside `make test`).
+validate-deploy: $(STAMP)
+	bash scripts/validate-deploy.sh

@@ -221,6 +221,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return run_generate(options, settings.kafka)
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from stream_detector.benchmarking.suite import main_bench
+
+    configure_logging(args.log_level or "warning")
+    return main_bench(smoke=args.smoke, out=args.out, device=args.device, seed=args.seed)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="stream-detector",
@@ -377,6 +384,32 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--out", type=Path, help="write JSONL here instead of feeding a topic")
     generate.add_argument("--labels", type=Path, help="write the injected anomalies (JSON) here")
     generate.set_defaults(func=cmd_generate)
+
+    bench = sub.add_parser(
+        "bench",
+        help="measure events/s, alert latency and memory per key: a table and a JSON report",
+        description=(
+            "Runs every benchmark row in one process, so ratios between rows hold on a noisy "
+            "machine: consume ceilings from an embedded broker, the engine in-process at "
+            "1k/10k/100k keys and stride 1/16, the service end to end with event->alert "
+            "latency, River HalfSpaceTrees per key, and detector memory per key. Needs the "
+            "`baselines` extra (River). See benchmarks/README.md."
+        ),
+    )
+    bench.add_argument(
+        "--smoke", action="store_true", help="every row, tiny: seconds, numbers meaningless"
+    )
+    bench.add_argument(
+        "--out", type=Path, default=Path("bench-report.json"), help="JSON report to write"
+    )
+    bench.add_argument(
+        "--device", choices=["auto", "cpu", "cuda"], default="auto", help="where the model runs"
+    )
+    bench.add_argument("--seed", type=int, default=0, help="stream and model seed")
+    bench.add_argument(
+        "--log-level", choices=["debug", "info", "warning", "error"], help="default: warning"
+    )
+    bench.set_defaults(func=cmd_bench)
     return parser
 
 

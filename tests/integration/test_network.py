@@ -11,14 +11,13 @@ would make one partition's flows late behind another's.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from kafka_harness import model_settings
+from kafka_harness import model_settings, wait_until
 from stream_detector.aggregate.decode import AggregatingDecoder
 from stream_detector.artefact import load_artefact
 from stream_detector.config import Settings, _deep_merge, load_settings
@@ -74,15 +73,6 @@ def network_model(feed: NetworkFeed, tmp_path_factory: pytest.TempPathFactory) -
     return out
 
 
-def _wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
 def test_flows_in_alerts_for_scanner_and_flooder_out(
     feed: NetworkFeed,
     network_model: Path,
@@ -120,7 +110,7 @@ def test_flows_in_alerts_for_scanner_and_flooder_out(
             metrics["sd_produce_in_flight"] == 0
         )
 
-    _wait_until(settled, 120.0, "the service to consume every flow")
+    wait_until(settled, 120.0, "the service to consume every flow")
     alerts = {
         (event["id"], event["data"]["kind"], event["data"]["key"])
         for event in (record.json() for record in consume_all(service_setup.alert_topic))

@@ -24,6 +24,7 @@ from kafka_harness import (
     committed_offsets,
     create_topics,
     sine_feed,
+    wait_until,
 )
 from stream_detector.artefact import load_artefact
 from stream_detector.config import load_settings
@@ -44,15 +45,6 @@ DETERMINISTIC = {
 }
 
 AlertKey = tuple[str, str]  # (alert_id, kind)
-
-
-def _wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def _settled(services: list[ServiceProcess], events: int) -> Callable[[], bool]:
@@ -114,7 +106,7 @@ def test_injected_anomalies_alert_exactly_those_keys(
 ) -> None:
     service = start_service(**DETERMINISTIC)
     produce_events(service_setup.input_topic, feed)
-    _wait_until(_settled([service], len(feed)), 60, "the feed to be processed")
+    wait_until(_settled([service], len(feed)), 60, "the feed to be processed")
 
     alerts = _alerts(consume_all(service_setup.alert_topic))
     opened = {a["key"] for a in alerts if a["kind"] == "open"}
@@ -159,7 +151,7 @@ def test_malformed_input_goes_to_the_dead_letter_topic(
     items: list[Any] = good[:60] + list(bad.values()) + good[60:]
     service = start_service(input={"max_message_bytes": 200})
     produce_events(service_setup.input_topic, items)
-    _wait_until(_settled([service], len(items)), 60, "the input to be processed")
+    wait_until(_settled([service], len(items)), 60, "the input to be processed")
 
     dead = consume_all(service_setup.dead_letter_topic)
     by_reason = {r.headers["reason"].decode(): r for r in dead}
@@ -187,7 +179,7 @@ def test_sigkill_and_restart_delivers_every_alert_at_least_once(
     feed = sine_feed(N_KEYS, 240, seed=11, shifted=anomalies)
     first = start_service(kafka={"batch_size": 20}, **DETERMINISTIC)
     produce_events(service_setup.input_topic, feed)
-    _wait_until(lambda: first.metrics()["sd_alerts_total{kind=open}"] >= 1, 60, "a first alert")
+    wait_until(lambda: first.metrics()["sd_alerts_total{kind=open}"] >= 1, 60, "a first alert")
     first.process.send_signal(signal.SIGKILL)
     first.process.wait(10)
     committed = committed_offsets(kafka_bootstrap, service_setup.group_id, service_setup.input_topic)
@@ -195,7 +187,7 @@ def test_sigkill_and_restart_delivers_every_alert_at_least_once(
     assert sum(start_at.values()) < len(feed), "the kill should land mid-stream"
 
     second = start_service(**DETERMINISTIC)
-    _wait_until(_settled([second], len(feed) - sum(start_at.values())), 60, "the restart to catch up")
+    wait_until(_settled([second], len(feed) - sum(start_at.values())), 60, "the restart to catch up")
 
     inputs = consume_all(service_setup.input_topic)
     before_kill = _reference(service_setup, inputs)
@@ -220,7 +212,7 @@ def test_two_instances_share_partitions_and_cover_all_keys(
     first = start_service(**DETERMINISTIC)
     second = start_service(**DETERMINISTIC)  # ready = it got partitions from the first
     produce_events(service_setup.input_topic, feed)
-    _wait_until(_settled([first, second], len(feed)), 60, "the feed to be processed")
+    wait_until(_settled([first, second], len(feed)), 60, "the feed to be processed")
 
     shares = [s.metrics()["sd_events_in_total"] for s in (first, second)]
     assert all(share > 0 for share in shares) and sum(shares) == len(feed)
@@ -236,7 +228,7 @@ def test_sigterm_drains_commits_and_exits_zero(
     timeout_s = service_setup.sections["kafka"]["shutdown_timeout_s"]
     service = start_service(kafka={"batch_size": 40}, **DETERMINISTIC)
     produce_events(service_setup.input_topic, feed)
-    _wait_until(lambda: service.metrics()["sd_events_in_total"] > 0, 30, "consumption to start")
+    wait_until(lambda: service.metrics()["sd_events_in_total"] > 0, 30, "consumption to start")
     started = time.monotonic()
     assert service.signal_and_wait(signal.SIGTERM, timeout=timeout_s + 5) == 0
     assert time.monotonic() - started < timeout_s
@@ -262,7 +254,7 @@ def test_sigterm_after_the_whole_input_commits_its_end(
     events = sine_feed(N_KEYS, 20, seed=5)
     service = start_service()
     produce_events(service_setup.input_topic, events)
-    _wait_until(_settled([service], len(events)), 60, "the input to be processed")
+    wait_until(_settled([service], len(events)), 60, "the input to be processed")
     assert service.signal_and_wait(signal.SIGTERM, timeout=20) == 0
     ends = Counter(r.partition for r in consume_all(service_setup.input_topic))
     committed = committed_offsets(kafka_bootstrap, service_setup.group_id, service_setup.input_topic)
@@ -274,7 +266,7 @@ def test_exactly_once_commits_offsets_in_the_output_transaction(
 ) -> None:
     service = start_service(kafka={"processing_guarantee": "exactly_once"}, **DETERMINISTIC)
     produce_events(service_setup.input_topic, feed)
-    _wait_until(_settled([service], len(feed)), 60, "the feed to be processed")
+    wait_until(_settled([service], len(feed)), 60, "the feed to be processed")
 
     inputs = consume_all(service_setup.input_topic)
     alerts = _alerts(consume_all(service_setup.alert_topic))
@@ -285,7 +277,7 @@ def test_exactly_once_commits_offsets_in_the_output_transaction(
     if not os.environ.get("SD_TEST_KAFKA_IMAGE"):
         return  # Tansu applies only the first offset commit of a transactional producer
     ends = Counter(r.partition for r in inputs)
-    _wait_until(
+    wait_until(
         lambda: committed_offsets(
             kafka_bootstrap, service_setup.group_id, service_setup.input_topic
         ) == dict(ends),
@@ -300,7 +292,7 @@ def test_broker_restart_under_the_service(
     service = start_service(**DETERMINISTIC)
     before = sine_feed(N_KEYS, 160, seed=21)
     produce_events(service_setup.input_topic, before)
-    _wait_until(_settled([service], len(before)), 60, "the first part to be processed")
+    wait_until(_settled([service], len(before)), 60, "the first part to be processed")
 
     broker.restart()  # Tansu keeps nothing: topics, offsets and the group are gone
     create_topics(broker.bootstrap_servers, [service_setup.input_topic], 4)
@@ -313,7 +305,7 @@ def test_broker_restart_under_the_service(
         alerts = _alerts(consume_all(service_setup.alert_topic, timeout=5))
         return {a["key"] for a in alerts if a["kind"] == "open"} == {"k05"}
 
-    _wait_until(alerted, 90, "an alert for an event sent after the restart")
+    wait_until(alerted, 90, "an alert for an event sent after the restart")
     assert service.process.poll() is None, "the service must survive a broker restart"
 
 
@@ -321,12 +313,12 @@ def test_unreachable_broker_is_retried_until_stopped(start_service) -> None:
     from stream_detector.kafka.broker import free_port
 
     service = start_service(wait=False, kafka={"bootstrap_servers": f"127.0.0.1:{free_port()}"})
-    _wait_until(
+    wait_until(
         lambda: any(e.get("event") == "kafka broker unreachable; retrying" for e in service.log_events()),
         30,
         "the retry log line",
     )
-    _wait_until(lambda: _http_ok(service), 30, "the HTTP endpoints")
+    wait_until(lambda: _http_ok(service), 30, "the HTTP endpoints")
     assert service.get("/healthz")[0] == 200 and service.get("/readyz")[0] == 503
     assert service.signal_and_wait(signal.SIGTERM, timeout=15) == 0
 

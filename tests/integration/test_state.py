@@ -19,13 +19,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from kafka_harness import T0, ServiceSetup, committed_offsets, sine_feed
+from kafka_harness import T0, ServiceSetup, committed_offsets, sine_feed, wait_until
 from stream_detector.artefact import load_artefact
 from stream_detector.config import load_settings
 from stream_detector.engine.detector import Detector
 from stream_detector.state.snapshot import EngineSnapshot, encode, make_checkpoint, read_meta
 from stream_detector.state.store import LocalDirStore
-from test_service import _alerts, _wait_until
+from test_service import _alerts
 
 pytestmark = pytest.mark.integration
 
@@ -109,7 +109,7 @@ def test_sigkill_restart_resumes_warm_and_loses_no_alert(
     tail_from = T0 + RESTART_STEP - 40
     head = [e for e in first_part if e["ts"] < tail_from]
     produce_events(service_setup.input_topic, head)
-    _wait_until(
+    wait_until(
         lambda: first.metrics()["sd_alerts_total{kind=open}"] >= 1
         and len(_checkpointed(first)) == 4,
         60,
@@ -120,12 +120,12 @@ def test_sigkill_restart_resumes_warm_and_loses_no_alert(
     first.process.wait(10)
 
     second = start_service(state=state, **STATEFUL)
-    _wait_until(_all_committed(kafka_bootstrap, service_setup, consume_all), 90, "the catch-up")
+    wait_until(_all_committed(kafka_bootstrap, service_setup, consume_all), 90, "the catch-up")
     restored = {e["partition"]: e["offset"] for e in _events(second, "partition state restored")}
     assert set(restored) == {0, 1, 2, 3}, "every partition resumes from its checkpoint"
     assert sum(restored.values()) < len(first_part), "the kill should land mid-stream"
     produce_events(service_setup.input_topic, second_part)
-    _wait_until(_all_committed(kafka_bootstrap, service_setup, consume_all), 90, "the second part")
+    wait_until(_all_committed(kafka_bootstrap, service_setup, consume_all), 90, "the second part")
 
     inputs = consume_all(service_setup.input_topic)
     sections = _sections(service_setup, state)
@@ -154,17 +154,17 @@ def test_stopped_instance_hands_its_partitions_state_to_the_other(
     first = start_service(state=state, **STATEFUL)
     second = start_service(state=state, **STATEFUL)
     produce_events(service_setup.input_topic, first_part)
-    _wait_until(_all_committed(kafka_bootstrap, service_setup, consume_all), 90, "the first part")
+    wait_until(_all_committed(kafka_bootstrap, service_setup, consume_all), 90, "the first part")
     assert first.signal_and_wait(signal.SIGTERM, timeout=30) == 0
     handed = _checkpointed(first)
     assert handed, "the stopping instance checkpoints its partitions"
-    _wait_until(
+    wait_until(
         lambda: {e["partition"] for e in _events(second, "partition state restored")} >= handed,
         60,
         "the other instance to restore them",
     )
     produce_events(service_setup.input_topic, second_part)
-    _wait_until(_all_committed(kafka_bootstrap, service_setup, consume_all), 90, "the second part")
+    wait_until(_all_committed(kafka_bootstrap, service_setup, consume_all), 90, "the second part")
 
     inputs = consume_all(service_setup.input_topic)
     expected = _reference(_sections(service_setup, state), inputs)
@@ -194,7 +194,7 @@ def test_snapshot_of_another_model_is_refused_and_the_service_runs_on(
     feed = sine_feed(N_KEYS, 200, seed=9, shifted={"k07": (150, 162)})
     service = start_service(state=state, **STATEFUL)
     produce_events(service_setup.input_topic, feed)
-    _wait_until(_all_committed(kafka_bootstrap, service_setup, consume_all), 90, "the feed")
+    wait_until(_all_committed(kafka_bootstrap, service_setup, consume_all), 90, "the feed")
 
     refused = _events(service, "checkpoint refused; partition starts cold")
     assert sorted(e["partition"] for e in refused) == [0, 1, 2, 3]
@@ -215,4 +215,4 @@ def test_snapshot_of_another_model_is_refused_and_the_service_runs_on(
             read_meta(b).model_version == model_version for b in blobs.values()
         )
 
-    _wait_until(replaced, 30, "its own checkpoints")
+    wait_until(replaced, 30, "its own checkpoints")

@@ -15,14 +15,11 @@ if docker info >/dev/null 2>&1; then
     exit 0
 fi
 
-as_root() {
-    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
-}
+. "$(dirname "$0")/lib/root.sh"
 
 if ! command -v dockerd >/dev/null 2>&1; then
     echo "start-docker: dockerd not found; installing docker.io"
-    as_root apt-get update
-    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y --no-install-recommends docker.io
+    apt_install docker.io
 fi
 
 if ! pgrep -x dockerd >/dev/null 2>&1; then

@@ -14,9 +14,7 @@ cd "$(dirname "$0")/.."
 
 PYTHON="${PYTHON:-.venv/bin/python}"
 
-as_root() {
-    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
-}
+. scripts/lib/root.sh
 
 have_compose() {
     command -v docker-compose >/dev/null 2>&1 || docker compose version >/dev/null 2>&1
@@ -24,8 +22,7 @@ have_compose() {
 
 if ! have_compose; then
     echo "validate-deploy: no docker compose found; installing Debian's docker-compose"
-    as_root apt-get update
-    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y --no-install-recommends docker-compose
+    apt_install docker-compose
 fi
 
 if [ "${1:-}" = "--install-only" ]; then

@@ -23,14 +23,11 @@ if [ "${1:-}" != "--force" ] && docker image inspect "$IMAGE" >/dev/null 2>&1; t
     exit 0
 fi
 
-as_root() {
-    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
-}
+. "$(dirname "$0")/../../scripts/lib/root.sh"
 
 if ! command -v debootstrap >/dev/null 2>&1; then
     echo "build-base: installing debootstrap"
-    as_root apt-get update
-    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y --no-install-recommends debootstrap
+    apt_install debootstrap
 fi
 
 rootfs="$(mktemp -d /tmp/sd-base.XXXXXX)"

@@ -63,6 +63,42 @@ class TimedEvents:
     def __len__(self) -> int:
         return int(self.index.shape[0])
 
+    def take(self, rows: np.ndarray) -> TimedEvents:
+        """The events at `rows`, in that order (one source stream's share of a batch)."""
+        return TimedEvents(
+            index=self.index[rows],
+            keys=self.keys[rows],
+            ts=self.ts[rows],
+            numbers=self.numbers[rows],
+            hashes=self.hashes[rows],
+            present=self.present[rows],
+        )
+
+
+@dataclass(frozen=True)
+class AggregatorState:
+    """Everything a BucketAggregator needs to resume, independent of the slots its keys had.
+
+    keys:         object [K]  every live key (open buckets, or still idling)
+    last_data:    int64 [K]   each key's latest non-empty bucket already emitted (or none yet)
+    open_key:     int64 [G]   row in `keys` of each open (key, bucket) group
+    open_bucket:  int64 [G]   bucket number of each open group
+    open:         Partials [G] the open groups' partial aggregates (HyperLogLog registers included)
+    max_ts:       latest event time seen (-inf before any event); the watermark derives from it
+    closed_until: buckets below it have been emitted (None before any event)
+    """
+
+    keys: np.ndarray
+    last_data: np.ndarray
+    open_key: np.ndarray
+    open_bucket: np.ndarray
+    open: Partials
+    max_ts: float
+    closed_until: int | None
+
+    def __len__(self) -> int:
+        return int(self.keys.shape[0])
+
 
 @dataclass(frozen=True)
 class BucketStep:
@@ -119,6 +155,59 @@ class BucketAggregator:
     @property
     def n_keys(self) -> int:
         return len(self._slot_by_key)
+
+    # -- state for checkpoints -------------------------------------------------------------------
+
+    def export_state(self) -> AggregatorState:
+        """A copy of the whole state (later batches cannot change it), keyed by key, not slot."""
+        live = np.flatnonzero(self._live)
+        row_of_slot = np.full(len(self._live), -1, dtype=np.int64)
+        row_of_slot[live] = np.arange(len(live))
+        return AggregatorState(
+            keys=self._key_of_slot[live],
+            last_data=self._last_data[live],
+            open_key=row_of_slot[self._open_slot],
+            open_bucket=self._open_bucket.copy(),
+            open=self._open.take(np.arange(len(self._open_bucket))),
+            max_ts=self._max_ts,
+            closed_until=self._closed_until,
+        )
+
+    def check_state(self, state: AggregatorState) -> None:
+        """Raise ValueError unless `state` fits this aggregator's features; checked before any
+        import so a bad checkpoint changes nothing."""
+        n, g = len(state), len(state.open_bucket)
+        want = self.plan.empty(g)
+        shapes = {
+            "last_data": (state.last_data.shape, (n,)),
+            "open_key": (state.open_key.shape, (g,)),
+            **{
+                name: (getattr(state.open, name).shape, getattr(want, name).shape)
+                for name in ("count", "sums", "mins", "maxs", "registers")
+            },
+        }
+        for name, (got, expected) in shapes.items():
+            if got != expected:
+                raise ValueError(f"aggregator state {name!r} is shaped {got}, expected {expected}")
+        if g and (state.open_key.min() < 0 or state.open_key.max() >= n):
+            raise ValueError("aggregator state: an open bucket names no key")
+        if len(set(state.keys.tolist())) != n:
+            raise ValueError("aggregator state lists a key twice")
+
+    def import_state(self, state: AggregatorState) -> None:
+        """Take over `state` in a fresh aggregator (one that has seen no events)."""
+        if self._slot_by_key or self._closed_until is not None:
+            raise RuntimeError("import_state needs a fresh aggregator")
+        self.check_state(state)
+        slots = self._slots_for(state.keys)
+        self._last_data[slots] = state.last_data
+        open_slot = slots[state.open_key]
+        order = np.lexsort((open_slot, state.open_bucket))
+        self._open = state.open.take(order)
+        self._open_bucket = state.open_bucket[order]
+        self._open_slot = open_slot[order]
+        self._max_ts = float(state.max_ts)
+        self._closed_until = state.closed_until
 
     def add(self, events: TimedEvents) -> BucketStep:
         n = len(events)

@@ -23,9 +23,10 @@ import numpy as np
 import orjson
 import structlog
 
-from stream_detector.aggregate.buckets import BucketAggregator, BucketStep, TimedEvents
+from stream_detector.aggregate.buckets import BucketStep, TimedEvents
 from stream_detector.aggregate.features import FeaturePlan
 from stream_detector.aggregate.sketch import hash_values
+from stream_detector.aggregate.streams import StreamAggregators
 from stream_detector.config import Settings
 from stream_detector.engine.decode import Decoder, _extract
 from stream_detector.engine.types import Decoded, EventBatch, Reject
@@ -51,7 +52,7 @@ class AggregatingDecoder:
         self._decoder = Decoder(raw_input, now)
         self._distinct_paths = [field.split(".") for field in self.plan.distinct_fields]
         self._dead_letter_late = config.late_policy == "dead_letter"
-        self.aggregator = BucketAggregator(
+        self.aggregator = StreamAggregators(
             self.plan, config.bucket_width_s, config.allowed_lateness_s, config.idle_timeout_s
         )
 
@@ -64,8 +65,13 @@ class AggregatingDecoder:
         payloads: Sequence[bytes],
         keys: Sequence[bytes | None] | None = None,
         broker_ts_ms: Sequence[int] | np.ndarray | None = None,
+        streams: Sequence[int] | np.ndarray | None = None,
     ) -> Decoded:
-        """Fold one consumed batch into the buckets; return the buckets it closed."""
+        """Fold one consumed batch into the buckets; return the buckets it closed.
+
+        `streams` gives each message's source stream (see aggregate/streams.py: one watermark
+        per input partition); None means one stream.
+        """
         decoded = self._decoder.decode_messages(payloads, keys, broker_ts_ms)
         accepted = decoded.batch.index.tolist()
         columns: list[Sequence[Any]] = []
@@ -73,7 +79,8 @@ class AggregatingDecoder:
             # Every accepted payload parsed as one JSON object, so a comma join is one array.
             objects = orjson.loads(b"[" + b",".join([payloads[i] for i in accepted]) + b"]")
             columns = [_extract(objects, path) for path in self._distinct_paths]
-        return self._bucket(decoded, columns)
+        event_streams = None if streams is None else np.asarray(streams)[decoded.batch.index]
+        return self._bucket(decoded, columns, event_streams)
 
     def decode_columns(self, columns: Mapping[str, Sequence[Any] | np.ndarray]) -> Decoded:
         """Fold a table of raw events (a CSV file) into the buckets, as decode_messages."""
@@ -86,7 +93,12 @@ class AggregatingDecoder:
         ]
         return self._bucket(decoded, distinct)
 
-    def _bucket(self, decoded: Decoded, distinct: Sequence[Sequence[Any]]) -> Decoded:
+    def _bucket(
+        self,
+        decoded: Decoded,
+        distinct: Sequence[Sequence[Any]],
+        streams: np.ndarray | None = None,
+    ) -> Decoded:
         batch = decoded.batch
         n = len(batch)
         hashes = np.zeros((n, len(self.plan.distinct_fields)), dtype=np.uint64)
@@ -101,7 +113,8 @@ class AggregatingDecoder:
                 numbers=batch.values.astype(np.float64),
                 hashes=hashes,
                 present=present,
-            )
+            ),
+            streams,
         )
         rejects = decoded.rejects
         late = np.flatnonzero(step.late)

@@ -133,9 +133,15 @@ class Decoder:
         payloads: Sequence[bytes],
         keys: Sequence[bytes | None] | None = None,
         broker_ts_ms: Sequence[int] | np.ndarray | None = None,
+        streams: Sequence[int] | np.ndarray | None = None,
     ) -> Decoded:
         """Decode one consumed batch; `keys`/`broker_ts_ms` are needed only when the config
-        takes the key or the event time from Kafka instead of the payload."""
+        takes the key or the event time from Kafka instead of the payload.
+
+        `streams` (each message's input partition) is accepted so that every decoder has one
+        signature, and ignored: a decoded event does not depend on where it came from. The
+        aggregating decoder, whose watermark does, uses it.
+        """
         cfg = self._config
         n = len(payloads)
         if cfg.key_field is None and (keys is None or len(keys) != n):

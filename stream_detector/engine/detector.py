@@ -116,9 +116,16 @@ class Detector:
         payloads: Sequence[bytes],
         keys: Sequence[bytes | None] | None = None,
         broker_ts_ms: Sequence[int] | np.ndarray | None = None,
+        streams: Sequence[int] | np.ndarray | None = None,
     ) -> DetectionResult:
-        """Decode raw Kafka messages and run them through the engine."""
-        return self.process(self.decoder.decode_messages(payloads, keys, broker_ts_ms))
+        """Decode raw Kafka messages and run them through the engine.
+
+        `streams`: each message's source stream, an int code per message (the Kafka service
+        passes `partition_streams` of its topic-partitions); None is one stream. Only aggregate
+        mode uses it, to keep one watermark per input partition.
+        """
+        decoded = self.decoder.decode_messages(payloads, keys, broker_ts_ms, streams=streams)
+        return self.process(decoded)
 
     def process(self, decoded: Decoded) -> DetectionResult:
         batch = decoded.batch

@@ -33,6 +33,7 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient
 
+from stream_detector.aggregate.streams import partition_streams
 from stream_detector.artefact import ArtefactError, load_artefact
 from stream_detector.config import ConfigError, Settings
 from stream_detector.engine.detector import Detector
@@ -320,7 +321,10 @@ class KafkaService:
         started = time.perf_counter()
         consumed = ConsumedBatch.from_messages(messages)
         result = self.detector.process_messages(
-            consumed.payloads, consumed.keys, consumed.broker_ts_ms
+            consumed.payloads,
+            consumed.keys,
+            consumed.broker_ts_ms,
+            streams=partition_streams(consumed.topics, consumed.partitions),
         )
         offsets = consumed.next_offsets()
         self._positions.update(offsets)

@@ -5,8 +5,8 @@ very late) goes through `stream-detector run` with input.mode = "aggregate". The
 alert on exactly the alerts the same Detector raises in-process on the same messages: bucketing is
 independent of batch boundaries by construction, and the settings below pin everything after it
 (per-key statistics, the threshold) so that the model's verdict is too. The input topic has one
-partition: the watermark is global to a consumer, so partitions consumed at different paces
-would make one partition's flows late behind another's.
+partition, so the in-process reference (one stream) judges lateness exactly as the service's
+per-partition watermark does.
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from stream_detector.aggregate.buckets import BucketAggregator, TimedEvents
 from stream_detector.aggregate.features import FeaturePlan
 from stream_detector.aggregate.sketch import estimate, hash_values
+from stream_detector.aggregate.streams import StreamAggregators
 from stream_detector.config import AggregateConfig, AggregateFeature
 
 T0 = 1_700_000_000.0
@@ -214,3 +215,84 @@ def test_batch_spanning_more_buckets_than_a_code_holds_is_refused_clearly() -> N
     aggregator = BucketAggregator(_plan(), 0.001, 0.0, 0.0)
     with pytest.raises(ValueError, match="bucket_width_s"):
         aggregator.add(_timed([Event("a", 0.0, 1, 1), Event("b", 1e13, 1, 1)]))
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    ahead=streams(),
+    behind=streams(),
+    lag=st.sampled_from([300.0, 5_000.0]),
+    picks=st.lists(st.booleans(), min_size=120, max_size=120),
+    cuts=st.lists(st.integers(0, 120), max_size=6),
+    lateness=st.sampled_from([0.0, 4.0]),
+    idle=st.sampled_from([0.0, 25.0]),
+)
+def test_a_lagging_partition_keeps_its_own_watermark(
+    ahead: tuple[list[Event], list[int]],
+    behind: tuple[list[Event], list[int]],
+    lag: float,
+    picks: list[bool],
+    cuts: list[int],
+    lateness: float,
+    idle: float,
+) -> None:
+    """Two partitions interleaved, one far behind the other: each partition's keys get exactly
+    what that partition aggregated alone gives, and nothing of the lagging one is late because
+    of the other's newer events."""
+    width = 10.0
+    fast = ahead[0]
+    # Distinct keys per partition (keyed input), the slow one `lag` seconds in the past.
+    slow = [Event(e.key.upper(), e.ts - lag, e.bytes, e.port) for e in behind[0]]
+    merged: list[tuple[int, Event]] = []
+    queues = [list(fast), list(slow)]
+    for pick in picks + [True] * (len(fast) + len(slow)):
+        queue = queues[int(pick)] or queues[1 - int(pick)]
+        if queue:
+            merged.append((1 if queue is queues[1] else 0, queue.pop(0)))
+    stream_of = np.array([code for code, _ in merged], dtype=np.int64)
+    events = [event for _, event in merged]
+
+    aggregators = StreamAggregators(_plan(), width, lateness, idle)
+    rows: list[tuple] = []
+    late: list[int] = []
+    bounds = [0, *sorted({c % (len(events) + 1) for c in cuts}), len(events)]
+    for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+        timed = _timed(events[lo:hi])
+        step = aggregators.add(timed, stream_of[lo:hi] + 7)  # any int codes will do
+        assert np.all(np.diff(step.index) >= 0), "closed buckets come back in arrival order"
+        late.extend((lo + np.flatnonzero(step.late)).tolist())
+        rows.extend(
+            (k, float(t), tuple(v)) for k, t, v in zip(step.keys, step.end_ts, step.values.tolist())
+        )
+
+    want_rows: list[tuple] = []
+    want_late: list[int] = []
+    for code, alone in ((0, fast), (1, slow)):
+        positions = np.flatnonzero(stream_of == code)
+        got_rows, got_late, _ = _reference(alone, width, lateness, idle)
+        want_rows.extend((k, t, v) for k, t, _, v in got_rows)
+        want_late.extend(positions[got_late].tolist())
+    assert sorted(late) == sorted(want_late)
+    assert [row[:2] for row in _sorted(rows)] == [row[:2] for row in _sorted(want_rows)]
+    for (*_, g), (*_, w) in zip(_sorted(rows), _sorted(want_rows), strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-6)
+    assert aggregators.late_total == len(want_late)
+    assert len(aggregators.streams) == (len(fast) > 0) + (len(slow) > 0)
+
+
+def test_a_backlog_on_one_partition_is_not_late_behind_the_other() -> None:
+    """The case the per-partition watermark exists for: partition 1 replays an hour-old backlog,
+    in order, while partition 0 is live. One shared watermark would drop the whole backlog."""
+    live = [Event("live", T0 + 3600 + i, 10, 1) for i in range(40)]
+    backlog = [Event("old", T0 + i, 10, 1) for i in range(40)]
+    events = [e for pair in zip(live, backlog, strict=True) for e in pair]
+    partition = np.tile(np.array([0, 1], dtype=np.int64), 40)
+
+    shared = BucketAggregator(_plan(), 10.0, 2.0, 0.0).add(_timed(events))
+    assert shared.late[partition == 1].sum() >= 38, "one watermark: the backlog is late"
+
+    step = StreamAggregators(_plan(), 10.0, 2.0, 0.0).add(_timed(events), partition)
+    assert not step.late.any()
+    old = step.keys == "old"
+    assert (step.end_ts[old] - T0).tolist() == [10.0, 20.0, 30.0]
+    assert step.values[old][:, 0].tolist() == [10.0, 10.0, 10.0]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from typing import Any
 
 import numpy as np
@@ -9,6 +12,7 @@ import orjson
 import pytest
 
 from stream_detector.aggregate.decode import AggregatingDecoder, decoder_for
+from stream_detector.aggregate.streams import partition_stream, partition_streams
 from stream_detector.artefact import TrainingResult, create_artefact
 from stream_detector.config import ConfigError, Settings, load_settings
 from stream_detector.engine.decode import Decoder
@@ -178,3 +182,51 @@ def test_detector_in_aggregate_mode_scores_buckets_and_reports_late_events() -> 
     assert len(buckets) == 2 * 7, "the watermark (78 s) has closed buckets [0, 10) to [60, 70)"
     # Windows of 4 buckets, stride 1: buckets 4..7 of each host complete one.
     assert sorted(outcome.scored.keys.tolist()) == ["h1"] * 4 + ["h2"] * 4
+
+
+def test_each_partition_keeps_its_own_watermark_through_the_decoder() -> None:
+    """A backlog on partition 1 next to live traffic on partition 0: no late rejects, and the
+    buckets come back in arrival order of the events that closed them."""
+    decoder = AggregatingDecoder(_settings())
+    payloads = [_flow("live", 3600 + i) for i in range(30)] + [_flow("old", i) for i in range(30)]
+    order = np.argsort(np.tile(np.arange(30), 2), kind="stable")  # interleave live and old
+    payloads = [payloads[i] for i in order]
+    topics = np.array(["flows"] * 60, dtype=object)
+    partitions = np.tile(np.array([0, 1]), 30)
+    out = decoder.decode_messages(payloads, streams=partition_streams(topics, partitions))
+    assert out.rejects == []
+    assert np.all(np.diff(out.batch.index) > 0)
+    assert out.batch.keys.tolist() == ["live", "old", "live", "old"]
+    assert sorted(decoder.aggregator.streams) == [
+        partition_stream("flows", 0),
+        partition_stream("flows", 1),
+    ]
+    shared = AggregatingDecoder(_settings()).decode_messages(payloads)
+    assert len(shared.rejects) > 25, "one watermark for both partitions drops the backlog"
+
+
+def test_stream_codes_tell_topics_and_partitions_apart_and_are_stable() -> None:
+    topics = np.array(["a", "b", "a", "b"], dtype=object)
+    codes = partition_streams(topics, np.array([0, 0, 1, 1]))
+    assert len(set(codes.tolist())) == 4
+    assert codes.tolist() == [partition_stream(t, p) for t, p in zip(topics, [0, 0, 1, 1])]
+    # A checkpoint names its stream by code, read back by another process: no per-process salt.
+    script = "from stream_detector.aggregate.streams import partition_stream as s; print(s('flows', 3))"
+    for seed in ("1", "2"):
+        other = subprocess.run(
+            [sys.executable, "-c", script],
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert int(other.stdout) == partition_stream("flows", 3)
+
+
+def test_events_mode_ignores_streams() -> None:
+    settings = load_settings(None, {"input": {"key_field": "src", "timestamp_field": "ts",
+                                               "value_fields": ["bytes"]}})
+    payloads = [_flow("a", 1), _flow("b", 2)]
+    with_streams = Decoder(settings.input).decode_messages(payloads, streams=np.array([0, 1]))
+    plain = Decoder(settings.input).decode_messages(payloads)
+    assert with_streams.batch.values.tolist() == plain.batch.values.tolist()

@@ -16,7 +16,7 @@ import structlog
 
 from stream_detector import __version__
 from stream_detector.artefact import ArtefactError
-from stream_detector.config import ConfigError, Settings, load_settings
+from stream_detector.config import ConfigError, Settings, _deep_merge, load_settings
 from stream_detector.logs import configure_logging
 
 log = structlog.get_logger("stream_detector.cli")
@@ -27,6 +27,7 @@ examples:
   stream-detector train --input normal.jsonl --out model/
   stream-detector replay --input day.jsonl --model model/ --out scores.jsonl
   stream-detector evaluate --dataset smap_msl --config configs/smap_msl.toml
+  stream-detector evaluate --dataset network --out reports/network   # raw flow events
   stream-detector run --config detector.toml            # the Kafka service
   stream-detector run --config detector.toml --set kafka.group_id=blue
 
@@ -69,8 +70,17 @@ def _merge(into: dict[str, Any], section: str, **values: Any) -> None:
         into.setdefault(section, {}).update(present)
 
 
-def _settings(args: argparse.Namespace, overrides: dict[str, Any] | None = None) -> Settings:
-    merged = _parse_set(args.set or [])
+def _settings(
+    args: argparse.Namespace,
+    overrides: dict[str, Any] | None = None,
+    defaults: dict[str, Any] | None = None,
+) -> Settings:
+    """Settings from --config, SD_* and --set, then `overrides` (the command's own flags) on top.
+
+    `defaults` (nested like --set) are what the chosen data brings with it (a network scenario's
+    mapping); --set goes on top of them, and they on top of --config, which such data refuses.
+    """
+    merged = _deep_merge(defaults or {}, _parse_set(args.set or []))
     for section, values in (overrides or {}).items():
         _merge(merged, section, **values)
     settings = load_settings(args.config, merged)
@@ -160,9 +170,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from stream_detector.evaluation.runner import main_evaluate
+    from stream_detector.evaluation.runner import evaluation_defaults, main_evaluate
 
-    settings = _settings(args)
+    settings = _settings(args, defaults=evaluation_defaults(args))
     return main_evaluate(settings, args)
 
 
@@ -290,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate",
         parents=[common],
         help="score the detector and two baselines on labelled data (precision/recall/F1)",
-    )
+    )  # description, epilog and flags: evaluation.runner.add_arguments
     _add_evaluate_arguments(evaluate)
     evaluate.set_defaults(func=cmd_evaluate)
 

@@ -6,12 +6,12 @@ event-time range (`<events>.labels.json`, as `write_labels` writes them); a buck
 its time span overlaps a range of its key. Each key is reported in the group named after the kinds
 of anomaly it carries ("normal" for none), so the table shows the figures per attack kind.
 
-    python -m stream_detector.evaluation.network --out reports   # both scenarios
+    stream-detector evaluate --dataset network --out reports/network
+    stream-detector evaluate --events flows.jsonl --labels flows.labels.json --config flows.toml
 """
 
 from __future__ import annotations
 
-import argparse
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,8 +22,7 @@ import orjson
 import structlog
 
 from stream_detector.aggregate.decode import AggregatingDecoder
-from stream_detector.cli import _parse_set
-from stream_detector.config import Settings, _deep_merge, load_settings
+from stream_detector.config import Settings, _deep_merge
 from stream_detector.demo.network import (
     SCENARIOS,
     labels_path_for,
@@ -31,13 +30,14 @@ from stream_detector.demo.network import (
     write_scenario,
 )
 from stream_detector.evaluation.datasets import Channel, LabelledDataset
-from stream_detector.evaluation.report import format_table
-from stream_detector.evaluation.runner import BASELINES, run_evaluation
 from stream_detector.sources import read_batches
 
 log = structlog.get_logger(__name__)
 
 NORMAL_GROUP: Final = "normal"
+# The scenarios' first 3000 of 7200 s are attack-free; 40% of each host's buckets (2880 s) keeps
+# the train parts inside that stretch.
+SCENARIO_TRAIN_FRACTION: Final = 0.4
 
 # Detector settings for the network scenarios beside the feed mapping: 10 s buckets, so a window
 # of 12 is two minutes and the shortest attack (one minute) fills half of one. The threshold
@@ -71,7 +71,7 @@ def load_raw_event_file(
     if not 0.0 <= train_fraction < 1.0:
         raise ValueError("train_fraction must be in [0, 1)")
     labels_path = labels_path or labels_path_for(Path(path))
-    ranges = orjson.loads(labels_path.read_bytes())
+    ranges = read_labels(labels_path)
     decoder = AggregatingDecoder(settings)
     parts = list(read_batches(Path(path), decoder, batch_size=batch_size))
     batches = [d.batch for d in parts if len(d.batch)]
@@ -114,6 +114,31 @@ def load_raw_event_file(
     )
 
 
+def read_labels(path: Path) -> list[dict[str, Any]]:
+    """The labelled ranges of a raw-event file, checked: a JSON array of objects with `key`,
+    `start_ts` and `end_ts` (event-time seconds, inclusive) and optionally `kind`."""
+    if not path.exists():
+        raise ValueError(
+            f"no labels file {path}; pass --labels FILE: a JSON array of "
+            '{"key", "kind", "start_ts", "end_ts"} ranges (event-time seconds, inclusive)'
+        )
+    try:
+        ranges = orjson.loads(path.read_bytes())
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"labels file {path} is not JSON: {exc}") from None
+    if not isinstance(ranges, list):
+        raise ValueError(f"labels file {path} must hold a JSON array of ranges")
+    for n, entry in enumerate(ranges):
+        ok = isinstance(entry, dict) and isinstance(entry.get("key"), str | int)
+        ok = ok and all(isinstance(entry.get(f), int | float) for f in ("start_ts", "end_ts"))
+        if not ok or entry["start_ts"] > entry["end_ts"]:
+            raise ValueError(
+                f"labels file {path}, range {n}: need key, start_ts <= end_ts (numbers), "
+                f"got {entry!r}"
+            )
+    return ranges
+
+
 def _bucket_labels(
     keys: np.ndarray, end_ts: np.ndarray, width: float, ranges: Sequence[dict[str, Any]]
 ) -> tuple[np.ndarray, dict[str, set[str]]]:
@@ -128,53 +153,22 @@ def _bucket_labels(
     return labels, kinds
 
 
-def scenario_settings(name: str, overrides: dict[str, Any] | None = None) -> Settings:
-    """The feed mapping of scenario `name` plus EVALUATION_SECTIONS; `overrides` win."""
-    sections = _deep_merge(network_sections(SCENARIOS[name]), EVALUATION_SECTIONS)
-    return load_settings(None, _deep_merge(sections, overrides or {}))
+def scenario_sections(name: str) -> dict[str, dict[str, Any]]:
+    """Settings that scenario `name` brings: its feed mapping plus EVALUATION_SECTIONS (nested like
+    --set, so the user's --set goes on top)."""
+    return _deep_merge(network_sections(SCENARIOS[name]), EVALUATION_SECTIONS)
 
 
-def evaluate_scenario(
-    name: str,
-    out_dir: Path,
-    data_dir: Path = Path("artifacts") / "network",
-    *,
-    overrides: dict[str, Any] | None = None,
-    train_fraction: float = 0.4,
-    baselines: Sequence[str] = BASELINES,
-    plots: bool = True,
-) -> dict[str, Any]:
-    """Generate scenario `name` (once, into data_dir) and run `evaluate` on it."""
+def load_scenario(
+    name: str, data_dir: Path, settings: Settings, train_fraction: float = SCENARIO_TRAIN_FRACTION
+) -> LabelledDataset:
+    """Generate scenario `name` into data_dir (deterministic: same code, same flows and labels)
+    and load it as a raw-event file.
+
+    Generated afresh each time rather than reused, so a report never rests on a file left by an
+    older generator.
+    """
+    data_dir.mkdir(parents=True, exist_ok=True)
     events = data_dir / f"{name}.jsonl"
-    if not events.exists() or not labels_path_for(events).exists():
-        data_dir.mkdir(parents=True, exist_ok=True)
-        write_scenario(events, SCENARIOS[name])
-    settings = scenario_settings(name, overrides)
-    dataset = load_raw_event_file(events, settings, train_fraction)
-    return run_evaluation(settings, dataset, out_dir, baselines=baselines, plots=plots)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--scenario", choices=sorted(SCENARIOS), action="append")
-    parser.add_argument("--out", type=Path, default=Path("reports"), help="parent directory")
-    parser.add_argument(
-        "--data", type=Path, default=Path("artifacts") / "network", help="generated feeds (reused)"
-    )
-    parser.add_argument("--no-plots", action="store_true")
-    parser.add_argument(
-        "--set", action="append", metavar="SECTION.FIELD=VALUE", help="as for stream-detector"
-    )
-    args = parser.parse_args(argv)
-    overrides = _parse_set(args.set or [])
-    for name in args.scenario or sorted(SCENARIOS):
-        report = evaluate_scenario(
-            name, args.out / name, args.data, overrides=overrides, plots=not args.no_plots
-        )
-        print(f"== {name}")
-        print(format_table(report))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    write_scenario(events, SCENARIOS[name])
+    return load_raw_event_file(events, settings, train_fraction)

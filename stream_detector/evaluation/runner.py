@@ -26,6 +26,7 @@ from stream_detector.evaluation.baselines import (
     RollingZScore,
     river_available,
 )
+from stream_detector.demo.network import SCENARIOS, labels_path_for
 from stream_detector.evaluation.datasets import (
     SMAP_MSL_LABELS,
     LabelledDataset,
@@ -33,6 +34,12 @@ from stream_detector.evaluation.datasets import (
     build_stream,
     load_labelled_file,
     load_smap_msl,
+)
+from stream_detector.evaluation.network import (
+    SCENARIO_TRAIN_FRACTION,
+    load_raw_event_file,
+    load_scenario,
+    scenario_sections,
 )
 from stream_detector.evaluation.plots import matplotlib_available, plot_key
 from stream_detector.evaluation.report import build_report, format_table
@@ -241,23 +248,75 @@ def run_evaluation(
     return report
 
 
+EVALUATE_DESCRIPTION = """\
+Replays labelled data through the same Detector.process the service runs, trains the model on each
+key's presumed-normal leading part (unless --model), and scores it against two baselines (rolling
+z-score, River HalfSpaceTrees) under the same threshold and episode rules: point-wise, point-
+adjusted and event-wise precision / recall / F1 and detection delay. Writes report.json, table.txt
+and a PNG per key into --out, and prints the table.
+
+What it reads:
+  --dataset smap_msl | DIR      NASA SMAP/MSL telemetry (a directory with labeled_anomalies.csv)
+  --dataset FILE                a CSV/JSONL of events with a 0/1 input.label_field column
+  --dataset network | network_subtle
+                                the synthetic network scenarios (raw flow events, aggregate mode,
+                                labelled attacks), generated into --out; the scenario brings its
+                                mapping and tuned settings, --set adjusts them
+  --events FILE [--labels FILE] a raw-event file (input.mode = "aggregate" in --config) with
+                                labels per key and event-time range
+"""
+
+EVALUATE_EPILOG = """\
+examples:
+  stream-detector evaluate --dataset smap_msl --config configs/smap_msl.toml --out reports/smap_msl
+  stream-detector evaluate --dataset network --out reports/network --no-plots
+  stream-detector evaluate --dataset network_subtle --set threshold.sensitivity=4
+  stream-detector evaluate --events flows.jsonl --labels flows.labels.json --config flows.toml
+
+labels file (--labels; default: FILE.labels.json beside --events), as `stream-detector generate`
+and the network scenarios write it: a JSON array of ranges, event times in epoch seconds,
+both ends inclusive; kind is optional and names the report group of the key:
+  [{"key": "10.0.0.7", "kind": "port_scan", "start_ts": 1700003600.0, "end_ts": 1700003720.999}]
+A bucket is labelled anomalous when its span overlaps a range of its key.
+"""
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The `evaluate` command's own flags (the CLI adds --config/--set)."""
+    parser.description = EVALUATE_DESCRIPTION
+    parser.epilog = EVALUATE_EPILOG
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument(
         "--dataset",
-        default="smap_msl",
-        help="a dataset name under ./data or the checkout's shared/data (smap_msl), a SMAP/MSL-style "
-        "directory, or a CSV/JSONL file with input.label_field",
+        help=f"smap_msl (the default without --events; looked up under ./data or the checkout's "
+        f"shared/data), {' or '.join(sorted(SCENARIOS))} (generated), a SMAP/MSL-style directory, "
+        "or a CSV/JSONL file with input.label_field",
     )
-    parser.add_argument("--out", type=Path, help="output directory (default reports/<dataset>)")
+    parser.add_argument(
+        "--events",
+        type=Path,
+        metavar="FILE",
+        help="a raw-event JSONL/CSV (.gz ok) to bucket with the [input]/[aggregate] mapping of "
+        "--config (input.mode = 'aggregate')",
+    )
+    parser.add_argument(
+        "--labels",
+        type=Path,
+        metavar="FILE",
+        help="with --events: the labelled ranges (default FILE.labels.json beside --events)",
+    )
+    parser.add_argument(
+        "--out", type=Path, help="output directory (default reports/<dataset name>)"
+    )
     parser.add_argument("--model", type=Path, help="evaluate this artefact instead of training")
     parser.add_argument("--spacecraft", action="append", help="SMAP or MSL (repeatable)")
     parser.add_argument("--channels", help="comma-separated channel ids, for a quick look")
     parser.add_argument(
         "--train-fraction",
         type=float,
-        default=0.5,
-        help="labelled file only: each key's leading share of events used as its train part",
+        help="files and scenarios: each key's leading share of events (buckets) used as its train "
+        f"part (default 0.5; {SCENARIO_TRAIN_FRACTION} for the network scenarios, whose attacks "
+        "start after that)",
     )
     parser.add_argument("--batch-size", type=int, default=2048, help="events per engine batch")
     parser.add_argument(
@@ -268,19 +327,66 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-plots", action="store_true", help="skip the per-key PNGs")
 
 
+def evaluation_defaults(args: argparse.Namespace) -> dict[str, Any]:
+    """Settings the chosen data brings (nested like --set, which goes on top): a network
+    scenario's feed mapping and tuned sections, nothing for other data.
+
+    Also refuses flag combinations that cannot mean anything, before any work starts.
+    """
+    if args.events is not None and args.dataset is not None:
+        raise ConfigError("pass either --dataset or --events FILE, not both")
+    if args.labels is not None and args.events is None:
+        raise ConfigError("--labels goes with --events FILE (a raw-event file)")
+    if args.dataset in SCENARIOS:
+        if args.config is not None:
+            raise ConfigError(
+                f"--dataset {args.dataset} brings its own mapping and evaluation settings; "
+                "adjust them with --set section.field=value instead of --config"
+            )
+        return scenario_sections(args.dataset)
+    return {}
+
+
+def _load_from_args(args: argparse.Namespace, settings: Settings) -> LabelledDataset:
+    """The dataset the flags name; a scenario is generated into the output directory."""
+    fraction = args.train_fraction
+    default_fraction = SCENARIO_TRAIN_FRACTION if args.dataset in SCENARIOS else 0.5
+    fraction = default_fraction if fraction is None else fraction
+    if args.events is not None:
+        if settings.input.mode != "aggregate":
+            raise ValueError(
+                "--events takes raw events (flows, requests): give a --config with "
+                "input.mode = 'aggregate' and an [aggregate] section (see examples/detector.toml); "
+                "for a file of per-event values with a 0/1 label column use --dataset FILE"
+            )
+        if not args.events.exists():
+            raise ValueError(f"--events {args.events} does not exist")
+        labels = args.labels or labels_path_for(args.events)
+        return load_raw_event_file(args.events, settings, fraction, labels)
+    if args.dataset in SCENARIOS:
+        data_dir = args.out or Path("reports") / args.dataset
+        return load_scenario(args.dataset, data_dir, settings, fraction)
+    if settings.input.mode == "aggregate":
+        raise ValueError(
+            "input.mode = 'aggregate' reads raw events: pass the file with --events FILE "
+            "--labels FILE.labels.json"
+        )
+    channels = [c for c in (args.channels or "").split(",") if c] or None
+    return load_dataset(
+        args.dataset or "smap_msl",
+        settings,
+        spacecraft=args.spacecraft,
+        channels=channels,
+        train_fraction=fraction,
+    )
+
+
 def main_evaluate(settings: Settings, args: argparse.Namespace) -> int:
     """Run `evaluate` from parsed CLI arguments; prints the table, returns the exit status."""
-    channels = [c for c in (args.channels or "").split(",") if c] or None
     try:
-        dataset = load_dataset(
-            args.dataset,
-            settings,
-            spacecraft=args.spacecraft,
-            channels=channels,
-            train_fraction=args.train_fraction,
-        )
+        dataset = _load_from_args(args, settings)
     except (OSError, ValueError) as exc:  # a wrong path or mapping: the user's to fix
-        raise ConfigError(f"cannot load dataset {args.dataset!r}: {exc}") from None
+        raise ConfigError(f"cannot load {args.events or args.dataset or 'smap_msl'}: {exc}") from None
     out_dir = args.out or Path("reports") / dataset.name
     artefact = load_artefact(args.model, settings) if args.model else None
     report = run_evaluation(

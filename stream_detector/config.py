@@ -357,6 +357,18 @@ class Settings(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _exactly_once_checkpoints_can_join_the_transaction(self) -> Settings:
+        # The checkpoint is written in each transaction (docs/state.md); a file cannot be.
+        if self.kafka.processing_guarantee == "exactly_once" and self.state.store == "local":
+            raise ValueError(
+                "kafka.processing_guarantee = 'exactly_once' cannot be used with state.store = "
+                "'local': a local directory cannot join the Kafka transaction its checkpoints "
+                "must be written in; set state.store = 'kafka' (checkpoints in the changelog "
+                "topic, in the transaction) or state.store = 'none' (no checkpoints)"
+            )
+        return self
+
     @classmethod
     def settings_customise_sources(
         cls,

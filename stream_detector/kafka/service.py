@@ -3,7 +3,8 @@
 The loop is: consume a batch -> Detector.process_messages -> produce its alerts and dead letters ->
 commit the input offsets of every batch whose output the broker has acknowledged. Offsets are
 never committed ahead of their output (at-least-once; or, with processing_guarantee =
-"exactly_once", each batch's output and offsets go in one Kafka transaction).
+"exactly_once", each batch's output and offsets go in one Kafka transaction, and so does a
+state checkpoint when one is due).
 
 Faults are sorted into two kinds: ones that heal with time (a broker that is down or restarting,
 a topic briefly unknown) are waited out with a log line, and ones a person must fix (bad
@@ -16,7 +17,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
 from types import FrameType
@@ -48,7 +49,8 @@ from stream_detector.kafka.settings import (
     redact,
     transactional_id,
 )
-from stream_detector.state.partitions import open_partition_state
+from stream_detector.state.changelog import KafkaChangelogStore
+from stream_detector.state.partitions import EncodedCheckpoints, open_partition_state
 
 log = structlog.get_logger(__name__)
 
@@ -151,6 +153,12 @@ class KafkaService:
         self._last_checkpoint = time.monotonic()
         # A checkpoint being written in the background, with the offsets it reflects.
         self._writing: tuple[dict[Partition, int], Future[int]] | None = None
+        # With exactly_once, checkpoints go into the transactions, through the changelog store
+        # (settings refuse exactly_once with the local store, which cannot join a transaction).
+        store = self.state.store if self.state is not None else None
+        self._txn_changelog = (
+            store if self._exactly_once and isinstance(store, KafkaChangelogStore) else None
+        )
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -266,6 +274,9 @@ class KafkaService:
             self._service_producer(0.0)
             if self.state is None:
                 self._commit_released(asynchronous=True)
+            elif self._exactly_once:
+                if self._checkpoint_due():  # no batch took it: a transaction of its own
+                    self._checkpoint_transaction(self._assigned)
             else:
                 self._checkpoint_if_due()
             self._update_lag()
@@ -340,7 +351,9 @@ class KafkaService:
             for r in result.decoded.rejects
         ]
         if self._exactly_once:
-            self._produce_transaction(records, offsets)
+            due = self._txn_changelog is not None and self._checkpoint_due()
+            checkpoint = self._encode(self._assigned) if due else None
+            self._produce_transaction(records, offsets, checkpoint)
         else:
             for record in records:
                 self._produce(record)
@@ -409,18 +422,28 @@ class KafkaService:
         self._service_producer(0.0)
         return self.tracker.unsettled == 0
 
-    def _produce_transaction(self, records: list[OutRecord], offsets: dict[Partition, int]) -> None:
-        """One Kafka transaction per batch: its output and its input offsets, or neither."""
+    def _produce_transaction(
+        self,
+        records: list[OutRecord],
+        offsets: dict[Partition, int],
+        checkpoint: EncodedCheckpoints | None = None,
+    ) -> None:
+        """One Kafka transaction per batch: its output, its input offsets and, when one is due,
+        the owned partitions' checkpoint, or none of them. Restore reads the changelog
+        read_committed, so it never sees a checkpoint whose output was not committed."""
         producer, consumer = self._require_producer(), self._require_consumer()
         try:
             producer.begin_transaction()
             for record in records:
                 self._produce(record)
-            producer.send_offsets_to_transaction(
-                [TopicPartition(t, p, o) for (t, p), o in offsets.items()],
-                consumer.consumer_group_metadata(),
-                _TXN_TIMEOUT_S,
-            )
+            if checkpoint is not None and self._txn_changelog is not None:
+                self._txn_changelog.produce(producer, checkpoint.blobs)
+            if offsets:
+                producer.send_offsets_to_transaction(
+                    [TopicPartition(t, p, o) for (t, p), o in offsets.items()],
+                    consumer.consumer_group_metadata(),
+                    _TXN_TIMEOUT_S,
+                )
             producer.commit_transaction(_TXN_TIMEOUT_S)
         except KafkaException as exc:
             error: KafkaError = exc.args[0]
@@ -430,8 +453,31 @@ class KafkaService:
                 f"transaction failed ({error.str()}); nothing of this batch was committed, a "
                 "restart processes it again from the last committed offsets"
             ) from None
-        self.metrics.commits.inc()
+        if offsets:
+            self.metrics.commits.inc()
+        if checkpoint is not None and self.state is not None:
+            self.state.written(checkpoint)
         self._service_producer(0.0)
+
+    def _encode(self, partitions: Collection[Partition]) -> EncodedCheckpoints | None:
+        """The partitions' checkpoints at their positions, encoded here on the loop (for a
+        transaction); None when none of them moved since its last checkpoint."""
+        if self.state is None:
+            return None
+        encoded = self.state.encode_now(
+            {p: o for p, o in self._positions.items() if p in partitions}
+        )
+        return encoded if encoded.blobs else None
+
+    def _checkpoint_transaction(self, partitions: Collection[Partition]) -> None:
+        """exactly_once without a batch to ride on (idle interval, revoke, shutdown): a
+        transaction holding only the checkpoint. Every earlier batch's transaction, offsets
+        included, is committed already, so it reflects committed output only."""
+        if self._txn_changelog is None or self._failing:
+            return
+        encoded = self._encode(partitions)
+        if encoded is not None:
+            self._produce_transaction([], {}, encoded)
 
     # -- offsets and rebalances ------------------------------------------------------------------
 
@@ -506,11 +552,16 @@ class KafkaService:
             if not self._writing[1].done():
                 return
             self._commit_checkpointed()
+        if self._checkpoint_due():
+            self._writing = self._checkpoint(self._assigned)
+
+    def _checkpoint_due(self) -> bool:
+        """Whether state.checkpoint_interval_s has passed; if so, the next interval starts."""
         now = time.monotonic()
         if now - self._last_checkpoint < self.settings.state.checkpoint_interval_s:
-            return
+            return False
         self._last_checkpoint = now
-        self._writing = self._checkpoint(self._assigned)
+        return True
 
     def _commit_checkpointed(self) -> None:
         """Wait for the background checkpoint, then commit the offsets it reflects (also when
@@ -526,6 +577,9 @@ class KafkaService:
 
     def _checkpoint_now(self, partitions: set[Partition]) -> None:
         """Checkpoint and wait for the write (revoke, shutdown): the partitions leave next."""
+        if self._exactly_once:
+            self._checkpoint_transaction(partitions)
+            return
         self._commit_checkpointed()
         started = self._checkpoint(partitions, wait=False)
         if started is not None:
@@ -534,9 +588,9 @@ class KafkaService:
     def _checkpoint(
         self, partitions: set[Partition], *, wait: bool = True
     ) -> tuple[dict[Partition, int], Future[int]] | None:
-        """Checkpoint the partitions at their positions, once every output up to there is
-        acknowledged: a checkpoint ahead of its output would lose those alerts on restore. With
-        exactly_once each batch's transaction is already committed when the next one starts.
+        """Checkpoint the partitions at their positions in the background (at-least-once), once
+        every output up to there is acknowledged: a checkpoint ahead of its output would lose
+        those alerts on restore.
 
         With a state store, offsets are committed only right after a checkpoint (the callers do
         it): a committed offset ahead of a partition's checkpoint would, after a crash, leave the
@@ -545,7 +599,7 @@ class KafkaService:
         checkpoint could be taken (output unacknowledged)."""
         if self.state is None or self._failing:
             return None
-        if not self._exactly_once and self.tracker.unsettled:
+        if self.tracker.unsettled:
             if not (wait and self._drain()):
                 log.warning("checkpoint skipped: output still unacknowledged",
                             unacknowledged=self.tracker.unsettled)
@@ -563,7 +617,11 @@ class KafkaService:
             self._checkpoint_now(revoked)  # drained just above, as far as it could be
             self._commit_released(asynchronous=False, only=revoked)
         elif self._exactly_once and not self._failing:
-            self._checkpoint_now(revoked)
+            try:
+                self._checkpoint_now(revoked)
+            except FatalServiceError as exc:
+                # Raising inside the rebalance callback would lose it; the loop raises it.
+                self._fatal = self._fatal or str(exc)
         self._give_up(revoked)
         log.info("partitions revoked", revoked=sorted(revoked), assigned=len(self._assigned))
 

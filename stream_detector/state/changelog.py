@@ -118,11 +118,7 @@ class KafkaChangelogStore:
                 failures.append(error.str())
 
         try:
-            n = self._changelog_partitions(producer)
-            for partition, data in checkpoints.items():
-                target = self._target(partition, n)
-                for record in chunk_records(partition, data, uuid.uuid4().hex):
-                    self._produce(producer, record, target, on_delivery)
+            self.produce(producer, checkpoints, on_delivery)
             remaining = producer.flush(self.timeout_s)
         except KafkaException as exc:
             raise StateStoreError(f"changelog {self.topic!r}: {exc.args[0].str()}") from None
@@ -131,6 +127,23 @@ class KafkaChangelogStore:
                 f"changelog {self.topic!r}: {remaining} record(s) unacknowledged, "
                 f"errors: {failures[:3]}"
             )
+
+    def produce(
+        self,
+        producer: Producer,
+        checkpoints: Mapping[Partition, bytes],
+        on_delivery: Callable[[KafkaError | None, object], None] | None = None,
+    ) -> None:
+        """Hand the checkpoints' chunks to `producer` without waiting for them.
+
+        `save` uses its own producer and flushes; the service passes its transactional producer
+        inside an open transaction instead, so the checkpoint commits (or aborts) together with
+        that batch's alerts and input offsets. Raises KafkaException."""
+        n = self._changelog_partitions(producer)
+        for partition, data in checkpoints.items():
+            target = self._target(partition, n)
+            for record in chunk_records(partition, data, uuid.uuid4().hex):
+                self._produce(producer, record, target, on_delivery)
 
     def load(self, partitions: Collection[Partition]) -> dict[Partition, bytes]:
         if not partitions:
@@ -232,8 +245,11 @@ class KafkaChangelogStore:
         producer: Producer,
         record: ChangelogRecord,
         target: int,
-        on_delivery: Callable[[KafkaError | None, object], None],
+        on_delivery: Callable[[KafkaError | None, object], None] | None,
     ) -> None:
+        # A transaction's commit fails by itself if a record of it is not delivered, so the
+        # transactional caller needs no callback.
+        callback = {} if on_delivery is None else {"on_delivery": on_delivery}
         while True:
             try:
                 producer.produce(
@@ -242,7 +258,7 @@ class KafkaChangelogStore:
                     key=record.key,
                     partition=target,
                     headers=list(record.headers.items()),
-                    on_delivery=on_delivery,
+                    **callback,
                 )
                 return
             except BufferError:

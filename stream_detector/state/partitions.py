@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Collection, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 import structlog
@@ -34,6 +35,17 @@ from stream_detector.state.snapshot import (
 from stream_detector.state.store import LocalDirStore, Partition, StateStore, StateStoreError
 
 log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class EncodedCheckpoints:
+    """Checkpoint bytes of some partitions, and what they reflect, ready to be stored."""
+
+    blobs: dict[Partition, bytes]
+    offsets: dict[Partition, int]  # the next input offset each blob's state reflects
+    keys: int
+    started: float  # perf_counter() when encoding began, for the log line
+    encode_s: float
 
 
 class PartitionState:
@@ -72,6 +84,34 @@ class PartitionState:
         thread while the caller goes on with the next batches. A failed write is logged and
         leaves the previous checkpoint in place.
         """
+        return self._writer.submit(self._write, self._snapshot_moved(positions))
+
+    def encode_now(self, positions: Mapping[Partition, int]) -> EncodedCheckpoints:
+        """Snapshot and encode on the caller's thread, for a caller that writes the bytes itself
+        (the service, inside a Kafka transaction); call `written` once they are committed."""
+        return self._encode(self._snapshot_moved(positions))
+
+    def written(self, encoded: EncodedCheckpoints) -> int:
+        """`encoded` is durably stored: idle partitions need not be written again. Returns
+        the number of partitions written."""
+        if not encoded.blobs:
+            return 0
+        with self._lock:
+            self._saved.update(encoded.offsets)
+        log.info(
+            "checkpoint written",
+            partitions=sorted(f"{t}:{p}@{offset}" for (t, p), offset in encoded.offsets.items()),
+            keys=encoded.keys,
+            bytes=sum(len(b) for b in encoded.blobs.values()),
+            encode_s=round(encoded.encode_s, 4),
+            seconds=round(time.perf_counter() - encoded.started, 4),
+        )
+        return len(encoded.blobs)
+
+    def _snapshot_moved(
+        self, positions: Mapping[Partition, int]
+    ) -> dict[Partition, tuple[int, EngineSnapshot]]:
+        """Snapshots of the partitions whose position moved since their last checkpoint."""
         snapshots: dict[Partition, tuple[int, EngineSnapshot]] = {}
         with self._lock:
             saved = dict(self._saved)
@@ -82,11 +122,9 @@ class PartitionState:
             # Evicted keys fall out of the partition's key set here, so it cannot grow forever.
             self._keys[partition] = set(snapshot.keys.tolist())
             snapshots[partition] = (offset, snapshot)
-        return self._writer.submit(self._write, snapshots)
+        return snapshots
 
-    def _write(self, snapshots: dict[Partition, tuple[int, EngineSnapshot]]) -> int:
-        if not snapshots:
-            return 0
+    def _encode(self, snapshots: dict[Partition, tuple[int, EngineSnapshot]]) -> EncodedCheckpoints:
         started = time.perf_counter()
         blobs = {
             partition: encode(
@@ -101,21 +139,24 @@ class PartitionState:
             )
             for partition, (offset, snapshot) in snapshots.items()
         }
+        return EncodedCheckpoints(
+            blobs=blobs,
+            offsets={p: offset for p, (offset, _) in snapshots.items()},
+            keys=sum(len(snapshot) for _, snapshot in snapshots.values()),
+            started=started,
+            encode_s=time.perf_counter() - started,
+        )
+
+    def _write(self, snapshots: dict[Partition, tuple[int, EngineSnapshot]]) -> int:
+        if not snapshots:
+            return 0
+        encoded = self._encode(snapshots)
         try:
-            self.store.save(blobs)
+            self.store.save(encoded.blobs)
         except StateStoreError as exc:
             log.warning("checkpoint not written; the previous one stays in place", error=str(exc))
             return 0
-        with self._lock:
-            self._saved.update({p: offset for p, (offset, _) in snapshots.items()})
-        log.info(
-            "checkpoint written",
-            partitions=sorted(f"{t}:{p}@{offset}" for (t, p), (offset, _) in snapshots.items()),
-            keys=sum(len(snapshot) for _, snapshot in snapshots.values()),
-            bytes=sum(len(b) for b in blobs.values()),
-            seconds=round(time.perf_counter() - started, 4),
-        )
-        return len(blobs)
+        return self.written(encoded)
 
     def restore(self, partitions: Collection[Partition]) -> dict[Partition, int]:
         """Restore each partition that has a usable checkpoint; returns the offset to resume

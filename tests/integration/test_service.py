@@ -264,7 +264,9 @@ def test_sigterm_after_the_whole_input_commits_its_end(
 def test_exactly_once_commits_offsets_in_the_output_transaction(
     start_service, service_setup, produce_events, consume_all, kafka_bootstrap, feed
 ) -> None:
-    service = start_service(kafka={"processing_guarantee": "exactly_once"}, **DETERMINISTIC)
+    service = start_service(
+        kafka={"processing_guarantee": "exactly_once"}, state={"store": "none"}, **DETERMINISTIC
+    )
     produce_events(service_setup.input_topic, feed)
     wait_until(_settled([service], len(feed)), 60, "the feed to be processed")
 

@@ -35,6 +35,19 @@ def test_error_names_field_and_fix() -> None:
     assert "kafka.bogus" in message and "unknown setting" in message
 
 
+def test_exactly_once_with_the_local_state_store_is_refused_with_the_fix() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(None, {"kafka": {"processing_guarantee": "exactly_once"}})
+    message = str(info.value)
+    assert "kafka.processing_guarantee" in message and "state.store" in message
+    assert "state.store = 'kafka'" in message and "'none'" in message
+    for store in ("kafka", "none"):
+        settings = load_settings(
+            None, {"kafka": {"processing_guarantee": "exactly_once"}, "state": {"store": store}}
+        )
+        assert settings.state.store == store
+
+
 def test_missing_and_broken_files_are_config_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         load_settings(tmp_path / "absent.toml")

@@ -12,10 +12,16 @@ slot with Chan's parallel-variance formula, so no Python loop touches events or 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
 import structlog
 
 from stream_detector.state.slots import SlotArrays
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 log = structlog.get_logger(__name__)
 
@@ -154,10 +160,20 @@ class KeyNormalizer(SlotArrays):
         std = np.maximum(np.sqrt(var), self.min_std)
         return mean.astype(np.float32), std.astype(np.float32)
 
-    def normalize(self, windows: np.ndarray, slots: np.ndarray) -> np.ndarray:
-        """(x - mean) / std of windows [B, W, F] with their slots' statistics, float32."""
-        mean, std = self.stats(slots)
-        return ((windows - mean[:, None, :]) / std[:, None, :]).astype(np.float32, copy=False)
+    def normalize(
+        self,
+        windows: np.ndarray | Tensor,
+        slots: np.ndarray,
+        upload: Callable[..., tuple[Any, ...]] = lambda *arrays: arrays,
+    ) -> np.ndarray | Tensor:
+        """(x - mean) / std of float32 windows [B, W, F] with their slots' statistics, float32.
+
+        The statistics are computed here on the host and passed through ``upload`` to wherever
+        the windows are (a torch tensor on the model's device in the device-resident engine),
+        so the windows themselves never move.
+        """
+        mean, std = upload(*self.stats(slots))
+        return (windows - mean[:, None, :]) / std[:, None, :]
 
     def denormalize(self, x: np.ndarray, slots: np.ndarray) -> np.ndarray:
         """Back to raw units: x * std + mean for x [B, F] or [B, W, F], float32."""

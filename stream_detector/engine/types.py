@@ -7,9 +7,12 @@ object exists on the hot path. Only rejects and alerts, which are rare, are Pyth
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 # Every reason a record can be refused, as written into dead-letter headers and metrics labels.
 REJECT_REASONS: Final = (
@@ -81,7 +84,8 @@ class DueWindows:
     slots:       int64 [B]       ring-buffer slot of the key
     keys:        object [B]      the key
     event_index: int64 [B]       row in the EventBatch of the event that completed the window
-    values:      float32 [B, W, F]  raw values, oldest first
+    values:      float32 [B, W, F]  raw values, oldest first: numpy, or a torch tensor on the
+                                    model's device when the window ring is device-resident
     start_ts:    float64 [B]     event time of the window's first event
     end_ts:      float64 [B]     event time of the window's last event
     key_events:  int64 [B]       the key's event count (since it got its slot) at the window's end
@@ -90,24 +94,13 @@ class DueWindows:
     slots: np.ndarray
     keys: np.ndarray
     event_index: np.ndarray
-    values: np.ndarray
+    values: np.ndarray | Tensor
     start_ts: np.ndarray
     end_ts: np.ndarray
     key_events: np.ndarray
 
     def __len__(self) -> int:
         return int(self.slots.shape[0])
-
-    def take(self, mask: np.ndarray) -> DueWindows:
-        return DueWindows(
-            slots=self.slots[mask],
-            keys=self.keys[mask],
-            event_index=self.event_index[mask],
-            values=self.values[mask],
-            start_ts=self.start_ts[mask],
-            end_ts=self.end_ts[mask],
-            key_events=self.key_events[mask],
-        )
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,10 @@ Eviction rules (the detector resets per-slot state for every slot listed in
   before or not, counts as one LRU eviction.
 
 A freed slot starts empty (count 0) even when a new key reuses it in the same ingest.
+
+The values may live on the model's device (`ring.DeviceRing`, the "device-resident" engine) while
+every other array here stays in numpy: the store then uploads only each batch's new values and a
+few index vectors, and the due windows come out as a tensor on that device.
 """
 
 from __future__ import annotations
@@ -30,7 +34,9 @@ from itertools import repeat
 
 import numpy as np
 import structlog
+import torch
 
+from stream_detector.engine.ring import RingValues, ring_values
 from stream_detector.engine.types import DueWindows, EventBatch, IngestReport
 from stream_detector.state.slots import SlotArrays
 
@@ -42,6 +48,22 @@ def _grown(array: np.ndarray, capacity: int, fill: object) -> np.ndarray:
     bigger = np.full((capacity, *array.shape[1:]), fill, dtype=array.dtype)
     bigger[: array.shape[0]] = array
     return bigger
+
+
+def _window_index(count, before, ring_row, last, positions, window: int, n_ring: int):  # type: ignore[no-untyped-def]
+    """Where element k of each due window is in (ring rows of the windows' slots, flat, followed
+    by the batch's kept events grouped by key): an index [B, len(positions)].
+
+    A window ending at a key's event number ``count`` (1-based) holds the key's events
+    j = count - W + k (0-based): still in the ring at row ``ring_row * W + j % W`` when j is below
+    ``before`` (the key's count before the batch), otherwise the batch event ``last + 1 - W + k``
+    in the kept, grouped order, ``last`` being the position there of the window's own last event.
+    Operators only, so the same lines run on numpy arrays and on torch tensors on a device.
+    """
+    j = count[:, None] - window + positions
+    in_ring = ring_row[:, None] * window + j % window
+    in_batch = (last + (n_ring + 1 - window))[:, None] + positions
+    return in_batch + (j < before[:, None]) * (in_ring - in_batch)
 
 
 @dataclass(frozen=True)
@@ -106,6 +128,8 @@ class WindowStore(SlotArrays):
 
     The write position of a key's j-th event (0-based, counted since the key got its slot) is
     ``j % W``, so the write head is ``count % W`` and needs no array of its own.
+
+    ``device``: keep the values in a tensor there (None: in numpy on the host).
     """
 
     def __init__(
@@ -116,6 +140,7 @@ class WindowStore(SlotArrays):
         initial_capacity: int = 1024,
         max_keys: int = 100_000,
         idle_ttl_s: float = 3600.0,
+        device: torch.device | None = None,
     ) -> None:
         if window < 1 or n_features < 1 or initial_capacity < 1 or max_keys < 1:
             raise ValueError("window, n_features, initial_capacity and max_keys must be >= 1")
@@ -128,7 +153,7 @@ class WindowStore(SlotArrays):
         self.evicted_lru_total = 0
         self.evicted_idle_total = 0
         cap = initial_capacity
-        self._values = np.zeros((cap, window, n_features), dtype=np.float32)
+        self._values: RingValues = ring_values(cap, window, n_features, device)
         self._ts = np.zeros((cap, window), dtype=np.float64)
         self._count = np.zeros(cap, dtype=np.int64)  # events since the key got the slot
         self._last_ts = np.full(cap, -np.inf)  # newest event time of the key
@@ -145,6 +170,11 @@ class WindowStore(SlotArrays):
     @property
     def capacity(self) -> int:
         return int(self._count.shape[0])
+
+    @property
+    def ring(self) -> RingValues:
+        """The values' storage: its `upload` moves host arrays to where the windows are."""
+        return self._values
 
     @property
     def n_keys(self) -> int:
@@ -204,13 +234,17 @@ class WindowStore(SlotArrays):
         self._release(slots)
         return slots
 
-    def ingest(self, batch: EventBatch, stride: int) -> tuple[DueWindows, IngestReport]:
+    def ingest(
+        self, batch: EventBatch, stride: int, min_events: int = 0
+    ) -> tuple[DueWindows, IngestReport]:
         """Append a batch to its keys' windows; return every window that fell due, in arrival order.
 
-        A key's window is due after its c-th event when c >= W and (c - W) % stride == 0, and
-        holds exactly the W events up to that one even if later events of the same batch wrap
-        the ring past it: windows are gathered from (ring before the batch) ++ (batch) first,
-        and the batch is written into the ring afterwards.
+        A key's window is due after its c-th event when c >= W, c >= ``min_events`` and
+        (c - W) % stride == 0, and holds exactly the W events up to that one even if later events
+        of the same batch wrap the ring past it: windows are gathered from (ring before the
+        batch) ++ (batch) first, and the batch is written into the ring afterwards.
+        ``min_events`` lets a caller skip windows it would discard (keys still warming up)
+        before they are cut.
         """
         if stride < 1:
             raise ValueError("stride must be >= 1")
@@ -229,7 +263,7 @@ class WindowStore(SlotArrays):
         self._release(idle)
         kept, lru_freed, evicted_lru = self._make_room(groups.keys, slots, last_row, in_batch)
         self._assign_slots(groups.keys, slots, kept)
-        due = self._gather_and_write(batch, stride, groups, slots, kept)
+        due = self._gather_and_write(batch, stride, min_events, groups, slots, kept)
         self._last_seq[slots[kept]] = self._seq + last_row[kept]
         self._seq += len(batch)
         self.evicted_idle_total += len(idle)
@@ -302,7 +336,7 @@ class WindowStore(SlotArrays):
         cap = old
         while cap < needed:
             cap = min(cap * 2, self.max_keys)
-        self._values = _grown(self._values, cap, 0.0)
+        self._values.grow(cap)
         self._ts = _grown(self._ts, cap, 0.0)
         self._count = _grown(self._count, cap, 0)
         self._last_ts = _grown(self._last_ts, cap, -np.inf)
@@ -320,11 +354,16 @@ class WindowStore(SlotArrays):
         self,
         batch: EventBatch,
         stride: int,
+        min_events: int,
         groups: _KeyGroups,
         slots: np.ndarray,
         kept: np.ndarray,
     ) -> DueWindows:
-        """Cut the due windows out of (old ring ++ batch), then write the batch into the ring."""
+        """Cut the due windows out of (old ring ++ batch), then write the batch into the ring.
+
+        The batch's kept events, grouped by key, are uploaded once ("staged") and both the cut
+        and the write index into them; with a device ring, so are the few index vectors.
+        """
         w = self.window
         group = groups.inverse[groups.order]
         keep = kept[group]
@@ -334,66 +373,61 @@ class WindowStore(SlotArrays):
         slot = slots[group]
         before = self._count[slot]  # key's count before this batch
         count = before + rank + 1  # key's count including this event
-        due = np.flatnonzero((count >= w) & ((count - w) % stride == 0))
+        due = np.flatnonzero(
+            (count >= max(w, min_events)) & ((count - w) % stride == 0)
+        )  # positions in ``rows`` of the windows' last events
         due = due[np.argsort(rows[due], kind="stable")]
-        values, start_ts = self._cut(
-            batch, groups, group[due], slot[due], before[due], count[due]
+        ring_slots, ring_row = np.unique(slot[due], return_inverse=True)
+        # Only a key's last W events of the batch survive in the ring; earlier ones would be
+        # overwritten anyway, and skipping them keeps each (slot, position) written once.
+        last = np.flatnonzero(rank >= groups.size[group] - w)
+        ring = self._values
+        staged, per_window, ring_slots_there, flat, last_there = ring.upload(
+            batch.values[rows],
+            np.stack([count[due], before[due], ring_row.reshape(-1), due]),
+            ring_slots,
+            slot[last] * w + (count[last] - 1) % w,
+            last,
         )
+        index = _window_index(*per_window, ring.positions, w, len(ring_slots) * w)
         windows = DueWindows(
             slots=slot[due],
             keys=groups.keys[group[due]],
             event_index=rows[due],
-            values=values,
-            start_ts=start_ts,
+            values=ring.cut(ring_slots_there, staged, index),
+            start_ts=self._start_ts(batch, rows, slot[due], count[due], before[due], due),
             end_ts=batch.ts[rows[due]],
             key_events=count[due],
         )
-        # Only a key's last W events of the batch survive in the ring; earlier ones would be
-        # overwritten anyway, and skipping them keeps each (slot, position) written once.
-        last = rank >= groups.size[group] - w
-        position = (count[last] - 1) % w
-        self._values[slot[last], position] = batch.values[rows[last]]
-        self._ts[slot[last], position] = batch.ts[rows[last]]
+        ring.write(flat, staged, last_there)
+        self._ts[slot[last], (count[last] - 1) % w] = batch.ts[rows[last]]
         kept_slots = slots[kept]
         self._count[kept_slots] += groups.size[kept]
         newest = np.maximum.reduceat(batch.ts[groups.order], groups.start)
         self._last_ts[kept_slots] = np.maximum(self._last_ts[kept_slots], newest[kept])
         return windows
 
-    def _cut(
+    def _start_ts(
         self,
         batch: EventBatch,
-        groups: _KeyGroups,
-        group: np.ndarray,
+        rows: np.ndarray,
         slot: np.ndarray,
-        before: np.ndarray,
         count: np.ndarray,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Values [B, W, F] and start times [B] of the due windows, through one gather index.
-
-        Element k of a window ending at a key's event number ``count`` (1-based) is the key's
-        event j = count - W + k (0-based): still in the old ring at ``j % W`` when j < ``before``,
-        otherwise the batch event of rank j - ``before`` within the key.
-        """
-        w = self.window
-        j = count[:, None] - w + np.arange(w)
-        from_ring = j < before[:, None]
-        ring_slots, ring_row = np.unique(slot, return_inverse=True)
-        ring_values = self._values[ring_slots].reshape(-1, self.n_features)
-        ring_ts = self._ts[ring_slots].reshape(-1)
-        batch_rank = np.maximum(j - before[:, None], 0)
-        batch_row = groups.order[groups.start[group][:, None] + batch_rank]
-        index = np.where(from_ring, ring_row[:, None] * w + j % w, len(ring_ts) + batch_row)
-        values = np.concatenate([ring_values, batch.values])[index]
-        start_ts = np.concatenate([ring_ts, batch.ts])[index[:, 0]]
-        return values, start_ts
+        before: np.ndarray,
+        last: np.ndarray,
+    ) -> np.ndarray:
+        """Event time of each due window's first event: in the ring's times when it came before
+        the batch, else the batch event W - 1 places before the window's last in ``rows``."""
+        first = count - self.window
+        from_batch = rows[np.maximum(last + 1 - self.window, 0)]
+        return np.where(first < before, self._ts[slot, first % self.window], batch.ts[from_batch])
 
     def _no_windows(self) -> DueWindows:
         return DueWindows(
             slots=np.empty(0, dtype=np.int64),
             keys=np.empty(0, dtype=object),
             event_index=np.empty(0, dtype=np.int64),
-            values=np.empty((0, self.window, self.n_features), dtype=np.float32),
+            values=self._values.no_windows(),
             start_ts=np.empty(0, dtype=np.float64),
             end_ts=np.empty(0, dtype=np.float64),
             key_events=np.empty(0, dtype=np.int64),

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -40,7 +41,9 @@ class NaiveStore:
     def _free(self, key: str) -> None:
         del self.history[key], self.last_ts[key], self.last_seq[key]
 
-    def ingest(self, batch: EventBatch, stride: int) -> tuple[list[tuple], list[str], int, int]:
+    def ingest(
+        self, batch: EventBatch, stride: int, min_events: int = 0
+    ) -> tuple[list[tuple], list[str], int, int]:
         """Return (windows, freed keys, lru count, idle count)."""
         if len(batch) == 0:
             return [], [], 0, 0
@@ -81,7 +84,7 @@ class NaiveStore:
             events = self.history.setdefault(key, [])
             events.append((float(batch.ts[row]), batch.values[row]))
             c = len(events)
-            if c >= self.window and (c - self.window) % stride == 0:
+            if c >= max(self.window, min_events) and (c - self.window) % stride == 0:
                 recent = events[-self.window :]
                 values = np.stack([v for _, v in recent])
                 windows.append((row, key, values, recent[0][0], recent[-1][0]))
@@ -96,6 +99,8 @@ event = st.tuples(st.integers(0, 9), st.integers(0, 60))  # (key number, event t
 
 @settings(max_examples=150, deadline=None)
 @given(
+    on_device=st.booleans(),
+    min_events=st.sampled_from([0, 5, 9]),
     window=st.integers(2, 8),
     n_features=st.integers(1, 3),
     initial_capacity=st.integers(1, 4),
@@ -108,6 +113,8 @@ event = st.tuples(st.integers(0, 9), st.integers(0, 60))  # (key number, event t
     ),
 )
 def test_matches_naive_reference(
+    on_device: bool,
+    min_events: int,
     window: int,
     n_features: int,
     initial_capacity: int,
@@ -115,9 +122,10 @@ def test_matches_naive_reference(
     idle_ttl_s: float,
     batches: list[tuple[int, list[tuple[int, int]]]],
 ) -> None:
+    # on_device: the values in a torch tensor (on the CPU here), the device-resident code path.
     store = WindowStore(
         window, n_features, initial_capacity=initial_capacity, max_keys=max_keys,
-        idle_ttl_s=idle_ttl_s,
+        idle_ttl_s=idle_ttl_s, device=torch.device("cpu") if on_device else None,
     )
     naive = NaiveStore(window, max_keys, idle_ttl_s)
     serial = 0
@@ -131,13 +139,14 @@ def test_matches_naive_reference(
         batch = make_batch(keys, ts, values)
         slot_before = {key: store.slot_of(key) for key in naive.history}
 
-        due, report = store.ingest(batch, stride)
-        expected, freed_keys, lru, idle = naive.ingest(batch, stride)
+        due, report = store.ingest(batch, stride, min_events)
+        expected, freed_keys, lru, idle = naive.ingest(batch, stride, min_events)
 
         assert due.event_index.tolist() == [w[0] for w in expected]
         assert due.keys.tolist() == [w[1] for w in expected]
-        assert due.values.shape == (len(expected), window, n_features)
-        for got, want in zip(due.values, expected):
+        assert isinstance(due.values, torch.Tensor) == on_device
+        assert tuple(due.values.shape) == (len(expected), window, n_features)
+        for got, want in zip(np.asarray(due.values), expected):
             np.testing.assert_array_equal(got, want[2])
         assert due.start_ts.tolist() == [w[3] for w in expected]
         assert due.end_ts.tolist() == [w[4] for w in expected]

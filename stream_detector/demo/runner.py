@@ -163,8 +163,10 @@ class _Demo:
             "kafka": {**_SERVICE_KAFKA, "bootstrap_servers": broker.bootstrap_servers},
             "model": {"path": str(model_dir)},
             "observability": {"http_port": http_port},
-            # The broker forgets everything when the demo ends; a checkpoint kept from an earlier
-            # run would point the service at offsets this run's topics do not have.
+            # The broker forgets everything when the demo ends, so a checkpoint kept from an
+            # earlier run describes other topics. The service drops one whose offset lies past
+            # the new log's end, but the demo's backlog can already reach past it, and then the
+            # old state would be restored at a meaningless position: every demo starts cold.
             "state": {"store": "none"},
         }
         settings = demo_settings(self.feed_config, _deep_merge(self.options.overrides, wiring))

@@ -24,6 +24,7 @@ from types import FrameType
 
 import structlog
 from confluent_kafka import (
+    OFFSET_BEGINNING,
     OFFSET_INVALID,
     Consumer,
     KafkaError,
@@ -150,6 +151,9 @@ class KafkaService:
         # next offset to consume of every owned partition, as far as the detector has seen.
         self.state = open_partition_state(settings, self.detector)
         self._positions: dict[Partition, int] = {}
+        # Restored partitions' checkpoint offsets, until a fetch response's high watermark shows
+        # the offset lies within the log.
+        self._unverified: dict[Partition, int] = {}
         self._last_checkpoint = time.monotonic()
         # A checkpoint being written in the background, with the offsets it reflects.
         self._writing: tuple[dict[Partition, int], Future[int]] | None = None
@@ -269,6 +273,8 @@ class KafkaService:
             messages = consumer.consume(self.kafka.batch_size, self.kafka.batch_timeout_s)
             self.health.heartbeat()
             data = self._data_messages(messages)
+            if self._unverified:
+                data = self._check_restored_positions(data)
             if data:
                 self._process(data)
             self._service_producer(0.0)
@@ -542,6 +548,43 @@ class KafkaService:
         else:
             consumer.assign(positioned)
         self._positions.update(resume)
+        self._unverified.update(resume)
+
+    def _check_restored_positions(self, messages: list[Message]) -> list[Message]:
+        """A checkpoint's offset past the end of its partition (the broker lost its data, or the
+        topic was deleted and re-created) would leave the partition waiting silently for
+        offsets that may never come. Once a fetch response gave a restored partition's high
+        watermark (list-offsets is not used: some brokers answer it wrongly), a position beyond
+        it drops the partition's restored state and reads it from the beginning, cold. Returns
+        `messages` without those partitions' (they are fetched again from the start)."""
+        consumer = self._require_consumer()
+        beyond: set[Partition] = set()
+        for partition, offset in list(self._unverified.items()):
+            _low, high = consumer.get_watermark_offsets(TopicPartition(*partition), cached=True)
+            if high < 0:
+                continue  # no fetch response for it yet
+            del self._unverified[partition]
+            if offset > high:
+                beyond.add(partition)
+                log.warning(
+                    "checkpoint offset is past the end of its partition; dropping its state and "
+                    "reading the partition from the beginning",
+                    topic=partition[0],
+                    partition=partition[1],
+                    checkpoint_offset=offset,
+                    log_end=high,
+                    probably="the broker lost the partition's data, or the topic was deleted and "
+                    "re-created, after the checkpoint was written",
+                )
+        if not beyond:
+            return messages
+        if self.state is not None:
+            self.state.drop(beyond)
+        for topic, number in beyond:
+            self._positions.pop((topic, number), None)
+            consumer.seek(TopicPartition(topic, number, OFFSET_BEGINNING))
+        # Rare (a broken log); a per-message filter is fine here.
+        return [m for m in messages if (m.topic(), m.partition()) not in beyond]
 
     def _checkpoint_if_due(self) -> None:
         """Every checkpoint_interval_s: snapshot here, encode and write in the background, and
@@ -641,6 +684,7 @@ class KafkaService:
         for partition in partitions:
             self._released.pop(partition, None)
             self._positions.pop(partition, None)
+            self._unverified.pop(partition, None)
             self.metrics.drop_partition(*partition)
         self._assigned -= partitions
         self.health.assigned = bool(self._assigned)

@@ -20,13 +20,26 @@ import numpy as np
 import pytest
 from confluent_kafka import Producer
 
-from kafka_harness import T0, ServiceSetup, committed_offsets, sine_feed, wait_until
+from kafka_harness import (
+    T0,
+    ServiceSetup,
+    committed_offsets,
+    encode_event,
+    sine_feed,
+    wait_until,
+)
 from stream_detector.artefact import load_artefact
 from stream_detector.config import KafkaConfig, load_settings
 from stream_detector.engine.detector import Detector
 from stream_detector.kafka.settings import producer_config
 from stream_detector.state.changelog import CHUNK_BYTES, KafkaChangelogStore
-from stream_detector.state.snapshot import EngineSnapshot, encode, make_checkpoint, read_meta
+from stream_detector.state.snapshot import (
+    EngineSnapshot,
+    encode,
+    make_checkpoint,
+    read_meta,
+    state_fingerprint,
+)
 from stream_detector.state.store import LocalDirStore
 from test_service import _alerts
 
@@ -286,3 +299,50 @@ def test_exactly_once_checkpoints_in_the_transaction_and_hands_over_exactly(
     ids = {(a["alert_id"], a["kind"]) for a in _alerts(consume_all(service_setup.alert_topic))}
     # Warm: the shifted keys alert right after the hand-over, exactly as without it.
     assert ids == set(expected)
+
+
+def test_checkpoint_past_the_partition_end_is_detected_and_the_partition_read_cold(
+    start_service, service_setup, produce_events, consume_all, kafka_bootstrap, tmp_path: Path
+) -> None:
+    # A valid checkpoint of this very model, at offsets this fresh topic has never reached (as
+    # after a broker lost its data): the keys it holds must go, the topic be read from offset 0.
+    state = {"store": "local", "dir": str(tmp_path / "state"), "checkpoint_interval_s": 0.5}
+    settings = load_settings(None, _sections(service_setup, state))
+    detector = Detector(settings, load_artefact(settings.model.path, settings))
+    history = [{**e, "key": f"gone-{e['key']}"} for e in sine_feed(8, 60, seed=2)]
+    detector.process_messages([encode_event(e)[1] for e in history], [None] * len(history))
+    store = LocalDirStore(Path(state["dir"]), service_setup.group_id)
+    past_end = 10_000
+    store.save(
+        {
+            (service_setup.input_topic, p): encode(
+                make_checkpoint(
+                    detector.snapshot([f"gone-k{i:02d}" for i in range(2 * p, 2 * p + 2)]),
+                    model_version=detector.model_version,
+                    fingerprint=state_fingerprint(settings),
+                    topic=service_setup.input_topic,
+                    partition=p,
+                    offset=past_end,
+                )
+            )
+            for p in range(4)
+        }
+    )
+    feed = sine_feed(N_KEYS, 200, seed=4, shifted={"k03": (150, 162)})
+    service = start_service(state=state, **STATEFUL)
+    assert len(_events(service, "partition state restored")) == 4
+    produce_events(service_setup.input_topic, feed)
+    wait_until(_all_committed(kafka_bootstrap, service_setup, consume_all), 90, "the feed")
+
+    warned = _events(service, "checkpoint offset is past the end of its partition; dropping its "
+                     "state and reading the partition from the beginning")
+    ends = _ends(consume_all(service_setup.input_topic))
+    assert sorted(e["partition"] for e in warned) == [0, 1, 2, 3]
+    assert all(e["checkpoint_offset"] == past_end and e["log_end"] <= ends[e["partition"]]
+               for e in warned)
+    metrics = service.metrics()
+    assert metrics["sd_events_in_total"] == len(feed), "every event, from the beginning"
+    assert metrics["sd_keys_tracked"] == N_KEYS, "the checkpoints' keys were dropped"
+    expected = _reference(_sections(service_setup, state), consume_all(service_setup.input_topic))
+    ids = {(a["alert_id"], a["kind"]) for a in _alerts(consume_all(service_setup.alert_topic))}
+    assert ids == set(expected) and {a.key for a in expected.values()} == {"k03"}

@@ -224,6 +224,13 @@ class ModelConfig(_Section):
         "the other cores serve Kafka I/O and decoding, and OpenMP threads spin-waiting for a "
         "busy core slow scoring down several-fold.",
     )
+    device_resident: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Keep the window ring's values on the model's device, cut and normalise "
+        "windows there and score them without a host->device copy of every window (only each "
+        "batch's new values cross). 'auto' = on when the device is cuda, off on the CPU, where "
+        "numpy is faster; 'on' with the CPU runs the same torch code path there (tests do).",
+    )
 
 
 class TrainConfig(_Section):

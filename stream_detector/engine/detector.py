@@ -21,10 +21,10 @@ from stream_detector.artefact import ModelArtefact
 from stream_detector.config import Settings
 from stream_detector.engine.alerts import Alert
 from stream_detector.engine.episodes import EpisodeTracker
-from stream_detector.engine.model import WindowScorer, select_device
+from stream_detector.engine.model import WindowScorer, ring_device, select_device
 from stream_detector.engine.threshold import AdaptiveThreshold
 from stream_detector.engine.stage import StagedWindows, WindowStage
-from stream_detector.engine.types import Decoded, ScoredWindows
+from stream_detector.engine.types import Decoded, EventBatch, ScoredWindows
 from stream_detector.state.slots import SlotArrays
 from stream_detector.state.snapshot import EngineSnapshot
 
@@ -72,7 +72,12 @@ class Detector:
         self.model_version = meta.model_version
         self.device = device if device is not None else select_device(settings.model.device)
         n_features = len(self.feature_names)
-        self._stage = WindowStage(settings, meta.norm_mean, meta.norm_std, settings.window.stride)
+        # Device-resident: the ring's values sit on the model's device, so windows are cut,
+        # normalised and scored there and only each batch's new values cross per batch.
+        ring_on = ring_device(settings.model.device_resident, self.device)
+        self._stage = WindowStage(
+            settings, meta.norm_mean, meta.norm_std, settings.window.stride, device=ring_on
+        )
         self._windows = self._stage.store
         self._normalizer = self._stage.normalizer
         capacity = self._windows.capacity
@@ -94,6 +99,7 @@ class Detector:
             "detector ready",
             model_version=self.model_version,
             device=str(self.device),
+            device_resident=ring_on is not None,
             features=list(self.feature_names),
             window=settings.window.size,
             stride=settings.window.stride,
@@ -134,7 +140,7 @@ class Detector:
         staged = self._stage.ingest(batch)
         self._sync_slots(staged.report.freed_slots)
         started = time.perf_counter()
-        scored = self._score(staged)
+        scored = self._score(staged, batch)
         model_seconds = time.perf_counter() - started
         alerts = self._episodes.update(scored) if len(scored) else []
         return DetectionResult(decoded, scored, alerts, model_seconds)
@@ -201,7 +207,7 @@ class Detector:
             self._threshold.reset(freed)
             self._episodes.reset(freed)
 
-    def _score(self, staged: StagedWindows) -> ScoredWindows:
+    def _score(self, staged: StagedWindows, batch: EventBatch) -> ScoredWindows:
         due = staged.due
         if len(due) == 0:
             return _empty_scored(self._n_features)
@@ -218,6 +224,7 @@ class Detector:
             thresholds=thresholds,
             exceed=exceed,
             feature_errors=result.feature_errors,
-            actual=due.values[:, -1, :],
+            # The window's newest row is the event that completed it, already on the host.
+            actual=batch.values[due.event_index],
             expected=expected.astype(np.float32, copy=False),
         )

@@ -7,9 +7,10 @@ measure exactly the same quantity.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import structlog
@@ -41,6 +42,17 @@ def select_device(preference: str) -> torch.device:
     else:
         log.info("model device selected", device=str(device), torch_version=torch.__version__)
     return device
+
+
+def ring_device(device_resident: str, device: torch.device) -> torch.device | None:
+    """Where the window ring's values live for `model.device_resident`: the model's device, or
+    None for numpy on the host. 'auto' keeps them on a GPU only: on the CPU numpy's ring is the
+    faster of the two, and the model reads host memory anyway."""
+    if device_resident not in ("auto", "on", "off"):
+        raise ValueError(f"model.device_resident must be 'auto', 'on' or 'off'; got {device_resident!r}")
+    if device_resident == "on" or (device_resident == "auto" and device.type == "cuda"):
+        return device
+    return None
 
 
 class LSTMAutoencoder(nn.Module):
@@ -97,11 +109,21 @@ class WindowScores:
         return int(self.scores.shape[0])
 
 
+def _window_results(model: LSTMAutoencoder, x: Tensor) -> Tensor:
+    """[b, W, F] windows -> [b, 1 + 2F]: score | feature errors | last-step reconstruction."""
+    reconstruction = model(x)
+    per_feature = (reconstruction - x).square().mean(dim=1)
+    score = per_feature.mean(dim=1, keepdim=True)
+    return torch.cat([score, per_feature, reconstruction[:, -1, :]], dim=1)
+
+
 class WindowScorer:
     """Scores normalised windows in micro-batches with a fixed memory ceiling on the device.
 
-    Each micro-batch costs one host->device copy; every result stays on the device until the end,
-    when all of them come back in a single device->host copy, so a GPU never stalls per batch.
+    Windows come as host numpy (each micro-batch then costs one host->device copy) or as a tensor
+    already on the device (the device-resident engine: no copy at all). Every result stays on the
+    device until the end, when all of them come back in a single device->host copy, so a GPU never
+    stalls per micro-batch.
     """
 
     def __init__(
@@ -118,12 +140,13 @@ class WindowScorer:
         self.batch_size = batch_size
         self._non_blocking = device.type == "cuda"
         self._threads = cpu_threads if device.type == "cpu" else 0
+        self._forward: Callable[[Tensor], Tensor] = partial(_window_results, self.model)
 
-    def score(self, windows: np.ndarray) -> WindowScores:
+    def score(self, windows: np.ndarray | Tensor) -> WindowScores:
         """Score float32 [B, W, F] normalised windows; B may be 0."""
         model = self.model
         expected = (model.window, model.n_features)
-        if windows.ndim != 3 or windows.shape[1:] != expected:
+        if windows.ndim != 3 or tuple(windows.shape[1:]) != expected:
             raise ValueError(
                 f"expected windows of shape [B, {expected[0]}, {expected[1]}], "
                 f"got {list(windows.shape)}"
@@ -135,22 +158,15 @@ class WindowScorer:
                 feature_errors=np.empty((0, f), dtype=np.float32),
                 last_reconstruction=np.empty((0, f), dtype=np.float32),
             )
-        host = np.ascontiguousarray(windows, dtype=np.float32)
+        if isinstance(windows, np.ndarray):
+            windows = torch.from_numpy(np.ascontiguousarray(windows, dtype=np.float32))
         model.eval()
         with _torch_threads(self._threads), torch.inference_mode():
-            # Columns: score | feature errors | last-step reconstruction.
             out = torch.empty((n, 1 + 2 * f), dtype=torch.float32, device=self.device)
             for start in range(0, n, self.batch_size):
                 stop = min(start + self.batch_size, n)
-                x = torch.from_numpy(host[start:stop]).to(
-                    self.device, non_blocking=self._non_blocking
-                )
-                reconstruction = model(x)
-                squared = (reconstruction - x).square()
-                per_feature = squared.mean(dim=1)
-                out[start:stop, 0] = per_feature.mean(dim=1)
-                out[start:stop, 1 : 1 + f] = per_feature
-                out[start:stop, 1 + f :] = reconstruction[:, -1, :]
+                x = windows[start:stop].to(self.device, non_blocking=self._non_blocking)
+                out[start:stop] = self._forward(x)
             result = out.cpu().numpy()
         return WindowScores(
             scores=result[:, 0].copy(),

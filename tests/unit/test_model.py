@@ -8,7 +8,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stream_detector.engine.model import LSTMAutoencoder, WindowScorer, select_device
+from stream_detector.engine.model import (
+    LSTMAutoencoder,
+    WindowScorer,
+    ring_device,
+    select_device,
+)
 
 CPU = torch.device("cpu")
 
@@ -132,3 +137,23 @@ def test_select_device_refuses_cuda_when_absent(monkeypatch: pytest.MonkeyPatch)
 def test_select_device_refuses_unknown_names() -> None:
     with pytest.raises(ValueError, match="'auto', 'cpu' or 'cuda'"):
         select_device("tpu")
+
+
+def test_ring_device_auto_means_gpu_only() -> None:
+    cuda = torch.device("cuda")
+    assert ring_device("auto", CPU) is None
+    assert ring_device("auto", cuda) == cuda
+    assert ring_device("on", CPU) == CPU  # the torch ring on the CPU: how tests cover it
+    assert ring_device("off", cuda) is None
+    with pytest.raises(ValueError, match="device_resident"):
+        ring_device("gpu", CPU)
+
+
+def test_scores_of_a_tensor_equal_those_of_the_same_numpy_windows() -> None:
+    torch.manual_seed(0)
+    scorer = WindowScorer(LSTMAutoencoder(3, 5, 8, 1, 4), CPU, 7)
+    windows = np.random.default_rng(0).normal(size=(20, 5, 3)).astype(np.float32)
+    from_numpy = scorer.score(windows)
+    from_tensor = scorer.score(torch.from_numpy(windows))
+    for name in ("scores", "feature_errors", "last_reconstruction"):
+        np.testing.assert_array_equal(getattr(from_tensor, name), getattr(from_numpy, name))

@@ -30,7 +30,7 @@ import structlog
 
 from stream_detector.aggregate.features import FeaturePlan
 from stream_detector.aggregate.partials import Partials
-from stream_detector.aggregate.sketch import register_updates
+from stream_detector.aggregate.sketch import hash_values, register_updates
 
 log = structlog.get_logger(__name__)
 
@@ -110,7 +110,9 @@ class BucketStep:
     values:    float32 [B, F] the plan's features
     late:      bool [N]      events that arrived after their bucket had closed
     watermark: float64 [N]   the watermark each event was judged against
-    Buckets come ordered by end time; a key's buckets are always in time order.
+    Buckets come ordered by end time, then by a hash of the key: not by slot, which depends on
+    the key's history, so that an aggregator restored from a checkpoint emits in the same order
+    as the one that wrote it. A key's buckets are always in time order.
     """
 
     index: np.ndarray
@@ -149,6 +151,7 @@ class BucketAggregator:
         self._slot_by_key: dict[str, int] = {}
         self._key_of_slot = np.full(initial_capacity, None, dtype=object)
         self._last_data = np.full(initial_capacity, _NO_DATA, dtype=np.int64)
+        self._key_hash = np.zeros(initial_capacity, dtype=np.uint64)  # output order, see BucketStep
         self._live = np.zeros(initial_capacity, dtype=bool)
         self._free = list(range(initial_capacity - 1, -1, -1))
 
@@ -227,7 +230,7 @@ class BucketAggregator:
             slots = self._slots_for(events.keys[accepted])
             self._fold(bucket[accepted], slots, events, accepted)
         out_bucket, out_slot, out_partials = self._close(closed_until)
-        order = np.lexsort((out_slot, out_bucket))
+        order = np.lexsort((self._key_hash[out_slot], out_bucket))
         out_bucket, out_slot = out_bucket[order], out_slot[order]
         closer = np.searchsorted(closed_before, out_bucket, side="right")
         step = BucketStep(
@@ -276,6 +279,7 @@ class BucketAggregator:
             self._live[slot] = True
             self._last_data[slot] = _NO_DATA
             given[i] = slot
+        self._key_hash[given] = hash_values(new_keys)[0]
         slots[unknown] = given[inverse.reshape(-1)]
         return slots
 
@@ -284,6 +288,7 @@ class BucketAggregator:
         new = 2 * old
         self._key_of_slot = np.concatenate([self._key_of_slot, np.full(old, None, dtype=object)])
         self._last_data = np.concatenate([self._last_data, np.full(old, _NO_DATA, np.int64)])
+        self._key_hash = np.concatenate([self._key_hash, np.zeros(old, dtype=np.uint64)])
         self._live = np.concatenate([self._live, np.zeros(old, dtype=bool)])
         self._free.extend(range(new - 1, old - 1, -1))
 

@@ -41,6 +41,10 @@ def engine_id(keys: int, stride: int) -> str:
     return f"engine.k{keys}.s{stride}"
 
 
+def state_id(keys: int) -> str:
+    return f"state.k{keys}"
+
+
 @dataclass(frozen=True)
 class Row:
     """One line of the table; `data` is its full JSON record."""

@@ -9,7 +9,9 @@ Rows (see benchmarks/README.md for how to read them):
    latency at half that rate; once with the default kafka.batch_size and once with smaller
    batches, because at half rate an event mostly waits for its batch to fill;
 4. River's HalfSpaceTrees, one per key, on the same generator;
-5. detector state per tracked key at 100k keys.
+5. detector state per tracked key at 100k keys;
+6. checkpoints of that state: size, snapshot + encode time, decode + restore time, at 10k and
+   100k keys.
 
 The model has random weights (scoring costs the same trained or not), saved and loaded through
 the real artefact code. The broker is the embedded Tansu child process, so the suite needs no
@@ -28,7 +30,7 @@ from typing import Any
 import orjson
 import structlog
 
-from stream_detector.benchmarking import endtoend, inprocess, kafka_io, memory, peer
+from stream_detector.benchmarking import endtoend, inprocess, kafka_io, memory, peer, state
 from stream_detector.benchmarking.machine import load_average, machine_facts
 from stream_detector.benchmarking.report import (
     CEILING,
@@ -80,6 +82,7 @@ class SuiteSize:
     river_keys: int
     river_events: int
     memory_keys: int
+    state_keys: tuple[int, ...]  # a state checkpoint row for each
     kafka_batch_size: int  # the service's consume() size; smaller in SMOKE, whose backlog is tiny
     small_batch: int  # a second service row with this batch size, to show what latency costs
 
@@ -96,6 +99,7 @@ FULL = SuiteSize(
     river_keys=200,
     river_events=40_000,
     memory_keys=100_000,
+    state_keys=(10_000, 100_000),
     kafka_batch_size=KafkaConfig().batch_size,
     small_batch=1_000,
 )
@@ -111,6 +115,7 @@ SMOKE = SuiteSize(
     river_keys=2,
     river_events=500,
     memory_keys=2_000,
+    state_keys=(200, 500),
     kafka_batch_size=500,
     small_batch=250,
 )
@@ -288,6 +293,10 @@ def run_suite(
         rows += _engine_rows(size, artefact_dir, device, seed)
         rows.append(_river_row(size, seed))
         rows.append(_memory_row(size, artefact_dir, device, seed))
+        rows += [
+            state.state_row(artefact_dir, keys, device=device, seed=seed)
+            for keys in size.state_keys
+        ]
     machine["load_average_end"] = load_average()
     targets = judge(rows, stream_keys=size.stream_keys)
     seconds = round(time.perf_counter() - started, 1)

@@ -16,7 +16,8 @@ import numpy as np
 import structlog
 import torch
 
-from stream_detector.aggregate.decode import decoder_for
+from stream_detector.aggregate.decode import AggregatingDecoder, decoder_for
+from stream_detector.aggregate.streams import SINGLE_STREAM, StreamAggregators
 from stream_detector.artefact import ModelArtefact
 from stream_detector.config import Settings
 from stream_detector.engine.alerts import Alert
@@ -86,6 +87,7 @@ class Detector:
             self.device,
             settings.model.batch_size,
             settings.model.cpu_threads,
+            settings.model.cuda_graph,
         )
         self._threshold = AdaptiveThreshold(
             settings.threshold, meta.global_threshold, capacity=capacity
@@ -145,8 +147,10 @@ class Detector:
         alerts = self._episodes.update(scored) if len(scored) else []
         return DetectionResult(decoded, scored, alerts, model_seconds)
 
-    def snapshot(self, keys: Collection[str]) -> EngineSnapshot:
-        """The state of those of `keys` that are tracked (evicted or unseen ones are skipped).
+    def snapshot(self, keys: Collection[str], stream: int = SINGLE_STREAM) -> EngineSnapshot:
+        """The state of those of `keys` that are tracked (evicted or unseen ones are skipped),
+        and in aggregate mode the whole bucket aggregator of `stream` (the input partition the
+        keys came from: its open buckets, watermark and idling keys).
 
         The arrays are copies, so the detector can go on while the snapshot is written out.
         """
@@ -157,11 +161,19 @@ class Detector:
             for name, array in stage.export_slots(slots).items()
         }
         watermark, seq = self._windows.clock
-        return EngineSnapshot(tracked, arrays, watermark, seq)
+        aggregators = self._aggregators()
+        buckets = None if aggregators is None else aggregators.export_state(stream)
+        return EngineSnapshot(tracked, arrays, watermark, seq, stream, buckets)
 
     def restore(self, snapshot: EngineSnapshot) -> int:
-        """Take over the snapshot's keys, replacing any of them tracked here; returns how many
-        were restored. Raises ValueError, before changing anything, for a malformed snapshot."""
+        """Take over the snapshot's keys, replacing any of them tracked here, and in aggregate
+        mode its stream's bucket aggregator; returns how many keys were restored. Raises
+        ValueError, before changing anything, for a malformed snapshot."""
+        aggregators = self._aggregators()
+        if (aggregators is None) != (snapshot.buckets is None):
+            raise ValueError("snapshot and detector disagree on input.mode (bucket state)")
+        if aggregators is not None and snapshot.buckets is not None:
+            aggregators.check_state(snapshot.buckets)
         parts: dict[str, dict[str, np.ndarray]] = {prefix: {} for prefix, _ in self._slot_stages()}
         for name, array in snapshot.arrays.items():
             prefix, _, field = name.partition(".")
@@ -177,16 +189,26 @@ class Detector:
         self._normalizer.ensure_capacity(self._windows.capacity)
         for prefix, stage in self._slot_stages()[1:]:
             stage.import_slots(slots, {name: array[rows] for name, array in parts[prefix].items()})
+        if aggregators is not None and snapshot.buckets is not None:
+            aggregators.import_state(snapshot.stream, snapshot.buckets)
         return len(rows)
 
-    def drop(self, keys: Collection[str]) -> int:
-        """Forget the given keys, e.g. those of partitions handed to another instance; returns
-        how many were tracked. Their open episodes end without a resolve alert here: the new
-        owner restores them from the checkpoint and resolves them."""
+    def drop(self, keys: Collection[str], streams: Collection[int] = ()) -> int:
+        """Forget the given keys and, in aggregate mode, the bucket aggregators of `streams`,
+        e.g. those of partitions handed to another instance; returns how many keys were
+        tracked. Their open episodes end without a resolve alert here: the new owner restores
+        them from the checkpoint and resolves them."""
         freed = self._windows.release_keys(np.asarray(list(keys), dtype=object))
         for stage in (self._normalizer, self._threshold, self._episodes):
             stage.reset(freed)
+        aggregators = self._aggregators()
+        if aggregators is not None:
+            aggregators.drop(streams)
         return len(freed)
+
+    def _aggregators(self) -> StreamAggregators | None:
+        """Aggregate mode's per-stream bucket aggregators (state that precedes the windows)."""
+        return self.decoder.aggregator if isinstance(self.decoder, AggregatingDecoder) else None
 
     def _slot_stages(self) -> tuple[tuple[str, SlotArrays], ...]:
         """Every stage with per-slot state, the window store (which owns the slots) first."""

@@ -26,6 +26,7 @@ from stream_detector.benchmarking.report import (
     engine_id,
     judge,
     render,
+    state_id,
 )
 from stream_detector.benchmarking.suite import SMOKE
 from stream_detector.benchmarking.workload import (
@@ -39,7 +40,8 @@ from stream_detector.cli import main
 from stream_detector.engine.decode import Decoder
 from stream_detector.engine.model import LSTMAutoencoder, WindowScorer
 
-EXPECTED_ROWS = {RAW_CEILING, CEILING, SERVICE, SMALL_BATCHES, RIVER, MEMORY} | {
+STATE_ROWS = {state_id(k): k for k in SMOKE.state_keys}
+EXPECTED_ROWS = {RAW_CEILING, CEILING, SERVICE, SMALL_BATCHES, RIVER, MEMORY, *STATE_ROWS} | {
     engine_id(k, s) for k in SMOKE.engine_keys for s in SMOKE.strides
 }
 
@@ -53,7 +55,7 @@ def test_smoke_run_reports_every_row_and_target(tmp_path: Path, capsys) -> None:
     report = orjson.loads(out.read_bytes())
     rows = {row["id"]: row for row in report["rows"]}
     assert set(rows) == EXPECTED_ROWS
-    for row_id in EXPECTED_ROWS - {MEMORY}:
+    for row_id in EXPECTED_ROWS - {MEMORY, *STATE_ROWS}:
         rate = rows[row_id]["events_per_s"]
         assert np.isfinite(rate) and rate > 0, row_id
     for row_id, batch in ((SERVICE, SMOKE.kafka_batch_size), (SMALL_BATCHES, SMOKE.small_batch)):
@@ -67,6 +69,14 @@ def test_smoke_run_reports_every_row_and_target(tmp_path: Path, capsys) -> None:
     assert memory["keys"] == SMOKE.memory_keys
     # Every per-key array is there: at least the ring buffer of values and times.
     assert memory["array_bytes_per_key"] >= WINDOW * len(FEATURES) * 4 + WINDOW * 8
+    for row_id, keys in STATE_ROWS.items():
+        checkpoint = rows[row_id]
+        assert checkpoint["keys"] == keys
+        # A checkpoint carries every key's ring buffer (values and times), so at least that.
+        assert checkpoint["bytes"] >= keys * (WINDOW * len(FEATURES) * 4 + WINDOW * 8)
+        assert checkpoint["bytes_per_key"] == checkpoint["bytes"] / keys
+        for timing in ("snapshot_s", "encode_s", "decode_s", "restore_s"):
+            assert checkpoint[timing] > 0, timing
     assert [t["name"] for t in report["targets"]] == [
         "end-to-end S=16 / consume+decode ceiling",
         f"engine K={SMOKE.stream_keys} S=16 / River HalfSpaceTrees",

@@ -5,9 +5,13 @@ from __future__ import annotations
 import io
 
 import numpy as np
+import orjson
 import pytest
 from hypothesis import given, strategies as st
 
+from stream_detector.aggregate.buckets import AggregatorState
+from stream_detector.aggregate.partials import Partials
+from stream_detector.aggregate.streams import partition_stream
 from stream_detector.config import load_settings
 from stream_detector.state.snapshot import (
     FORMAT_VERSION,
@@ -110,3 +114,62 @@ def test_fingerprint_follows_the_settings_that_shape_the_state() -> None:
     base = load_settings(None, {})
     assert state_fingerprint(base) == state_fingerprint(load_settings(None, {"window": {"stride": 3}}))
     assert state_fingerprint(base) != state_fingerprint(load_settings(None, {"window": {"size": 16}}))
+
+
+def _bucket_state(keys: list[str], groups: int) -> AggregatorState:
+    rng = np.random.default_rng(groups)
+    partials = Partials.empty(groups, 2, 1, 16)
+    partials.count[:] = rng.integers(1, 9, groups)
+    partials.sums[:] = rng.normal(size=(groups, 2))
+    partials.registers[:] = rng.integers(0, 20, size=(groups, 1, 16), dtype=np.uint8)
+    return AggregatorState(
+        keys=np.array(keys, dtype=object),
+        last_data=rng.integers(-5, 5, len(keys)),
+        open_key=rng.integers(0, max(len(keys), 1), groups),
+        open_bucket=np.sort(rng.integers(100, 110, groups)),
+        open=partials,
+        max_ts=-np.inf if groups == 0 else 1_100.5,
+        closed_until=None if groups == 0 else 100,
+    )
+
+
+@pytest.mark.parametrize(("keys", "groups"), [(["h1", "h2", "only-open"], 5), ([], 0)])
+def test_bucket_aggregator_state_round_trips_beside_the_engine_keys(
+    keys: list[str], groups: int
+) -> None:
+    """The aggregator's keys are its own (a key with only open buckets is in no window yet)."""
+    state = _bucket_state(keys, groups)
+    engine = EngineSnapshot(
+        keys=np.array(["h1"], dtype=object),
+        arrays={"windows.count": np.array([3])},
+        watermark=-np.inf,
+        seq=0,
+        stream=partition_stream("flows", 7),
+        buckets=state,
+    )
+    blob = encode(make_checkpoint(engine, model_version="m", fingerprint="f", topic="flows",
+                                  partition=7, offset=1))
+    back = decode(blob).engine
+    assert back.stream == partition_stream("flows", 7)
+    assert back.keys.tolist() == ["h1"] and back.watermark == -np.inf
+    assert back.buckets is not None
+    assert back.buckets.keys.tolist() == keys
+    assert (back.buckets.max_ts, back.buckets.closed_until) == (state.max_ts, state.closed_until)
+    for name in ("last_data", "open_key", "open_bucket"):
+        assert np.array_equal(getattr(back.buckets, name), getattr(state, name))
+    for name in ("count", "sums", "mins", "maxs", "registers"):
+        assert np.array_equal(getattr(back.buckets.open, name), getattr(state.open, name))
+
+
+def test_a_version_1_checkpoint_reads_but_is_refused() -> None:
+    """Version 1 had no bucket state: restoring one in aggregate mode would lose open buckets."""
+    archive = dict(np.load(io.BytesIO(_checkpoint(["a"]))))
+    meta = orjson.loads(archive["__meta__"].tobytes())
+    del meta["buckets"]
+    archive["__meta__"] = np.frombuffer(orjson.dumps({**meta, "format_version": 1}), np.uint8)
+    buffer = io.BytesIO()
+    np.savez(buffer, **archive)
+    old = decode(buffer.getvalue())
+    assert old.meta.format_version == 1 and old.engine.buckets is None
+    with pytest.raises(SnapshotMismatch, match="format version 1"):
+        check_compatible(old.meta, "lstm-ae-1", "fp")

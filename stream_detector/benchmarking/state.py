@@ -1,32 +1,26 @@
-"""Benchmark rows for checkpointed state (issue 8): snapshot size and time, restore time.
+"""Rows for checkpointed state (issue 8): snapshot size and time, restore time.
 
 What a checkpoint costs does not depend on how warm the keys are: every key's ring rows are
 allocated whole, so the arrays are as large after one event as after a thousand. The detector is
 therefore fed two ticks of the suite's stream (every key tracked, no window due yet, no model
-time) and then measured:
+time) and then measured, best of three (the machine is shared; the minimum is the least
+disturbed):
 
 * snapshot: `Detector.snapshot` of every key (copies the per-key rows; the only part that runs
-  on the service's loop besides encoding) and `encode` to checkpoint bytes;
+  on the service's loop at at-least-once) and `encode` to checkpoint bytes (on the loop too with
+  exactly_once, where the checkpoint joins a batch's transaction);
 * restore: `decode` plus `Detector.restore` into a fresh detector (what an assign costs);
 * bytes: the checkpoint's size, in total and per key.
-
-Run alone: ``python benchmarks/state_bench.py [--keys 10000 100000] [--out FILE]``. In the suite,
-``state_rows(artefact_dir, keys, device=device, seed=seed)`` returns `Row`s for the table.
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
-import tempfile
 import time
 from pathlib import Path
 
-import orjson
-
 from stream_detector.artefact import load_artefact
-from stream_detector.benchmarking.report import Row
-from stream_detector.benchmarking.workload import bench_settings, tick_stream, untrained_artefact
+from stream_detector.benchmarking.report import Row, state_id
+from stream_detector.benchmarking.workload import bench_settings, tick_stream
 from stream_detector.engine.detector import Detector
 from stream_detector.state.snapshot import decode, encode, make_checkpoint
 
@@ -35,6 +29,7 @@ _REPEATS = 3  # best of: the machine is shared, the minimum is the least disturb
 
 
 def state_row(artefact_dir: Path, keys: int, *, device: str = "cpu", seed: int = 0) -> Row:
+    """Checkpoint size, snapshot + encode time and decode + restore time at `keys` keys."""
     settings = bench_settings(
         _STRIDE, model_path=artefact_dir, device=device, window={"max_keys": max(keys, 100_000)}
     )
@@ -80,10 +75,10 @@ def state_row(artefact_dir: Path, keys: int, *, device: str = "cpu", seed: int =
     detail = (
         f"{len(data) / 1e6:,.1f} MB ({len(data) / keys:,.0f} B/key); snapshot "
         f"{record['snapshot_s'] * 1e3:,.0f} ms + encode {record['encode_s'] * 1e3:,.0f} ms; "
-        f"restore {record['restore_s'] * 1e3:,.0f} ms + decode {record['decode_s'] * 1e3:,.0f} ms"
+        f"decode {record['decode_s'] * 1e3:,.0f} ms + restore {record['restore_s'] * 1e3:,.0f} ms"
     )
     label = f"state K={keys // 1000}k" if keys >= 1000 else f"state K={keys}"
-    return Row(f"state.k{keys}", label, None, detail, record)
+    return Row(state_id(keys), label, None, detail, record)
 
 
 def state_rows(
@@ -91,24 +86,3 @@ def state_rows(
     seed: int = 0,
 ) -> list[Row]:
     return [state_row(artefact_dir, k, device=device, seed=seed) for k in keys]
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--keys", type=int, nargs="+", default=[10_000, 100_000])
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--out", type=Path, help="also write the rows as JSON here")
-    args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="sd-state-bench-") as work:
-        artefact_dir = Path(work) / "model"
-        untrained_artefact(artefact_dir, bench_settings(_STRIDE, device=args.device))
-        rows = state_rows(artefact_dir, tuple(args.keys), device=args.device)
-    for row in rows:
-        print(f"{row.label:<14} {row.detail}")
-    if args.out is not None:
-        args.out.write_bytes(orjson.dumps([r.as_dict() for r in rows], option=orjson.OPT_INDENT_2))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import structlog
 
+from stream_detector.aggregate.streams import partition_stream
 from stream_detector.config import Settings
 from stream_detector.engine.detector import Detector
 from stream_detector.state.changelog import KafkaChangelogStore
@@ -118,7 +119,9 @@ class PartitionState:
         for partition, offset in positions.items():
             if saved.get(partition) == offset:
                 continue
-            snapshot = self.detector.snapshot(self._keys.get(partition, ()))
+            snapshot = self.detector.snapshot(
+                self._keys.get(partition, ()), stream=partition_stream(*partition)
+            )
             # Evicted keys fall out of the partition's key set here, so it cannot grow forever.
             self._keys[partition] = set(snapshot.keys.tolist())
             snapshots[partition] = (offset, snapshot)
@@ -184,7 +187,8 @@ class PartitionState:
                 self._saved.pop(partition, None)
         if gone and self._keys:
             gone -= set().union(*self._keys.values())
-        dropped = self.detector.drop(gone) if gone else 0
+        # Called even without keys: in aggregate mode the partitions' open buckets go too.
+        dropped = self.detector.drop(gone, streams=[partition_stream(*p) for p in partitions])
         if dropped:
             log.info("partition state dropped", partitions=sorted(map(str, partitions)), keys=dropped)
         return dropped

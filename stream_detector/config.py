@@ -231,6 +231,12 @@ class ModelConfig(_Section):
         "batch's new values cross). 'auto' = on when the device is cuda, off on the CPU, where "
         "numpy is faster; 'on' with the CPU runs the same torch code path there (tests do).",
     )
+    cuda_graph: bool = Field(
+        True,
+        description="On CUDA, capture the scoring pass once as a CUDA graph at the fixed shape "
+        "[batch_size, W, F] and replay it per micro-batch; falls back to eager (logged) if "
+        "capture fails. Ignored on the CPU.",
+    )
 
 
 class TrainConfig(_Section):

@@ -123,7 +123,8 @@ class WindowScorer:
     Windows come as host numpy (each micro-batch then costs one host->device copy) or as a tensor
     already on the device (the device-resident engine: no copy at all). Every result stays on the
     device until the end, when all of them come back in a single device->host copy, so a GPU never
-    stalls per micro-batch.
+    stalls per micro-batch. On CUDA every micro-batch runs at the one shape [batch_size, W, F]
+    (see `_FixedShapeForward`); on the CPU padding would only add work, so none is done.
     """
 
     def __init__(
@@ -132,6 +133,7 @@ class WindowScorer:
         device: torch.device,
         batch_size: int,
         cpu_threads: int = 0,
+        cuda_graph: bool = True,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -140,7 +142,11 @@ class WindowScorer:
         self.batch_size = batch_size
         self._non_blocking = device.type == "cuda"
         self._threads = cpu_threads if device.type == "cpu" else 0
-        self._forward: Callable[[Tensor], Tensor] = partial(_window_results, self.model)
+        self._forward: Callable[[Tensor], Tensor] = (
+            _FixedShapeForward(self.model, batch_size, cuda_graph)
+            if device.type == "cuda"
+            else partial(_window_results, self.model)
+        )
 
     def score(self, windows: np.ndarray | Tensor) -> WindowScores:
         """Score float32 [B, W, F] normalised windows; B may be 0."""
@@ -173,6 +179,62 @@ class WindowScorer:
             feature_errors=result[:, 1 : 1 + f].copy(),
             last_reconstruction=result[:, 1 + f :].copy(),
         )
+
+
+class _FixedShapeForward:
+    """CUDA only: every micro-batch runs padded to [batch_size, W, F], replaying a CUDA graph.
+
+    One shape means cuDNN plans once and the whole forward pass can be captured as a CUDA graph,
+    replayed per micro-batch for one launch instead of dozens of small kernels (torch.compile
+    cannot trace the LSTM). Rows are independent, so the padding rows (whatever the previous
+    micro-batch left there) do not change the real rows' results. The graph is captured at the
+    first call and checked against the eager pass on the same input; if capture fails or the two
+    disagree, the reason is logged and scoring runs eagerly on the padded input.
+    """
+
+    def __init__(self, model: LSTMAutoencoder, batch_size: int, use_graph: bool) -> None:
+        self._model = model
+        self._batch_size = batch_size
+        self._use_graph = use_graph
+        self._input: Tensor | None = None
+        self._graph: torch.cuda.CUDAGraph | None = None
+        self._output: Tensor | None = None
+
+    def __call__(self, x: Tensor) -> Tensor:
+        n = x.shape[0]
+        if self._input is None:
+            self._input = x.new_zeros((self._batch_size, *x.shape[1:]))
+            if self._use_graph:
+                self._capture()
+        self._input[:n].copy_(x)
+        if self._graph is None:
+            return _window_results(self._model, self._input)[:n]
+        self._graph.replay()
+        assert self._output is not None
+        return self._output[:n]
+
+    def _capture(self) -> None:
+        assert self._input is not None
+        try:
+            torch.nn.init.normal_(self._input)
+            eager = _window_results(self._model, self._input)
+            side = torch.cuda.Stream(self._input.device)
+            side.wait_stream(torch.cuda.current_stream(self._input.device))
+            with torch.cuda.stream(side):
+                for _ in range(3):  # warm-up on a side stream, as capture requires
+                    _window_results(self._model, self._input)
+            torch.cuda.current_stream(self._input.device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                output = _window_results(self._model, self._input)
+            graph.replay()
+            if not torch.allclose(output, eager, rtol=1e-4, atol=1e-5):
+                raise RuntimeError("graph replay differs from the eager pass")
+        except Exception as error:  # noqa: BLE001 - any failure means: score eagerly
+            log.warning("cuda graph not used; scoring eagerly on padded batches", reason=repr(error))
+            return
+        self._graph, self._output = graph, output
+        log.info("cuda graph captured for scoring", batch_size=self._batch_size)
 
 
 @contextmanager

@@ -30,6 +30,10 @@ class ConsumedBatch:
     topics: np.ndarray  # object [N]
     partitions: np.ndarray  # int64 [N]
     offsets: np.ndarray  # int64 [N]
+    # The batch's distinct (topic, partition)s and, per message, the index of its own: the one
+    # lookup over topic names that the offsets and the state bookkeeping share.
+    partition_list: list[Partition]
+    partition_ids: np.ndarray  # int64 [N]
 
     def __len__(self) -> int:
         return len(self.messages)
@@ -38,31 +42,51 @@ class ConsumedBatch:
     def from_messages(messages: list[Message]) -> ConsumedBatch:
         """`messages` must hold no error events (the caller splits those off)."""
         n = len(messages)
+        topics = [m.topic() for m in messages]
+        partitions = np.fromiter((m.partition() for m in messages), np.int64, n)
+        partition_list, partition_ids = _partition_index(topics, partitions)
         return ConsumedBatch(
             messages=messages,
             # A tombstone (null value) decodes as an ordinary reject rather than crashing decode.
             payloads=[m.value() or b"" for m in messages],
             keys=[m.key() for m in messages],
             broker_ts_ms=np.fromiter((m.timestamp()[1] for m in messages), np.int64, n),
-            topics=np.array([m.topic() for m in messages], dtype=object),
-            partitions=np.fromiter((m.partition() for m in messages), np.int64, n),
+            topics=np.array(topics, dtype=object),
+            partitions=partitions,
             offsets=np.fromiter((m.offset() for m in messages), np.int64, n),
+            partition_list=partition_list,
+            partition_ids=partition_ids,
         )
 
     def next_offsets(self) -> dict[Partition, int]:
         """Per (topic, partition): the offset after the last message, i.e. what to commit."""
-        if len(self) == 0:
-            return {}
-        names, topic_index = np.unique(self.topics, return_inverse=True)
-        width = int(self.partitions.max()) + 1
-        codes = topic_index.astype(np.int64) * width + self.partitions
-        unique_codes, group = np.unique(codes, return_inverse=True)
-        last = np.full(len(unique_codes), -1, dtype=np.int64)
-        np.maximum.at(last, group, self.offsets)
+        last = np.full(len(self.partition_list), -1, dtype=np.int64)
+        np.maximum.at(last, self.partition_ids, self.offsets)
         return {
-            (str(names[code // width]), int(code % width)): int(offset) + 1
-            for code, offset in zip(unique_codes.tolist(), last.tolist(), strict=True)
+            partition: offset + 1
+            for partition, offset in zip(self.partition_list, last.tolist(), strict=True)
         }
+
+
+def _partition_index(
+    topics: list[str], partitions: np.ndarray
+) -> tuple[list[Partition], np.ndarray]:
+    """Distinct (topic, partition)s in sorted order, and each message's index among them.
+
+    A batch almost always comes from one topic: a set of the names says so at C speed, and only
+    several topics pay for sorting the names (np.unique over an object array)."""
+    if not topics:
+        return [], np.empty(0, dtype=np.int64)
+    names = sorted(set(topics))
+    if len(names) == 1:
+        topic_ids = np.zeros(len(topics), dtype=np.int64)
+    else:
+        _, inverse = np.unique(np.array(topics, dtype=object), return_inverse=True)
+        topic_ids = inverse.reshape(-1).astype(np.int64)
+    width = int(partitions.max()) + 1
+    codes, ids = np.unique(topic_ids * width + partitions, return_inverse=True)
+    partition_list = [(names[code // width], code % width) for code in codes.tolist()]
+    return partition_list, ids.reshape(-1).astype(np.int64)
 
 
 def alert_record(alert: Alert, topic: str, source: str, batch: int) -> OutRecord:

@@ -348,7 +348,7 @@ class KafkaService:
         if self.state is not None:
             events = result.decoded.batch
             self.state.observe(
-                consumed.topics[events.index], consumed.partitions[events.index], events.keys
+                consumed.partition_list, consumed.partition_ids[events.index], events.keys
             )
         seq = -1 if self._exactly_once else self.tracker.open_batch(offsets)
         records = [alert_record(a, self.kafka.alert_topic, self.source, seq) for a in result.alerts]

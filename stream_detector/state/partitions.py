@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -63,17 +63,17 @@ class PartitionState:
         self._lock = threading.Lock()
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-writer")
 
-    def observe(self, topics: np.ndarray, partitions: np.ndarray, keys: np.ndarray) -> None:
-        """Note the partition of each accepted event (parallel arrays, one row per event)."""
+    def observe(
+        self, partitions: Sequence[Partition], partition_ids: np.ndarray, keys: np.ndarray
+    ) -> None:
+        """Note the partition of each accepted event: `partition_ids[i]` indexes `partitions`
+        for `keys[i]` (the consumed batch's own lookup, so topic names are not sorted again)."""
         if len(keys) == 0:
             return
-        names, topic_index = np.unique(topics, return_inverse=True)
-        width = int(partitions.max()) + 1
-        codes, group = np.unique(topic_index.reshape(-1) * width + partitions, return_inverse=True)
-        order = np.argsort(group.reshape(-1), kind="stable")
-        bounds = np.flatnonzero(np.diff(group.reshape(-1)[order])) + 1
-        for code, rows in zip(codes.tolist(), np.split(order, bounds), strict=True):
-            partition = (str(names[code // width]), code % width)
+        order = np.argsort(partition_ids, kind="stable")
+        bounds = np.flatnonzero(np.diff(partition_ids[order])) + 1
+        for rows in np.split(order, bounds):
+            partition = partitions[int(partition_ids[rows[0]])]
             self._keys.setdefault(partition, set()).update(keys[rows].tolist())
 
     def checkpoint(self, positions: Mapping[Partition, int]) -> Future[int]:

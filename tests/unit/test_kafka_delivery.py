@@ -176,7 +176,11 @@ def test_next_offsets_is_one_past_the_highest_offset_per_partition(rows) -> None
     expected: dict = {}
     for topic, partition, offset in rows:
         expected[(topic, partition)] = max(expected.get((topic, partition), -1), offset + 1)
-    assert ConsumedBatch.from_messages(_messages(rows)).next_offsets() == expected
+    batch = ConsumedBatch.from_messages(_messages(rows))
+    assert batch.next_offsets() == expected
+    # The shared lookup the state bookkeeping uses: each message's own (topic, partition).
+    assert [batch.partition_list[i] for i in batch.partition_ids] == [(t, p) for t, p, _ in rows]
+    assert len(set(batch.partition_list)) == len(batch.partition_list)
 
 
 def test_consumed_batch_keeps_payloads_keys_and_broker_times_aligned() -> None:

@@ -172,10 +172,9 @@ def _fed(artefact: ModelArtefact, store: MemoryStore) -> tuple[Detector, Partiti
     result = detector.process_messages(_payloads(["a", "b", "c", "d"], 10))
     keys = result.decoded.batch.keys
     # a, b on events/0; c on events/1; d on other/0 and, oddly, on events/0 too.
-    topic = np.where(keys == "d", "other", "events").astype(object)
-    partition = np.where(keys == "c", 1, 0)
-    state.observe(topic, partition, keys)
-    state.observe(np.array(["events"], dtype=object), np.array([0]), np.array(["d"], dtype=object))
+    partitions = [("events", 0), ("events", 1), ("other", 0)]
+    state.observe(partitions, np.where(keys == "d", 2, np.where(keys == "c", 1, 0)), keys)
+    state.observe([("events", 0)], np.array([0]), np.array(["d"], dtype=object))
     return detector, state
 
 

@@ -1,8 +1,9 @@
-"""The demo's bundled model: how it is trained, reproducibly, and checked.
+"""The demo's bundled models: how they are trained, reproducibly, and checked.
 
 Training an LSTM autoencoder takes minutes on a laptop CPU, longer than a newcomer should wait
-before seeing anything, so the demo ships a small artefact in `demo/model/` by default. This module
-regenerates it (`python -m stream_detector.demo.bundled`, or scripts/train-demo-model.sh):
+before seeing anything, so the demo ships a small artefact per scenario: `demo/model/` (IoT) and
+`demo/network_model/` (network flows). This module regenerates them
+(`python -m stream_detector.demo.bundled [--scenario network]`, or scripts/train-demo-model.sh):
 the same generator as the demo with another seed and no anomalies, on the CPU with a fixed seed,
 so the same code gives the same weights (and so the same model_version). Afterwards it scores the
 new model on the demo's own feed in-process and prints the precision and recall the live demo
@@ -28,6 +29,15 @@ from stream_detector.demo.scenario import (
     demo_settings,
     generator_config,
 )
+from stream_detector.demo.network_scenario import (
+    NETWORK_MODEL_DIR,
+    network_feed_config,
+    network_settings,
+    score_flows_offline,
+    train_on_flows,
+    training_feed,
+)
+from stream_detector.demo.scoreboard import Score
 from stream_detector.demo.training import score_offline, train_from_feed
 from stream_detector.logs import configure_logging
 
@@ -45,22 +55,43 @@ def train_bundled(out_dir: Path = BUNDLED_MODEL_DIR) -> ModelArtefact:
     return train_from_feed(feed, TRAINING_TICKS, settings, out_dir)
 
 
+def train_bundled_network(out_dir: Path = NETWORK_MODEL_DIR) -> ModelArtefact:
+    """Train the network demo's bundled model into `out_dir` (CPU, fixed seeds: reproducible)."""
+    feed = training_feed()
+    settings = network_settings(feed, {"model": {"device": "cpu"}})
+    return train_on_flows(feed, feed.duration_s, settings, out_dir)
+
+
+def _check(scenario: str, out: Path, check_only: bool) -> tuple[ModelArtefact, Score]:
+    from stream_detector.artefact import load_artefact
+
+    cpu = {"model": {"device": "cpu"}}
+    if scenario == "network":
+        flows = network_feed_config()
+        settings = network_settings(flows, cpu)
+        artefact = load_artefact(out, settings) if check_only else train_bundled_network(out)
+        return artefact, score_flows_offline(flows, settings, artefact)
+    feed = generator_config()
+    settings = demo_settings(feed, cpu)
+    artefact = load_artefact(out, settings) if check_only else train_bundled(out)
+    return artefact, score_offline(feed, WARMUP_TICKS + CHECK_TICKS, settings, artefact)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m stream_detector.demo.bundled",
-        description="Retrain the demo's bundled model and check it on the demo feed.",
+        description="Retrain a demo scenario's bundled model and check it on the demo feed.",
     )
-    parser.add_argument("--out", type=Path, default=BUNDLED_MODEL_DIR, help="artefact directory")
+    parser.add_argument("--scenario", choices=["iot", "network"], default="iot")
+    parser.add_argument(
+        "--out", type=Path, help="artefact directory (default: the scenario's bundled one)"
+    )
     parser.add_argument("--check-only", action="store_true", help="only score the existing model")
     args = parser.parse_args(argv)
     configure_logging("info")
 
-    from stream_detector.artefact import load_artefact
-
-    feed = generator_config()
-    settings = demo_settings(feed, {"model": {"device": "cpu"}})
-    artefact = load_artefact(args.out, settings) if args.check_only else train_bundled(args.out)
-    score = score_offline(feed, WARMUP_TICKS + CHECK_TICKS, settings, artefact)
+    default_dir = NETWORK_MODEL_DIR if args.scenario == "network" else BUNDLED_MODEL_DIR
+    artefact, score = _check(args.scenario, args.out or default_dir, args.check_only)
     report = {"model_version": artefact.metadata.model_version, **score.as_dict()}
     print(orjson.dumps(report).decode())
     return 0

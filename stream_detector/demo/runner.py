@@ -26,22 +26,14 @@ import torch
 
 from stream_detector.artefact import ArtefactError, load_artefact
 from stream_detector.config import ConfigError, Settings, _deep_merge
-from stream_detector.demo.feed import FeedPlan, FeedProducer
-from stream_detector.demo.generator import GeneratorConfig
+from stream_detector.demo.feed import PacedProducer
+from stream_detector.demo.iot_scenario import DEFAULT_DEVICES, DEFAULT_RATE, IotScenario
 from stream_detector.demo.monitor import AlertReader, MetricsProbe, ServiceNumbers
-from stream_detector.demo.scenario import (
-    BUNDLED_MODEL_DIR,
-    DEMO_SEED,
-    TRAIN_WARMUP_TICKS,
-    WARMUP_TICKS,
-    demo_settings,
-    generator_config,
-    slack_s,
-)
+from stream_detector.demo.network_scenario import DEFAULT_HOSTS, DEFAULT_SPEED, NetworkScenario
+from stream_detector.demo.scenario import DEMO_SEED, DemoScenario
 from stream_detector.demo.scoreboard import Scoreboard
 from stream_detector.demo.signals import StopSignals, children_shielded
 from stream_detector.demo.topics import ensure_topics
-from stream_detector.demo.training import train_from_feed
 from stream_detector.demo.view import (
     RECENT_ALERTS,
     AlertLine,
@@ -57,24 +49,13 @@ from stream_detector.logs import configure_logging
 
 log = structlog.get_logger(__name__)
 
-INPUT_TOPIC: Final = "demo.telemetry"
 ALERT_TOPIC: Final = "demo.alerts"
-DEAD_LETTER_TOPIC: Final = "demo.telemetry.dlq"
-PARTITIONS: Final = {INPUT_TOPIC: 4, ALERT_TOPIC: 2, DEAD_LETTER_TOPIC: 1}
 GROUP_ID: Final = "stream-detector-demo"
-
-# --train fits on the warm-up day with half the windows and fewer epochs than the bundled model,
-# so the demo starts within a minute or so on a laptop CPU; the fit is rougher (offline, on the
-# demo feed: precision about 0.8 against the bundled model's 0.9, recall alike).
-QUICK_TRAIN: Final = {
-    "train": {"epochs": 12, "stride": 2, "max_windows": 20_000, "batch_size": 128, "patience": 3}
-}
+SCENARIOS: Final = ("iot", "network")
 
 _SERVICE_KAFKA: Final = {
     "group_id": GROUP_ID,
-    "input_topics": [INPUT_TOPIC],
     "alert_topic": ALERT_TOPIC,
-    "dead_letter_topic": DEAD_LETTER_TOPIC,
     "batch_timeout_s": 0.2,
     "session_timeout_ms": 6000,
     "shutdown_timeout_s": 10.0,
@@ -87,11 +68,17 @@ _SETTLE_S: Final = 1.0  # quiet time on the alert topic before the last alerts c
 
 @dataclass(frozen=True)
 class DemoOptions:
-    """What the `demo` command's flags choose; duration_s = 0 runs until Ctrl-C."""
+    """What the `demo` command's flags choose; duration_s = 0 runs until Ctrl-C.
+
+    devices (hosts for the network scenario) and rate / speed left None take the scenario's
+    defaults; rate paces the IoT feed, speed the network feed's event-time clock.
+    """
 
     duration_s: float = 60.0
-    devices: int = 200
-    rate: float = 2000.0
+    scenario: str = "iot"
+    devices: int | None = None
+    rate: float | None = None
+    speed: float | None = None
     seed: int = DEMO_SEED
     train: bool = False
     ui: bool | None = None
@@ -99,12 +86,38 @@ class DemoOptions:
     overrides: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
+        if self.scenario not in SCENARIOS:
+            raise ConfigError(f"--scenario must be one of {', '.join(SCENARIOS)}")
         if self.duration_s < 0:
             raise ConfigError("--duration must be 0 (until Ctrl-C) or a positive number of seconds")
-        if self.devices < 1:
+        if self.devices is not None and self.devices < 1:
             raise ConfigError("--devices must be at least 1")
-        if self.rate <= 0:
+        if self.rate is not None and self.rate <= 0:
             raise ConfigError("--rate must be a positive number of events per second")
+        if self.speed is not None and self.speed <= 0:
+            raise ConfigError("--speed must be a positive factor (event seconds per wall second)")
+        if self.scenario == "network" and self.rate is not None:
+            raise ConfigError(
+                "--rate paces the IoT feed; the network feed is paced by --speed (event-time "
+                "seconds played per wall second)"
+            )
+        if self.scenario == "iot" and self.speed is not None:
+            raise ConfigError("--speed is for --scenario network; the IoT feed is paced by --rate")
+
+    def make_scenario(self) -> DemoScenario:
+        if self.scenario == "network":
+            return NetworkScenario(
+                hosts=self.devices or DEFAULT_HOSTS,
+                speed=self.speed or DEFAULT_SPEED,
+                duration_s=self.duration_s,
+                seed=self.seed,
+            )
+        return IotScenario(
+            devices=self.devices or DEFAULT_DEVICES,
+            rate=self.rate or DEFAULT_RATE,
+            seed=self.seed,
+            trains=self.train,
+        )
 
 
 def run_demo(options: DemoOptions) -> int:
@@ -149,18 +162,21 @@ class _Demo:
         self.view = view
         self.signals = signals
         self.stack = stack
-        self.warmup_ticks = TRAIN_WARMUP_TICKS if options.train else WARMUP_TICKS
-        self.feed_config: GeneratorConfig = generator_config(
-            options.devices, options.seed, self.warmup_ticks
-        )
+        self.scenario = options.make_scenario()
 
     def run(self) -> int:
+        scenario = self.scenario
         model_dir, model_source = self._model()
         model_version = self._check_model(model_dir)
         broker = self._broker()
         http_port = free_port()
         wiring = {
-            "kafka": {**_SERVICE_KAFKA, "bootstrap_servers": broker.bootstrap_servers},
+            "kafka": {
+                **_SERVICE_KAFKA,
+                "bootstrap_servers": broker.bootstrap_servers,
+                "input_topics": [scenario.input_topic],
+                "dead_letter_topic": f"{scenario.input_topic}.dlq",
+            },
             "model": {"path": str(model_dir)},
             "observability": {"http_port": http_port},
             # The broker forgets everything when the demo ends, so a checkpoint kept from an
@@ -169,36 +185,37 @@ class _Demo:
             # old state would be restored at a meaningless position: every demo starts cold.
             "state": {"store": "none"},
         }
-        settings = demo_settings(self.feed_config, _deep_merge(self.options.overrides, wiring))
+        settings = scenario.settings(_deep_merge(self.options.overrides, wiring))
+        partitions = {
+            scenario.input_topic: scenario.partitions,
+            ALERT_TOPIC: 2,
+            settings.kafka.dead_letter_topic: 1,
+        }
 
-        self.view.phase(f"creating topics {', '.join(PARTITIONS)}")
-        ensure_topics(settings.kafka, PARTITIONS)
+        self.view.phase(f"creating topics {', '.join(partitions)}")
+        ensure_topics(settings.kafka, partitions)
         service = _ServiceThread(settings)
         self.stack.callback(service.stop)
-        feed = FeedProducer(
-            settings.kafka,
-            FeedPlan(INPUT_TOPIC, self.feed_config, self.options.rate, self.warmup_ticks),
-        )
+        feed = scenario.producer(settings.kafka)
         self.stack.callback(feed.stop)
-        reader = AlertReader(settings.kafka, ALERT_TOPIC, PARTITIONS[ALERT_TOPIC])
+        reader = AlertReader(settings.kafka, ALERT_TOPIC, partitions[ALERT_TOPIC])
         self.stack.callback(reader.close)
         self.view.phase(
             "starting the service and the feed (joining the consumer group takes a few seconds)"
         )
         service.start()
         feed.start()
-        board = Scoreboard(slack_s(settings, self.feed_config))
-        watch = _Watch(feed, reader, MetricsProbe(http_port), board, self.view)
+        board = Scoreboard(scenario.slack_s(settings), scenario.kinds)
+        watch = _Watch(scenario, feed, reader, MetricsProbe(http_port), board, self.view)
         self.view.start(
             DemoInfo(
                 bootstrap=broker.bootstrap_servers,
-                input_topic=INPUT_TOPIC,
+                input_topic=scenario.input_topic,
                 alert_topic=ALERT_TOPIC,
                 metrics_url=watch.probe.url,
                 model_version=model_version,
                 model_source=model_source,
-                devices=self.options.devices,
-                rate=self.options.rate,
+                feed=scenario.describe(),
                 duration_s=self.options.duration_s or None,
             )
         )
@@ -223,17 +240,12 @@ class _Demo:
 
     def _model(self) -> tuple[Path, str]:
         if not self.options.train:
-            return BUNDLED_MODEL_DIR, "bundled"
-        settings = demo_settings(
-            self.feed_config, _deep_merge(QUICK_TRAIN, self.options.overrides)
-        )
+            return self.scenario.bundled_model, "bundled"
+        settings = self.scenario.training_settings(self.options.overrides)
         out = Path(self.stack.enter_context(tempfile.TemporaryDirectory(prefix="sd-demo-model-")))
-        self.view.phase(
-            f"training on the feed's anomaly-free warm-up stretch ({self.warmup_ticks} readings "
-            "per device)"
-        )
+        self.view.phase(self.scenario.training_phase)
         progress = self.view.training_progress(settings.train.epochs)
-        train_from_feed(self.feed_config, self.warmup_ticks, settings, out, progress)
+        self.scenario.train(settings, out, progress)
         return out, "trained on the warm-up stretch"
 
     def _broker(self) -> EmbeddedBroker:
@@ -250,7 +262,7 @@ class _Demo:
     def _check_model(self, model_dir: Path) -> str:
         """Refuse a mismatching model before anything starts, with a hint, rather than as a
         service that dies later."""
-        settings = demo_settings(self.feed_config, self.options.overrides)
+        settings = self.scenario.settings(self.options.overrides)
         try:
             # Only the metadata is needed here; the service loads the model on its own device.
             artefact = load_artefact(model_dir, settings, torch.device("cpu"))
@@ -261,7 +273,7 @@ class _Demo:
                 "window.size, the model section or the features, add --train)"
             ) from None
 
-    def _watch_live(self, watch: _Watch, service: _ServiceThread, feed: FeedProducer) -> str:
+    def _watch_live(self, watch: _Watch, service: _ServiceThread, feed: PacedProducer) -> str:
         started = time.monotonic()
         duration = self.options.duration_s
         while True:
@@ -308,12 +320,14 @@ class _Watch:
 
     def __init__(
         self,
-        feed: FeedProducer,
+        scenario: DemoScenario,
+        feed: PacedProducer,
         reader: AlertReader,
         probe: MetricsProbe,
         board: Scoreboard,
         view: DemoView,
     ) -> None:
+        self.scenario = scenario
         self.feed = feed
         self.reader = reader
         self.probe = probe
@@ -376,8 +390,7 @@ class _Watch:
         numbers = self.numbers or ServiceNumbers()
         return {
             "elapsed_s": round(self.elapsed, 1),
-            "devices": self.feed.plan.feed.devices,
-            "rate": self.feed.plan.rate,
+            **self.scenario.summary(),
             "events_produced": self.feed.produced,
             "events_processed": numbers.events_in,
             "alerts_opened": numbers.alerts_opened,

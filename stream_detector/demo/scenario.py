@@ -11,11 +11,13 @@ within seconds; the live feed after it carries the injected anomalies.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
-from stream_detector.config import Settings, _deep_merge, load_settings
+from stream_detector.config import KafkaConfig, Settings, _deep_merge, load_settings
+from stream_detector.demo.feed import PacedProducer
 from stream_detector.demo.generator import GeneratorConfig, mapping_for
 
 BUNDLED_MODEL_DIR: Final = Path(__file__).resolve().parent / "model"
@@ -76,3 +78,33 @@ def demo_settings(
 def slack_s(settings: Settings, feed: GeneratorConfig) -> float:
     """How long after an anomaly an alert still counts as its detection: one window's span."""
     return settings.window.size * feed.period_s
+
+
+class DemoScenario(Protocol):
+    """What the demo runner needs of a scenario (IotScenario, NetworkScenario): the feed and its
+    producer, the settings and model that suit it, and how it is shown and scored."""
+
+    name: str
+    input_topic: str
+    partitions: int
+    kinds: tuple[str, ...]  # the anomaly kinds it injects, for the per-kind scoreboard
+    bundled_model: Path
+
+    def settings(self, overrides: dict[str, Any] | None = None) -> Settings: ...
+
+    def training_settings(self, overrides: dict[str, Any] | None = None) -> Settings: ...
+
+    @property
+    def training_phase(self) -> str: ...
+
+    def train(
+        self, settings: Settings, out_dir: Path, progress: Callable[[dict[str, Any]], None]
+    ) -> None: ...
+
+    def producer(self, kafka: KafkaConfig) -> PacedProducer: ...
+
+    def slack_s(self, settings: Settings) -> float: ...
+
+    def describe(self) -> str: ...
+
+    def summary(self) -> dict[str, Any]: ...

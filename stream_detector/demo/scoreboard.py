@@ -17,7 +17,7 @@ records of the same key, and scoring is array arithmetic over the match flags.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,8 +69,11 @@ class Score:
 class Scoreboard:
     """Accumulates injected anomalies and open alerts; `score(horizon)` reads it at any time."""
 
-    def __init__(self, slack_s: float) -> None:
+    def __init__(self, slack_s: float, kinds: Sequence[str] = ANOMALY_KINDS) -> None:
+        """`kinds`: the anomaly kinds the feed injects (the IoT ones, or the network attacks),
+        in the order the per-kind figures are shown."""
         self._slack = float(slack_s)
+        self._kinds = tuple(kinds)
         self._anomalies: list[InjectedAnomaly] = []
         self._ends: list[float] = []
         self._kind_ids: list[int] = []
@@ -91,7 +94,7 @@ class Scoreboard:
             index = len(self._anomalies)
             self._anomalies.append(anomaly)
             self._ends.append(anomaly.end_ts)
-            self._kind_ids.append(ANOMALY_KINDS.index(anomaly.kind))
+            self._kind_ids.append(self._kinds.index(anomaly.kind))
             alerts = self._alerts_of.get(anomaly.key, ())
             hits = [i for i in alerts if self._overlaps(anomaly, self._windows[i])]
             for i in hits:
@@ -136,7 +139,7 @@ class Scoreboard:
         ends = np.array(self._ends, dtype=np.float64)
         kinds = np.array(self._kind_ids, dtype=np.int64)
         counted = detected | (ends + self._slack <= horizon_ts)
-        n_kinds = len(ANOMALY_KINDS)
+        n_kinds = len(self._kinds)
         injected_by_kind = np.bincount(kinds[counted], minlength=n_kinds)
         detected_by_kind = np.bincount(kinds[detected], minlength=n_kinds)
         return Score(
@@ -147,7 +150,7 @@ class Scoreboard:
             pending=int(len(detected) - counted.sum()),
             by_kind={
                 kind: (int(detected_by_kind[i]), int(injected_by_kind[i]))
-                for i, kind in enumerate(ANOMALY_KINDS)
+                for i, kind in enumerate(self._kinds)
                 if injected_by_kind[i]
             },
         )

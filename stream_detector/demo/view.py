@@ -39,8 +39,7 @@ class DemoInfo:
     metrics_url: str
     model_version: str
     model_source: str
-    devices: int
-    rate: float
+    feed: str  # what is played, e.g. "200 devices at 2000 events/s"
     duration_s: float | None
 
 
@@ -135,8 +134,8 @@ class PlainView:
 
     def start(self, info: DemoInfo) -> None:
         self._print(
-            f"demo: broker {info.bootstrap}, feed {info.input_topic} ({info.devices} devices at "
-            f"{info.rate:g} events/s), alerts {info.alert_topic}, metrics {info.metrics_url}, "
+            f"demo: broker {info.bootstrap}, feed {info.input_topic} ({info.feed}), "
+            f"alerts {info.alert_topic}, metrics {info.metrics_url}, "
             f"model {info.model_version} ({info.model_source})"
         )
 
@@ -236,7 +235,7 @@ def render(info: DemoInfo, snap: Snapshot) -> Group:
     until = f" / {info.duration_s:.0f}s" if info.duration_s else ""
     header = Text.assemble(
         ("stream-detector demo", "bold"),
-        f"  {snap.elapsed_s:.0f}s{until}  ·  {info.devices} devices at {info.rate:g} events/s"
+        f"  {snap.elapsed_s:.0f}s{until}  ·  {info.feed}"
         "  ·  Ctrl-C to stop\n",
         (
             f"broker {info.bootstrap}  ·  metrics {info.metrics_url}  ·  "

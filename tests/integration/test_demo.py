@@ -108,6 +108,31 @@ def test_demo_runs_detects_injected_anomalies_and_leaves_nothing_behind() -> Non
     assert _serving(summary["bootstrap"]) == []
 
 
+def test_network_demo_alerts_for_the_injected_attacks_and_leaves_nothing_behind() -> None:
+    # 30 s at x30: 15 minutes of event time after the backlog, one attack of each kind.
+    done = subprocess.run(
+        _command("demo", "--scenario", "network", "--duration", "30", "--no-ui"),
+        capture_output=True,
+        text=True,
+        timeout=200,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = _summary(done.stdout)
+    assert summary["scenario"] == "network" and summary["hosts"] == 40
+    assert summary["service_exit_code"] == 0
+    assert summary["events_processed"] == summary["events_produced"] > 0
+    by_kind = summary["by_kind"]
+    # The scanning and the flooding host are alerted on, and alerts are mostly for attacks.
+    assert by_kind["port_scan"]["detected"] >= 1, by_kind
+    assert by_kind["ddos_burst"]["detected"] >= 1, by_kind
+    assert summary["precision"] >= 0.5
+    alert_lines = [line for line in done.stdout.splitlines() if line.startswith("alert open ")]
+    assert any("injected=port_scan" in line for line in alert_lines)
+    assert any("injected=ddos_burst" in line for line in alert_lines)
+    assert "Traceback" not in done.stderr
+    assert _serving(summary["bootstrap"]) == []
+
+
 def test_ctrl_c_stops_the_demo_in_order_with_a_summary() -> None:
     # A terminal's Ctrl-C goes to the whole foreground process group, the broker included.
     demo = subprocess.Popen(

@@ -26,8 +26,7 @@ INFO = DemoInfo(
     metrics_url="http://127.0.0.1:9/metrics",
     model_version="lstm-ae-0123456789ab",
     model_source="bundled",
-    devices=200,
-    rate=2000.0,
+    feed="200 devices at 2000 events/s",
     duration_s=60.0,
 )
 

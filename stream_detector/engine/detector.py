@@ -161,7 +161,7 @@ class Detector:
             for name, array in stage.export_slots(slots).items()
         }
         watermark, seq = self._windows.clock
-        aggregators = self._aggregators()
+        aggregators = self.aggregators()
         buckets = None if aggregators is None else aggregators.export_state(stream)
         return EngineSnapshot(tracked, arrays, watermark, seq, stream, buckets)
 
@@ -169,7 +169,7 @@ class Detector:
         """Take over the snapshot's keys, replacing any of them tracked here, and in aggregate
         mode its stream's bucket aggregator; returns how many keys were restored. Raises
         ValueError, before changing anything, for a malformed snapshot."""
-        aggregators = self._aggregators()
+        aggregators = self.aggregators()
         if (aggregators is None) != (snapshot.buckets is None):
             raise ValueError("snapshot and detector disagree on input.mode (bucket state)")
         if aggregators is not None and snapshot.buckets is not None:
@@ -201,12 +201,12 @@ class Detector:
         freed = self._windows.release_keys(np.asarray(list(keys), dtype=object))
         for stage in (self._normalizer, self._threshold, self._episodes):
             stage.reset(freed)
-        aggregators = self._aggregators()
+        aggregators = self.aggregators()
         if aggregators is not None:
             aggregators.drop(streams)
         return len(freed)
 
-    def _aggregators(self) -> StreamAggregators | None:
+    def aggregators(self) -> StreamAggregators | None:
         """Aggregate mode's per-stream bucket aggregators (state that precedes the windows)."""
         return self.decoder.aggregator if isinstance(self.decoder, AggregatingDecoder) else None
 

@@ -11,6 +11,7 @@ from collections import Counter as Tally
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from stream_detector.aggregate.streams import StreamAggregators
 from stream_detector.engine.detector import DetectionResult, Detector
 from stream_detector.engine.types import REJECT_REASONS
 
@@ -39,6 +40,21 @@ class ServiceMetrics:
         self.open_episodes = Gauge("sd_open_episodes", "Anomaly episodes now open.", registry=r)
         self.evictions = Counter(
             "sd_evictions", "Keys dropped from the window store (LRU or idle).", registry=r
+        )
+        # Aggregate mode (input.mode = "aggregate"); they stay 0 in events mode.
+        self.late_events = Counter(
+            "sd_late_events",
+            "Raw events whose bucket their partition's watermark had closed, by aggregate.late_policy.",
+            ["policy"],
+            registry=r,
+        )
+        self.aggregate_keys = Gauge(
+            "sd_aggregate_keys", "Keys with open or idling buckets, summed over partitions.", registry=r
+        )
+        self.aggregate_evictions = Counter(
+            "sd_aggregate_evictions",
+            "Keys whose buckets ended after aggregate.idle_timeout_s of silence.",
+            registry=r,
         )
         self.batch_seconds = Histogram(
             "sd_batch_seconds",
@@ -72,7 +88,11 @@ class ServiceMetrics:
             self.rejects.labels(reason=reason)
         for kind in ("open", "resolve"):
             self.alerts.labels(kind=kind)
+        for policy in ("dead_letter", "drop"):
+            self.late_events.labels(policy=policy)
         self._evicted_seen = 0
+        self._late_seen = 0
+        self._aggregate_evicted_seen = 0
 
     def record_batch(
         self, consumed: int, result: DetectionResult, detector: Detector, seconds: float
@@ -93,6 +113,19 @@ class ServiceMetrics:
         self._evicted_seen = evicted
         self.batch_seconds.observe(seconds)
         self.model_seconds.observe(result.model_seconds)
+        aggregators = detector.aggregators()
+        if aggregators is not None:
+            self._record_aggregation(aggregators, detector.settings.aggregate.late_policy)
+
+    def _record_aggregation(self, aggregators: StreamAggregators, late_policy: str) -> None:
+        """The aggregators keep running totals; the counters take what this batch added."""
+        late = aggregators.late_total
+        self.late_events.labels(policy=late_policy).inc(late - self._late_seen)
+        self._late_seen = late
+        evicted = aggregators.evicted_total
+        self.aggregate_evictions.inc(evicted - self._aggregate_evicted_seen)
+        self._aggregate_evicted_seen = evicted
+        self.aggregate_keys.set(aggregators.n_keys)
 
     def totals(self) -> dict[str, int]:
         """The counters that must balance (events in = processed + dead letters), for the final

@@ -49,7 +49,9 @@ def ring_device(device_resident: str, device: torch.device) -> torch.device | No
     None for numpy on the host. 'auto' keeps them on a GPU only: on the CPU numpy's ring is the
     faster of the two, and the model reads host memory anyway."""
     if device_resident not in ("auto", "on", "off"):
-        raise ValueError(f"model.device_resident must be 'auto', 'on' or 'off'; got {device_resident!r}")
+        raise ValueError(
+            f"model.device_resident must be 'auto', 'on' or 'off'; got {device_resident!r}"
+        )
     if device_resident == "on" or (device_resident == "auto" and device.type == "cuda"):
         return device
     return None
@@ -231,7 +233,9 @@ class _FixedShapeForward:
             if not torch.allclose(output, eager, rtol=1e-4, atol=1e-5):
                 raise RuntimeError("graph replay differs from the eager pass")
         except Exception as error:  # noqa: BLE001 - any failure means: score eagerly
-            log.warning("cuda graph not used; scoring eagerly on padded batches", reason=repr(error))
+            log.warning(
+                "cuda graph not used; scoring eagerly on padded batches", reason=repr(error)
+            )
             return
         self._graph, self._output = graph, output
         log.info("cuda graph captured for scoring", batch_size=self._batch_size)

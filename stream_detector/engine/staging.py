@@ -50,8 +50,8 @@ class HostToDevice:
         if self._copied is not None:
             self._copied.synchronize()
         if total > self._buffer.numel():
-            self._buffer = torch.empty(max(total, 2 * self._buffer.numel()), dtype=torch.uint8,
-                                       pin_memory=self._cuda)
+            size = max(total, 2 * self._buffer.numel())
+            self._buffer = torch.empty(size, dtype=torch.uint8, pin_memory=self._cuda)
         host = self._buffer.numpy()
         for array, offset in zip(contiguous, offsets, strict=True):
             host[offset : offset + array.nbytes] = array.reshape(-1).view(np.uint8)

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from itertools import repeat
+from typing import TypeVar
 
 import numpy as np
 import structlog
@@ -50,7 +51,19 @@ def _grown(array: np.ndarray, capacity: int, fill: object) -> np.ndarray:
     return bigger
 
 
-def _window_index(count, before, ring_row, last, positions, window: int, n_ring: int):  # type: ignore[no-untyped-def]
+# numpy on the host ring, torch tensors on a device ring: the index math is the same.
+_Index = TypeVar("_Index", np.ndarray, torch.Tensor)
+
+
+def _window_index(
+    count: _Index,
+    before: _Index,
+    ring_row: _Index,
+    last: _Index,
+    positions: _Index,
+    window: int,
+    n_ring: int,
+) -> _Index:
     """Where element k of each due window is in (ring rows of the windows' slots, flat, followed
     by the batch's kept events grouped by key): an index [B, len(positions)].
 

@@ -15,11 +15,12 @@ import pytest
 import torch
 
 from stream_detector.artefact import ModelArtefact, load_artefact
+from stream_detector.benchmarking.workload import untrained_artefact
 from stream_detector.config import Settings
 from stream_detector.engine.detector import Detector
 from stream_detector.engine.ring import DeviceRing, HostRing
 from stream_detector.engine.types import Decoded, EventBatch
-from stream_detector.benchmarking.workload import untrained_artefact
+from stream_detector.state.snapshot import EngineSnapshot
 
 FEATURES = ["a", "b"]
 WINDOW = 6
@@ -69,7 +70,8 @@ def _stream(seed: int, n_batches: int = 40) -> list[Decoded]:
     for b in range(n_batches):
         shifted = [int(key[1:]) for key in sorted(SHIFTED)]
         others = np.setdiff1d(np.arange(N_KEYS), shifted)
-        active = np.concatenate([shifted, rng.choice(others, size=rng.integers(2, 7), replace=False)])
+        visitors = rng.choice(others, size=rng.integers(2, 7), replace=False)
+        active = np.concatenate([shifted, visitors])
         keys = rng.choice(active, size=rng.integers(10, 40))
         n = len(keys)
         ts = t + np.sort(rng.uniform(0, 5, size=n))
@@ -88,7 +90,9 @@ def _stream(seed: int, n_batches: int = 40) -> list[Decoded]:
     return batches
 
 
-def _detector(artefact_dir: Path, stride: int, device_resident: str, device: str = "cpu"):
+def _detector(
+    artefact_dir: Path, stride: int, device_resident: str, device: str = "cpu"
+) -> Detector:
     settings = _settings(stride, device_resident)
     chosen = torch.device(device)
     artefact: ModelArtefact = load_artefact(artefact_dir, settings, chosen)
@@ -124,7 +128,7 @@ def _assert_same_alerts(got: list[dict], want: list[dict]) -> None:
         assert g["threshold"] == pytest.approx(w["threshold"], rel=1e-5)
 
 
-def _assert_same_snapshot(got, want) -> None:
+def _assert_same_snapshot(got: EngineSnapshot, want: EngineSnapshot) -> None:
     assert got.keys.tolist() == want.keys.tolist()
     assert (got.watermark, got.seq) == (want.watermark, want.seq)
     assert set(got.arrays) == set(want.arrays)

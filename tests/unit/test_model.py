@@ -11,6 +11,8 @@ from hypothesis import strategies as st
 from stream_detector.engine.model import (
     LSTMAutoencoder,
     WindowScorer,
+    _FixedShapeForward,
+    _window_results,
     ring_device,
     select_device,
 )
@@ -157,3 +159,20 @@ def test_scores_of_a_tensor_equal_those_of_the_same_numpy_windows() -> None:
     from_tensor = scorer.score(torch.from_numpy(windows))
     for name in ("scores", "feature_errors", "last_reconstruction"):
         np.testing.assert_array_equal(getattr(from_tensor, name), getattr(from_numpy, name))
+
+
+def test_fixed_shape_forward_pads_without_changing_the_real_rows() -> None:
+    """The CUDA scorer's padding (run eagerly here, on the CPU): a short micro-batch after a full
+    one, so the padding rows hold the previous batch's windows, scores like the unpadded batch."""
+    torch.manual_seed(0)
+    model = LSTMAutoencoder(2, 6, 8, 1, 4).eval()
+    rng = np.random.default_rng(3)
+    full = torch.from_numpy(rng.normal(size=(16, 6, 2)).astype(np.float32))
+    short = torch.from_numpy(rng.normal(size=(5, 6, 2)).astype(np.float32))
+    padded = _FixedShapeForward(model, 16, use_graph=False)
+    with torch.inference_mode():
+        got_full, got_short = padded(full).clone(), padded(short).clone()
+        want_full, want_short = _window_results(model, full), _window_results(model, short)
+    assert got_short.shape == (5, 1 + 2 * 2)
+    torch.testing.assert_close(got_full, want_full, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got_short, want_short, rtol=1e-5, atol=1e-6)

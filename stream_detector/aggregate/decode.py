@@ -20,7 +20,6 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
-import orjson
 import structlog
 
 from stream_detector.aggregate.buckets import BucketStep, TimedEvents
@@ -28,7 +27,7 @@ from stream_detector.aggregate.features import FeaturePlan
 from stream_detector.aggregate.sketch import hash_values
 from stream_detector.aggregate.streams import StreamAggregators
 from stream_detector.config import Settings
-from stream_detector.engine.decode import Decoder, _extract
+from stream_detector.engine.decode import Decoder
 from stream_detector.engine.types import Decoded, EventBatch, Reject
 
 log = structlog.get_logger(__name__)
@@ -50,7 +49,6 @@ class AggregatingDecoder:
             update={"value_fields": self.plan.numeric_fields, "label_field": None}
         )
         self._decoder = Decoder(raw_input, now)
-        self._distinct_paths = [field.split(".") for field in self.plan.distinct_fields]
         self._dead_letter_late = config.late_policy == "dead_letter"
         self.aggregator = StreamAggregators(
             self.plan, config.bucket_width_s, config.allowed_lateness_s, config.idle_timeout_s
@@ -72,15 +70,11 @@ class AggregatingDecoder:
         `streams` gives each message's source stream (see aggregate/streams.py: one watermark
         per input partition); None means one stream.
         """
-        decoded = self._decoder.decode_messages(payloads, keys, broker_ts_ms)
-        accepted = decoded.batch.index.tolist()
-        columns: list[Sequence[Any]] = []
-        if self._distinct_paths and accepted:
-            # Every accepted payload parsed as one JSON object, so a comma join is one array.
-            objects = orjson.loads(b"[" + b",".join([payloads[i] for i in accepted]) + b"]")
-            columns = [_extract(objects, path) for path in self._distinct_paths]
+        decoded, distinct = self._decoder.decode_with_fields(
+            payloads, keys, broker_ts_ms, self.plan.distinct_fields
+        )
         event_streams = None if streams is None else np.asarray(streams)[decoded.batch.index]
-        return self._bucket(decoded, columns, event_streams)
+        return self._bucket(decoded, distinct, event_streams)
 
     def decode_columns(self, columns: Mapping[str, Sequence[Any] | np.ndarray]) -> Decoded:
         """Fold a table of raw events (a CSV file) into the buckets, as decode_messages."""

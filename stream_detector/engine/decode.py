@@ -142,6 +142,22 @@ class Decoder:
         signature, and ignored: a decoded event does not depend on where it came from. The
         aggregating decoder, whose watermark does, uses it.
         """
+        return self.decode_with_fields(payloads, keys, broker_ts_ms, ())[0]
+
+    def decode_with_fields(
+        self,
+        payloads: Sequence[bytes],
+        keys: Sequence[bytes | None] | None,
+        broker_ts_ms: Sequence[int] | np.ndarray | None,
+        fields: Sequence[str],
+    ) -> tuple[Decoded, list[np.ndarray]]:
+        """decode_messages, plus the raw value at each of `fields` (dotted paths) for every
+        accepted event: object [len(batch)] per field, None where absent, not validated.
+
+        The aggregating decoder reads its distinct-count fields (addresses, ports) this way from
+        the same parse instead of parsing every payload a second time; with no fields, nothing
+        more is done than in decode_messages.
+        """
         cfg = self._config
         n = len(payloads)
         if cfg.key_field is None and (keys is None or len(keys) != n):
@@ -172,7 +188,13 @@ class Decoder:
             values=[_extract(objects, path) for path in self._value_paths],
             labels=None if label is None else _extract(objects, label.split(".")),
         )
-        return self._validate(raw, rejects)
+        decoded = self._validate(raw, rejects)
+        if not fields:
+            return decoded, []
+        rows = np.searchsorted(positions, decoded.batch.index)
+        extra = [_extract(objects, field.split(".")) for field in fields]
+        # fromiter keeps each value whole: asarray would split equal-length JSON arrays.
+        return decoded, [np.fromiter(column, dtype=object, count=len(column))[rows] for column in extra]
 
     def decode_columns(self, columns: Mapping[str, Sequence[Any] | np.ndarray]) -> Decoded:
         """Decode a table whose column names are the configured field paths, taken literally.

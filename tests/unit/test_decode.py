@@ -595,3 +595,22 @@ def test_hostile_columns_never_raise(rows: list[tuple[Any, Any, Any, Any]]) -> N
     decoded = dec.decode_columns({"key": keys, "ts": ts, "value": values, "label": labels})
     check_invariants_loose(decoded, len(rows))
     assert decoded.labels is not None and len(decoded.labels) == len(decoded.batch)
+
+
+def test_extra_fields_come_from_the_same_parse_row_for_row_with_the_batch() -> None:
+    """Only accepted events get a row; absent paths give None; values are not validated."""
+    dec = decoder(key_field="k", timestamp_field="ts", value_fields=("v",))
+    payloads = [
+        orjson.dumps({"k": "a", "ts": NOW, "v": 1, "dst": {"port": 443, "tags": [1, 2]}}),
+        b"{broken",
+        orjson.dumps({"k": "b", "ts": NOW, "v": "x", "dst": {"port": 22}}),  # refused: non-numeric
+        orjson.dumps({"k": "c", "ts": NOW, "v": 3}),  # no dst at all
+        orjson.dumps({"k": "d", "ts": NOW, "v": 4, "dst": {"port": "ssh", "tags": [3, 4]}}),
+    ]
+    decoded, (ports, tags) = dec.decode_with_fields(payloads, None, None, ("dst.port", "dst.tags"))
+    plain = dec.decode_messages(payloads)
+    assert decoded.batch.index.tolist() == plain.batch.index.tolist() == [0, 3, 4]
+    assert decoded.rejects == plain.rejects
+    assert ports.tolist() == [443, None, "ssh"]
+    assert tags.tolist() == [[1, 2], None, [3, 4]], "each value kept whole"
+    assert dec.decode_with_fields(payloads, None, None, ())[1] == []

@@ -4,7 +4,8 @@ Rows (see benchmarks/README.md for how to read them):
 
 1. ceilings: consume the stream from the local broker touching each message, then again parsing
    each with orjson; nothing faster can be built on this client and broker;
-2. engine in-process: events/s at K keys and stride S, decode included, no Kafka;
+2. engine in-process: events/s at K keys and stride S, decode included, no Kafka; and the
+   aggregate-mode engine (raw flow events -> 10 s buckets -> windows) at the stream's K;
 3. the service end to end through the broker: sustained events/s at S=16, then event -> alert
    latency at half that rate; once with the default kafka.batch_size and once with smaller
    batches, because at half rate an event mostly waits for its batch to fill;
@@ -30,7 +31,7 @@ from typing import Any
 import orjson
 import structlog
 
-from stream_detector.benchmarking import endtoend, inprocess, kafka_io, memory, peer, state
+from stream_detector.benchmarking import aggregate, endtoend, inprocess, kafka_io, memory, peer, state
 from stream_detector.benchmarking.machine import load_average, machine_facts
 from stream_detector.benchmarking.report import (
     CEILING,
@@ -291,6 +292,15 @@ def run_suite(
         )
         rows = _broker_rows(size, artefact_dir, Path(work) / "state", device, seed)
         rows += _engine_rows(size, artefact_dir, device, seed)
+        rows.append(
+            aggregate.aggregate_row(
+                size.stream_keys,
+                events=size.engine_events,
+                max_seconds=size.engine_seconds,
+                device=device,
+                seed=seed,
+            )
+        )
         rows.append(_river_row(size, seed))
         rows.append(_memory_row(size, artefact_dir, device, seed))
         rows += [

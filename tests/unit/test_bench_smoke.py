@@ -15,6 +15,7 @@ import orjson
 import pytest
 import torch
 
+from stream_detector.benchmarking.aggregate import aggregate_id
 from stream_detector.benchmarking.report import (
     CEILING,
     MEMORY,
@@ -41,9 +42,16 @@ from stream_detector.engine.decode import Decoder
 from stream_detector.engine.model import LSTMAutoencoder, WindowScorer
 
 STATE_ROWS = {state_id(k): k for k in SMOKE.state_keys}
-EXPECTED_ROWS = {RAW_CEILING, CEILING, SERVICE, SMALL_BATCHES, RIVER, MEMORY, *STATE_ROWS} | {
-    engine_id(k, s) for k in SMOKE.engine_keys for s in SMOKE.strides
-}
+EXPECTED_ROWS = {
+    RAW_CEILING,
+    CEILING,
+    SERVICE,
+    SMALL_BATCHES,
+    RIVER,
+    MEMORY,
+    aggregate_id(SMOKE.stream_keys),
+    *STATE_ROWS,
+} | {engine_id(k, s) for k in SMOKE.engine_keys for s in SMOKE.strides}
 
 
 def test_smoke_run_reports_every_row_and_target(tmp_path: Path, capsys) -> None:

@@ -96,6 +96,10 @@ def _messages(plan: PacePlan) -> tuple[list[bytes], list[bytes], list[bytes]]:
 def _produce(plan: PacePlan) -> None:
     keys, heads, tails = _messages(plan)
     producer = Producer(plan.producer_config)
+    # Connect and learn the topic's leader before the first event is stamped: otherwise the
+    # first events wait in the producer for its connection, and that handshake (hundreds of ms
+    # on a busy machine) would be measured as the service's latency.
+    producer.list_topics(plan.topic, timeout=30)
     per_chunk = max(1, int(plan.rate * _CHUNK_S))
     began = time.monotonic()
     for sent in range(0, len(keys), per_chunk):

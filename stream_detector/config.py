@@ -293,7 +293,12 @@ class KafkaConfig(_Section):
     dead_letter_topic: str = "events.dlq"
     group_id: str = "stream-detector"
     batch_size: int = Field(5000, ge=1, description="Messages per consume() call.")
-    batch_timeout_s: float = Field(0.5, gt=0)
+    batch_timeout_s: float = Field(
+        0.02,
+        gt=0,
+        description="Longest wait for a batch to fill. A backlog fills batch_size at once; below "
+        "full speed an event waits at most this long for its batch, so it bounds added latency.",
+    )
     max_in_flight: int = Field(100_000, ge=1, description="Unacknowledged produced messages.")
     processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
     partition_assignment_strategy: str = "cooperative-sticky"

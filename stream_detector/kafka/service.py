@@ -14,6 +14,7 @@ the setting to change.
 
 from __future__ import annotations
 
+import gc
 import signal
 import threading
 import time
@@ -92,7 +93,18 @@ def run_service(settings: Settings, *, stop_event: threading.Event | None = None
         except (ConfigError, ArtefactError) as exc:
             log.error("cannot start the service", error=str(exc))
             return EXIT_CONFIG
+        _freeze_startup_objects()
         return service.run()
+
+
+def _freeze_startup_objects() -> None:
+    """Move everything alive now (torch's modules and classes, the model, the settings) out of
+    the cyclic garbage collector's reach: they live as long as the process, yet every full
+    collection walked them again. In-flight output records promoted to the oldest generation
+    set off a full collection every ~0.4 s at 60k events/s, each a 150 ms pause of the loop
+    (p99 event -> alert 300 ms; 132 ms once frozen, measured by `stream-detector bench`)."""
+    gc.collect()  # garbage already there would otherwise be frozen for good
+    gc.freeze()
 
 
 @contextmanager

@@ -436,9 +436,11 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Runs every benchmark row in one process, so ratios between rows hold on a noisy "
             "machine: consume ceilings from an embedded broker, the engine in-process at "
-            "1k/10k/100k keys and stride 1/16, the service end to end with event->alert "
-            "latency, River HalfSpaceTrees per key, and detector memory per key. Needs the "
-            "`baselines` extra (River). See benchmarks/README.md."
+            "1k/10k/100k keys and stride 1/16, the aggregate-mode engine (raw flow events in "
+            "10 s buckets), the service end to end with event->alert latency, River "
+            "HalfSpaceTrees per key, detector memory per key, and state checkpoints (size, "
+            "snapshot, restore) at 10k and 100k keys. Needs the `baselines` extra (River). See "
+            "benchmarks/README.md."
         ),
     )
     bench.add_argument(

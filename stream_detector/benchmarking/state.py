@@ -79,10 +79,3 @@ def state_row(artefact_dir: Path, keys: int, *, device: str = "cpu", seed: int =
     )
     label = f"state K={keys // 1000}k" if keys >= 1000 else f"state K={keys}"
     return Row(state_id(keys), label, None, detail, record)
-
-
-def state_rows(
-    artefact_dir: Path, keys: tuple[int, ...] = (10_000, 100_000), *, device: str = "cpu",
-    seed: int = 0,
-) -> list[Row]:
-    return [state_row(artefact_dir, k, device=device, seed=seed) for k in keys]

@@ -207,7 +207,8 @@ class PartitionState:
                 raise SnapshotError(f"checkpoint is of {meta.topic}:{meta.partition}")
             check_compatible(meta, self.detector.model_version, self.fingerprint)
             restored = self.detector.restore(checkpoint.engine)
-        except (SnapshotError, ValueError) as exc:
+        except (SnapshotError, ValueError, IndexError, KeyError, TypeError) as exc:
+            # A corrupted or hand-made checkpoint must cost a cold start, never the service.
             log.warning(
                 "checkpoint refused; partition starts cold",
                 topic=partition[0],

@@ -16,7 +16,7 @@ import structlog
 
 from stream_detector import __version__
 from stream_detector.artefact import ArtefactError
-from stream_detector.config import ConfigError, Settings, _deep_merge, load_settings
+from stream_detector.config import ConfigError, Settings, deep_merge, load_settings
 from stream_detector.logs import configure_logging
 
 log = structlog.get_logger("stream_detector.cli")
@@ -81,7 +81,7 @@ def _settings(
     `defaults` (nested like --set) are what the chosen data brings with it (a network scenario's
     mapping); --set goes on top of them, and they on top of --config, which such data refuses.
     """
-    merged = _deep_merge(defaults or {}, _parse_set(args.set or []))
+    merged = deep_merge(defaults or {}, _parse_set(args.set or []))
     for section, values in (overrides or {}).items():
         _merge(merged, section, **values)
     settings = load_settings(args.config, merged)

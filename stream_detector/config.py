@@ -417,11 +417,13 @@ class Settings(BaseSettings):
         return hashlib.sha256(orjson.dumps(relevant, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
 
 
-def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """`top` over `base`, section by section: how every layer of settings (file, environment,
+    flags, a scenario's own sections) overrides the one below without erasing its siblings."""
     merged = dict(base)
     for key, value in top.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
+            merged[key] = deep_merge(merged[key], value)
         else:
             merged[key] = value
     return merged
@@ -472,7 +474,7 @@ def load_settings(
         env = _env_overrides()
     except Exception as exc:  # pydantic-settings reports JSON errors in complex env values
         raise ConfigError(f"invalid SD_* environment variable: {exc}") from None
-    merged = _deep_merge(_deep_merge(data, env), overrides or {})
+    merged = deep_merge(deep_merge(data, env), overrides or {})
     try:
         return Settings(**merged)
     except ValidationError as exc:

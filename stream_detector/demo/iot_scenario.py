@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from stream_detector.config import KafkaConfig, Settings, _deep_merge
+from stream_detector.config import KafkaConfig, Settings, deep_merge
 from stream_detector.demo.feed import FeedPlan, FeedProducer
 from stream_detector.demo.generator import ANOMALY_KINDS, GeneratorConfig
 from stream_detector.demo.scenario import (
@@ -59,7 +59,7 @@ class IotScenario:
         return demo_settings(self.feed, overrides)
 
     def training_settings(self, overrides: dict[str, Any] | None = None) -> Settings:
-        return demo_settings(self.feed, _deep_merge(QUICK_TRAIN, overrides or {}))
+        return demo_settings(self.feed, deep_merge(QUICK_TRAIN, overrides or {}))
 
     @property
     def training_phase(self) -> str:

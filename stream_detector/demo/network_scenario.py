@@ -23,7 +23,7 @@ from typing import Any, Final
 
 from stream_detector.aggregate.decode import AggregatingDecoder
 from stream_detector.artefact import ModelArtefact
-from stream_detector.config import KafkaConfig, Settings, _deep_merge, load_settings
+from stream_detector.config import KafkaConfig, Settings, deep_merge, load_settings
 from stream_detector.demo.network import (
     NETWORK_ANOMALY_KINDS,
     NetworkConfig,
@@ -53,7 +53,7 @@ TRAINING_S: Final = 5400
 _OFFLINE_BATCH: Final = 2000
 
 # The service and the model: the evaluation's settings, on whatever device there is.
-NETWORK_DEMO_SECTIONS: Final = _deep_merge(EVALUATION_SECTIONS, {"model": {"device": "auto"}})
+NETWORK_DEMO_SECTIONS: Final = deep_merge(EVALUATION_SECTIONS, {"model": {"device": "auto"}})
 
 
 def network_feed_config(
@@ -69,8 +69,8 @@ def network_feed_config(
 
 def network_settings(feed: NetworkConfig, overrides: dict[str, Any] | None = None) -> Settings:
     """Settings for serving (or training on) `feed`; `overrides` (nested, like --set) win."""
-    sections = _deep_merge(network_sections(feed), NETWORK_DEMO_SECTIONS)
-    return load_settings(None, _deep_merge(sections, overrides or {}))
+    sections = deep_merge(network_sections(feed), NETWORK_DEMO_SECTIONS)
+    return load_settings(None, deep_merge(sections, overrides or {}))
 
 
 def train_on_flows(

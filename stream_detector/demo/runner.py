@@ -25,7 +25,7 @@ import structlog
 import torch
 
 from stream_detector.artefact import ArtefactError, load_artefact
-from stream_detector.config import ConfigError, Settings, _deep_merge
+from stream_detector.config import ConfigError, Settings, deep_merge
 from stream_detector.demo.feed import PacedProducer
 from stream_detector.demo.iot_scenario import DEFAULT_DEVICES, DEFAULT_RATE, IotScenario
 from stream_detector.demo.monitor import AlertReader, MetricsProbe, ServiceNumbers
@@ -185,7 +185,7 @@ class _Demo:
             # old state would be restored at a meaningless position: every demo starts cold.
             "state": {"store": "none"},
         }
-        settings = scenario.settings(_deep_merge(self.options.overrides, wiring))
+        settings = scenario.settings(deep_merge(self.options.overrides, wiring))
         partitions = {
             scenario.input_topic: scenario.partitions,
             ALERT_TOPIC: 2,

@@ -16,7 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Final, Protocol
 
-from stream_detector.config import KafkaConfig, Settings, _deep_merge, load_settings
+from stream_detector.config import KafkaConfig, Settings, deep_merge, load_settings
 from stream_detector.demo.feed import PacedProducer
 from stream_detector.demo.generator import GeneratorConfig, mapping_for
 
@@ -72,7 +72,7 @@ def demo_settings(
     The environment (SD_*) still applies beneath the overrides, as for every command.
     """
     sections: dict[str, Any] = {"input": mapping_for(feed), **DEMO_SECTIONS}
-    return load_settings(None, _deep_merge(sections, overrides or {}))
+    return load_settings(None, deep_merge(sections, overrides or {}))
 
 
 def slack_s(settings: Settings, feed: GeneratorConfig) -> float:

@@ -22,7 +22,7 @@ import orjson
 import structlog
 
 from stream_detector.aggregate.decode import AggregatingDecoder
-from stream_detector.config import Settings, _deep_merge
+from stream_detector.config import Settings, deep_merge
 from stream_detector.demo.network import (
     SCENARIOS,
     labels_path_for,
@@ -156,7 +156,7 @@ def _bucket_labels(
 def scenario_sections(name: str) -> dict[str, dict[str, Any]]:
     """Settings that scenario `name` brings: its feed mapping plus EVALUATION_SECTIONS (nested like
     --set, so the user's --set goes on top)."""
-    return _deep_merge(network_sections(SCENARIOS[name]), EVALUATION_SECTIONS)
+    return deep_merge(network_sections(SCENARIOS[name]), EVALUATION_SECTIONS)
 
 
 def load_scenario(

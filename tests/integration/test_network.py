@@ -24,7 +24,7 @@ from kafka_harness import committed_offsets, model_settings, wait_until
 from stream_detector.aggregate.decode import AggregatingDecoder
 from stream_detector.aggregate.streams import partition_streams
 from stream_detector.artefact import load_artefact
-from stream_detector.config import Settings, _deep_merge, load_settings
+from stream_detector.config import Settings, deep_merge, load_settings
 from stream_detector.demo.network import NetworkConfig, NetworkFeed, generate, network_sections
 from stream_detector.engine.detector import Detector
 from stream_detector.training import train
@@ -54,7 +54,7 @@ SECTIONS: dict[str, dict[str, Any]] = {
 
 def _sections() -> dict[str, dict[str, Any]]:
     """What the model and the service must agree on: the fixtures' model, this feed, SECTIONS."""
-    return _deep_merge(_deep_merge(model_settings(), network_sections(FEED)), SECTIONS)
+    return deep_merge(deep_merge(model_settings(), network_sections(FEED)), SECTIONS)
 
 
 def _settings() -> Settings:

@@ -10,7 +10,7 @@ import numpy as np
 import orjson
 import pytest
 
-from stream_detector.config import _deep_merge, load_settings
+from stream_detector.config import deep_merge, load_settings
 from stream_detector.demo.network import (
     NETWORK_ANOMALY_KINDS,
     SCENARIOS,
@@ -140,7 +140,7 @@ def test_toml_mapping_equals_the_scenario_settings() -> None:
     # The hand-written file above is the real thing: the scenario's mapping and tuned sections.
     from stream_detector.evaluation.network import scenario_sections
 
-    expected = load_settings(None, _deep_merge(scenario_sections("network"), {"train": {"epochs": 10}}))
+    expected = load_settings(None, deep_merge(scenario_sections("network"), {"train": {"epochs": 10}}))
     assert load_settings(None, tomllib.loads(NETWORK_TOML)) == expected
 
 

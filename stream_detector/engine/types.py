@@ -88,7 +88,6 @@ class DueWindows:
                                     model's device when the window ring is device-resident
     start_ts:    float64 [B]     event time of the window's first event
     end_ts:      float64 [B]     event time of the window's last event
-    key_events:  int64 [B]       the key's event count (since it got its slot) at the window's end
     """
 
     slots: np.ndarray
@@ -97,7 +96,6 @@ class DueWindows:
     values: np.ndarray | Tensor
     start_ts: np.ndarray
     end_ts: np.ndarray
-    key_events: np.ndarray
 
     def __len__(self) -> int:
         return int(self.slots.shape[0])

@@ -410,7 +410,6 @@ class WindowStore(SlotArrays):
             values=ring.cut(ring_slots_there, staged, index),
             start_ts=self._start_ts(batch, rows, slot[due], count[due], before[due], due),
             end_ts=batch.ts[rows[due]],
-            key_events=count[due],
         )
         ring.write(flat, staged, last_there)
         self._ts[slot[last], (count[last] - 1) % w] = batch.ts[rows[last]]
@@ -443,5 +442,4 @@ class WindowStore(SlotArrays):
             values=self._values.no_windows(),
             start_ts=np.empty(0, dtype=np.float64),
             end_ts=np.empty(0, dtype=np.float64),
-            key_events=np.empty(0, dtype=np.int64),
         )

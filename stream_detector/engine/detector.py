@@ -129,8 +129,8 @@ class Detector:
         """Decode raw Kafka messages and run them through the engine.
 
         `streams`: each message's source stream, an int code per message (the Kafka service
-        passes `partition_streams` of its topic-partitions); None is one stream. Only aggregate
-        mode uses it, to keep one watermark per input partition.
+        passes `ConsumedBatch.stream_codes`, its topic-partitions' codes); None is one stream.
+        Only aggregate mode uses it, to keep one watermark per input partition.
         """
         decoded = self.decoder.decode_messages(payloads, keys, broker_ts_ms, streams=streams)
         return self.process(decoded)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from confluent_kafka import Message
 
+from stream_detector.aggregate.streams import partition_stream
 from stream_detector.engine.alerts import Alert
 from stream_detector.engine.types import Reject
 from stream_detector.kafka.delivery import OutRecord, Partition
@@ -66,6 +67,12 @@ class ConsumedBatch:
             partition: offset + 1
             for partition, offset in zip(self.partition_list, last.tolist(), strict=True)
         }
+
+    def stream_codes(self) -> np.ndarray:
+        """Each message's aggregation stream (its topic-partition's code, one watermark per
+        input partition in aggregate mode), from the batch's partition lookup."""
+        codes = np.array([partition_stream(t, p) for t, p in self.partition_list], dtype=np.int64)
+        return codes[self.partition_ids]
 
 
 def _partition_index(

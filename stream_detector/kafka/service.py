@@ -36,7 +36,6 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient
 
-from stream_detector.aggregate.streams import partition_streams
 from stream_detector.artefact import ArtefactError, load_artefact
 from stream_detector.config import ConfigError, Settings
 from stream_detector.engine.detector import Detector
@@ -353,7 +352,7 @@ class KafkaService:
             consumed.payloads,
             consumed.keys,
             consumed.broker_ts_ms,
-            streams=partition_streams(consumed.topics, consumed.partitions),
+            streams=consumed.stream_codes(),
         )
         offsets = consumed.next_offsets()
         self._positions.update(offsets)

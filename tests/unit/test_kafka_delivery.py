@@ -24,6 +24,7 @@ from stream_detector.kafka.delivery import (
 )
 from stream_detector.engine.types import Reject
 from stream_detector.kafka.health import HealthState, StatusServer
+from stream_detector.aggregate.streams import partition_stream
 from stream_detector.kafka.records import ConsumedBatch, dead_letter_record
 from stream_detector.kafka.settings import consumer_config, producer_config, redact
 
@@ -181,6 +182,7 @@ def test_next_offsets_is_one_past_the_highest_offset_per_partition(rows) -> None
     # The shared lookup the state bookkeeping uses: each message's own (topic, partition).
     assert [batch.partition_list[i] for i in batch.partition_ids] == [(t, p) for t, p, _ in rows]
     assert len(set(batch.partition_list)) == len(batch.partition_list)
+    assert batch.stream_codes().tolist() == [partition_stream(t, p) for t, p, _ in rows]
 
 
 def test_consumed_batch_keeps_payloads_keys_and_broker_times_aligned() -> None:

@@ -14,7 +14,7 @@ the suite's shape: what a window costs does not depend on the weights.
 
 from __future__ import annotations
 
-import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -24,8 +24,8 @@ import structlog
 import torch
 
 from stream_detector.artefact import TrainingResult, create_artefact
-from stream_detector.benchmarking.inprocess import EngineRun
-from stream_detector.benchmarking.report import Row
+from stream_detector.benchmarking.inprocess import EngineRun, time_batches
+from stream_detector.benchmarking.report import Row, aggregate_id, keys_label
 from stream_detector.benchmarking.workload import WINDOW
 from stream_detector.config import Settings
 from stream_detector.engine.detector import Detector
@@ -47,10 +47,6 @@ _BUCKET_STD: Final = (1.0, 2_500.0, 1.0, 1.0)
 _JITTER_S: Final = 1.0  # arrival disorder, within allowed lateness
 _CHUNK_EVENTS: Final = 100_000  # flows generated between timed stretches
 _T0: Final = 1_700_000_000.0
-
-
-def aggregate_id(keys: int) -> str:
-    return f"aggregate.k{keys}"
 
 
 @dataclass(frozen=True)
@@ -102,62 +98,41 @@ def aggregate_row(
         f"{data['buckets_per_s']:,.0f} buckets/s, {data['windows_per_s']:,.0f} windows/s; "
         f"time in decode + bucketing {data['decode_share']:.0%}, model {data['model_share']:.0%}"
     )
-    label = f"aggregate engine K={keys // 1000}k" if keys >= 1000 else f"aggregate engine K={keys}"
-    return Row(aggregate_id(keys), f"{label} ({BUCKET_S:g} s buckets)", run.events_per_s, detail, data)
+    label = f"aggregate engine K={keys_label(keys)} ({BUCKET_S:g} s buckets)"
+    return Row(aggregate_id(keys), label, run.events_per_s, detail, data)
 
 
 def aggregate_throughput(
     keys: int, *, events: int, max_seconds: float, device: str, seed: int
 ) -> AggregateRun:
     detector = _warmed_detector(keys, device, seed)
-    batch = detector.settings.kafka.batch_size
-    rng = np.random.default_rng(seed)
-    second = _warm_buckets(detector.settings) * BUCKET_S
-    chunk_seconds = max(1, _CHUNK_EVENTS // keys)
-    tally = _Tally()
-    while tally.events < events and tally.seconds < max_seconds:
-        payloads = _flows(keys, second, chunk_seconds, rng)[: events - tally.events]
-        second += chunk_seconds
-        batches = (payloads[i : i + batch] for i in range(0, len(payloads), batch))
-        while tally.seconds < max_seconds and (messages := next(batches, None)) is not None:
-            tally.add(detector, messages)
+    first_second = _warm_buckets(detector.settings) * BUCKET_S
+    timer = time_batches(
+        detector,
+        _flow_chunks(keys, first_second, np.random.default_rng(seed)),
+        events=events,
+        max_seconds=max_seconds,
+    )
     run = AggregateRun(
-        tally.events,
-        tally.seconds,
+        timer.messages,
+        timer.seconds,
         keys,
         detector.settings.window.stride,
-        tally.windows,
-        tally.decode_s,
-        tally.model_s,
-        tally.buckets,
+        timer.windows,
+        timer.decode_s,
+        timer.model_s,
+        timer.decoded,
     )
     log.info("aggregate row", **run.as_dict())
     return run
 
 
-@dataclass
-class _Tally:
-    """Running totals of the timed batches."""
-
-    events: int = 0
-    buckets: int = 0
-    windows: int = 0
-    seconds: float = 0.0
-    decode_s: float = 0.0
-    model_s: float = 0.0
-
-    def add(self, detector: Detector, messages: list[bytes]) -> None:
-        """Decode (and bucket) one batch, then run the engine on the buckets it closed."""
-        began = time.perf_counter()
-        decoded = detector.decoder.decode_messages(messages)
-        decoded_at = time.perf_counter()
-        result = detector.process(decoded)
-        self.seconds += time.perf_counter() - began
-        self.decode_s += decoded_at - began
-        self.model_s += result.model_seconds
-        self.events += len(messages)
-        self.buckets += len(decoded.batch)
-        self.windows += len(result.scored)
+def _flow_chunks(keys: int, second: float, rng: np.random.Generator) -> Iterator[list[bytes]]:
+    """The flows from `second` on, about _CHUNK_EVENTS at a time."""
+    chunk_seconds = max(1, _CHUNK_EVENTS // keys)
+    while True:
+        yield _flows(keys, second, chunk_seconds, rng)
+        second += chunk_seconds
 
 
 def _warm_buckets(settings: Settings) -> int:

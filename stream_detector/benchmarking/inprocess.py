@@ -9,6 +9,7 @@ every window that falls due, as a long-running service does.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,51 @@ def warmed_detector(
     return detector, ticks
 
 
+@dataclass
+class BatchTimer:
+    """Running totals of timed batches, each decoded and then run through the engine as the
+    service runs a consumed batch; what the engine rows and the aggregate row report."""
+
+    messages: int = 0
+    decoded: int = 0  # what decode handed the engine: events, or closed buckets in aggregate mode
+    windows: int = 0
+    seconds: float = 0.0
+    decode_s: float = 0.0
+    model_s: float = 0.0
+
+    def add(self, detector: Detector, messages: list[bytes]) -> None:
+        began = time.perf_counter()
+        decoded = detector.decoder.decode_messages(messages)
+        decoded_at = time.perf_counter()
+        result = detector.process(decoded)
+        self.seconds += time.perf_counter() - began
+        self.decode_s += decoded_at - began
+        self.model_s += result.model_seconds
+        self.messages += len(messages)
+        self.decoded += len(decoded.batch)
+        self.windows += len(result.scored)
+
+
+def time_batches(
+    detector: Detector, chunks: Iterator[list[bytes]], *, events: int, max_seconds: float
+) -> BatchTimer:
+    """Time up to `events` messages in batches of kafka.batch_size, stopping early once
+    `max_seconds` are timed.
+
+    Messages come a chunk at a time from `chunks`, made between timed stretches, so slow rows
+    (stride 1) do not wait for messages they will never process.
+    """
+    timer = BatchTimer()
+    batch = detector.settings.kafka.batch_size
+    while timer.messages < events and timer.seconds < max_seconds:
+        payloads = next(chunks)[: events - timer.messages]
+        for start in range(0, len(payloads), batch):
+            timer.add(detector, payloads[start : start + batch])
+            if timer.seconds >= max_seconds:
+                break
+    return timer
+
+
 def engine_throughput(
     artefact_dir: Path,
     n_keys: int,
@@ -79,32 +125,24 @@ def engine_throughput(
     device: str,
     seed: int,
 ) -> EngineRun:
-    """Time up to `events` steady-state events, stopping early once `max_seconds` are timed.
-
-    Messages are made a chunk at a time between timed stretches, so slow rows (stride 1) do not
-    pay to generate messages they will never process.
-    """
+    """Steady-state events/s of the engine at `n_keys` keys and `stride` (see time_batches)."""
     detector, tick = warmed_detector(artefact_dir, n_keys, stride, device=device, seed=seed)
-    batch = detector.settings.kafka.batch_size
-    chunk_ticks = max(1, _CHUNK_EVENTS // n_keys)
-    done = windows = 0
-    seconds = decode_s = model_s = 0.0
-    while done < events and seconds < max_seconds:
-        chunk = tick_stream(n_keys, tick, chunk_ticks, seed=seed, stagger=stride)
-        tick += chunk_ticks
-        payloads = chunk.payloads(0, min(len(chunk), events - done))
-        for start in range(0, len(payloads), batch):
-            began = time.perf_counter()
-            decoded = detector.decoder.decode_messages(payloads[start : start + batch])
-            decoded_at = time.perf_counter()
-            result = detector.process(decoded)
-            seconds += time.perf_counter() - began
-            decode_s += decoded_at - began
-            model_s += result.model_seconds
-            windows += len(result.scored)
-            done += len(decoded.batch)
-            if seconds >= max_seconds:
-                break
-    run = EngineRun(done, seconds, n_keys, stride, windows, decode_s, model_s)
+    timer = time_batches(
+        detector,
+        _tick_chunks(n_keys, tick, stride, seed),
+        events=events,
+        max_seconds=max_seconds,
+    )
+    run = EngineRun(
+        timer.decoded, timer.seconds, n_keys, stride, timer.windows, timer.decode_s, timer.model_s
+    )
     log.info("engine row", **run.as_dict())
     return run
+
+
+def _tick_chunks(n_keys: int, tick: int, stride: int, seed: int) -> Iterator[list[bytes]]:
+    """The stream's messages from `tick` on, about _CHUNK_EVENTS at a time."""
+    chunk_ticks = max(1, _CHUNK_EVENTS // n_keys)
+    while True:
+        yield tick_stream(n_keys, tick, chunk_ticks, seed=seed, stagger=stride).payloads()
+        tick += chunk_ticks

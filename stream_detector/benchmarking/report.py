@@ -45,6 +45,15 @@ def state_id(keys: int) -> str:
     return f"state.k{keys}"
 
 
+def aggregate_id(keys: int) -> str:
+    return f"aggregate.k{keys}"
+
+
+def keys_label(n: int) -> str:
+    """A key count as the table writes it: 10k, 100k, 250."""
+    return f"{n // 1000}k" if n >= 1000 and n % 1000 == 0 else str(n)
+
+
 @dataclass(frozen=True)
 class Row:
     """One line of the table; `data` is its full JSON record."""

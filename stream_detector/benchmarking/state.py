@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from stream_detector.artefact import load_artefact
-from stream_detector.benchmarking.report import Row, state_id
+from stream_detector.benchmarking.report import Row, keys_label, state_id
 from stream_detector.benchmarking.workload import bench_settings, tick_stream
 from stream_detector.engine.detector import Detector
 from stream_detector.state.snapshot import decode, encode, make_checkpoint
@@ -77,5 +77,4 @@ def state_row(artefact_dir: Path, keys: int, *, device: str = "cpu", seed: int =
         f"{record['snapshot_s'] * 1e3:,.0f} ms + encode {record['encode_s'] * 1e3:,.0f} ms; "
         f"decode {record['decode_s'] * 1e3:,.0f} ms + restore {record['restore_s'] * 1e3:,.0f} ms"
     )
-    label = f"state K={keys // 1000}k" if keys >= 1000 else f"state K={keys}"
-    return Row(state_id(keys), label, None, detail, record)
+    return Row(state_id(keys), f"state K={keys_label(keys)}", None, detail, record)

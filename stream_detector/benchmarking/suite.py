@@ -43,6 +43,7 @@ from stream_detector.benchmarking.report import (
     Row,
     engine_id,
     judge,
+    keys_label,
     render,
 )
 from stream_detector.benchmarking.workload import (
@@ -122,10 +123,6 @@ SMOKE = SuiteSize(
 )
 
 
-def _k(n: int) -> str:
-    return f"{n // 1000}k" if n >= 1000 and n % 1000 == 0 else str(n)
-
-
 def _broker_rows(
     size: SuiteSize, artefact_dir: Path, state_dir: Path, device: str, seed: int
 ) -> list[Row]:
@@ -150,7 +147,7 @@ def _broker_rows(
         raw = kafka_io.consume_ceiling(base, topic, len(stream), decode=False)
         decoded = kafka_io.consume_ceiling(base, topic, len(stream), decode=True)
         produced = (
-            f"{len(stream):,} messages, K={_k(size.stream_keys)}, "
+            f"{len(stream):,} messages, K={keys_label(size.stream_keys)}, "
             f"produced at {len(stream) / produce_s:,.0f}/s"
         )
         rows = [
@@ -219,7 +216,7 @@ def _service_row(row_id: str, run: endtoend.ServiceRun, keys: int, batch: int) -
         f"({data['alerts_timed']} alerts) at {data['paced_events_per_s']:,.0f} events/s; "
         f"{data['behind_at_end_s']:.2f} s behind at the end"
     )
-    label = f"service end-to-end K={_k(keys)} S={SERVICE_STRIDE}, batch {batch}"
+    label = f"service end-to-end K={keys_label(keys)} S={SERVICE_STRIDE}, batch {batch}"
     data = {"keys": keys, "stride": SERVICE_STRIDE, "kafka_batch_size": batch, **data}
     return Row(row_id, label, run.events_per_s, latency, data)
 
@@ -245,7 +242,7 @@ def _engine_rows(size: SuiteSize, artefact_dir: Path, device: str, seed: int) ->
             rows.append(
                 Row(
                     engine_id(keys, stride),
-                    f"engine K={_k(keys)} S={stride}",
+                    f"engine K={keys_label(keys)} S={stride}",
                     run.events_per_s,
                     detail,
                     data,
@@ -275,7 +272,7 @@ def _memory_row(size: SuiteSize, artefact_dir: Path, device: str, seed: int) -> 
         f"({data['arrays_to_window_raw']:.2f}x the {data['window_raw_bytes']} B window) + key "
         f"objects {data['key_object_bytes_per_key']:,.0f} B"
     )
-    return Row(MEMORY, f"memory at K={_k(size.memory_keys)}", None, detail, data)
+    return Row(MEMORY, f"memory at K={keys_label(size.memory_keys)}", None, detail, data)
 
 
 def run_suite(

@@ -15,7 +15,6 @@ import orjson
 import pytest
 import torch
 
-from stream_detector.benchmarking.aggregate import aggregate_id
 from stream_detector.benchmarking.report import (
     CEILING,
     MEMORY,
@@ -24,6 +23,7 @@ from stream_detector.benchmarking.report import (
     SERVICE,
     SMALL_BATCHES,
     Row,
+    aggregate_id,
     engine_id,
     judge,
     render,

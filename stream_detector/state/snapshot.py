@@ -3,15 +3,16 @@
 A checkpoint is a single ``.npz`` blob (numpy's zip of ``.npy`` arrays) read with
 ``allow_pickle=False``, so loading one cannot run code. Every per-key array has the keys on its
 first axis, and the metadata (format version, model version, config fingerprint, input partition
-and the offset the state reflects) is a JSON document stored as one more uint8 array.
+and the offset the state reflects) is a JSON document stored as one more uint8 array. Keys are
+stored as their UTF-8 bytes end to end plus offsets: numpy's fixed-width strings would drop a
+key's trailing NUL characters, and object arrays need pickle. The same bytes go to a local file
+or into a Kafka changelog topic.
 
 In aggregate mode a checkpoint also carries the partition's bucket aggregator (version 2): its
 live keys (their own list: a key may have open buckets before it ever reached the windows), each
 key's last non-empty bucket, the open (key, bucket) groups with their partial aggregates and
 HyperLogLog registers (``buckets.*`` arrays, one row per group or per aggregator key), and the
-aggregator's clock (latest event time, first unemitted bucket) in the metadata. Keys are stored as their UTF-8 bytes end to end plus offsets: numpy's
-fixed-width strings would drop a key's trailing NUL characters, and object arrays need pickle.
-The same bytes go to a local file or into a Kafka changelog topic.
+aggregator's clock (latest event time, first unemitted bucket) in the metadata.
 
 A checkpoint is only usable by the model and settings that made it: a window of another size or
 scores of another model would silently mix, so a mismatch is refused (`check_compatible`) and that

@@ -6,7 +6,6 @@ synthetic feed into any topic (or into files), for tests, benchmarks and trying 
 
 from __future__ import annotations
 
-import socket
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -21,21 +20,13 @@ from stream_detector.demo.generator import GeneratorConfig, write_jsonl, write_l
 from stream_detector.demo.scenario import DEMO_SEED, generator_config
 from stream_detector.demo.signals import StopSignals, children_shielded
 from stream_detector.demo.topics import ensure_topics
-from stream_detector.kafka.broker import EmbeddedBroker
+from stream_detector.kafka.broker import EmbeddedBroker, listening
 
 log = structlog.get_logger(__name__)
 
 _ALIVE_EVERY_S: Final = 2.0
 # Written to files when no --ticks is given: two simulated days of every device.
 DEFAULT_FILE_TICKS: Final = 1200
-
-
-def _listening(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1.0):
-            return True
-    except OSError:
-        return False
 
 
 def run_broker(port: int | None = None) -> int:
@@ -55,7 +46,7 @@ def run_broker(port: int | None = None) -> int:
             signals.live = True
             # The broker's health, from outside: still accepting connections on its port.
             while not signals.stop.wait(_ALIVE_EVERY_S):
-                if not _listening(broker.port):
+                if not listening(broker.port):
                     print("stream-detector broker: the broker exited on its own", file=sys.stderr)
                     return 1
             return 0

@@ -153,14 +153,31 @@ def _load_detector(settings: Settings, model_dir: Path | None):  # noqa: ANN202 
     return Detector(settings, load_artefact(Path(path), settings, device), device)
 
 
+def _make_parent(path: Path) -> None:
+    """Create the folder an output file goes in, as `train` creates its --out directory."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CliError(f"cannot create the folder of --out {path}: {exc.strerror}") from None
+    if path.is_dir():
+        raise CliError(f"--out {path} is a directory; name the JSONL file to write")
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     from stream_detector.replay import replay
 
     settings = _settings(args)
     if not args.input.exists():
         raise CliError(f"--input {args.input} does not exist")
+    to_stdout = str(args.out) == "-"
+    if not to_stdout:
+        # Before the model loads, so a bad --out fails at once rather than after the slow part.
+        _make_parent(args.out)
     detector = _load_detector(settings, args.model)
-    out_stream = sys.stdout.buffer if str(args.out) == "-" else args.out.open("wb")
+    try:
+        out_stream = sys.stdout.buffer if to_stdout else args.out.open("wb")
+    except OSError as exc:
+        raise CliError(f"cannot write --out {args.out}: {exc.strerror}") from None
     try:
         summary = replay(args.input, detector, out_stream, batch_size=args.batch_size)
     finally:

@@ -12,6 +12,8 @@ timestamps required by the config but not passed), because that is a bug, not ba
 
 from __future__ import annotations
 
+import json
+import math
 import operator
 import secrets
 import time
@@ -377,7 +379,41 @@ def _parse_one(payload: Any) -> Any:
     try:
         return orjson.loads(payload)
     except orjson.JSONDecodeError as exc:
-        return _ParseError(str(exc))
+        lenient = _parse_non_finite(payload)
+        return _ParseError(str(exc)) if lenient is None else lenient
+
+
+def _parse_non_finite(payload: Any) -> Any | None:
+    """The payload with `NaN`, `Infinity`, `-Infinity` and out-of-range numbers read as
+    non-finite floats, or None unless such a number is what orjson refused.
+
+    Producers (Python's json, JavaScript's NaN) do write these, and to their user such a record
+    holds a non-finite measurement, not broken JSON: parsed this way it goes through the same
+    field checks as any record and is refused as `non_finite` (or `bad_timestamp`) with the field
+    named. Only payloads orjson refused get here, so good batches never pay for it.
+    """
+    found = False
+
+    def number(text: str) -> float:
+        nonlocal found
+        value = float(text)  # "NaN", "Infinity", "-Infinity" and overflow all give non-finite
+        found = found or not math.isfinite(value)
+        return value
+
+    def integer(text: str) -> int | float:
+        whole = int(text)
+        return number(text) if math.isinf(_clamped_float(whole)) else whole
+
+    try:
+        # Decoded first: json.loads would guess UTF-16/32 from bytes, which orjson never accepts.
+        text = bytes(payload).decode("utf-8")
+        value = json.loads(text, parse_constant=number, parse_float=number, parse_int=integer)
+        # Whatever the lenient parser lets through beyond orjson (lone surrogates, extreme
+        # nesting) must not reach the rest of the service, which writes keys back with orjson.
+        orjson.dumps(value)
+    except (ValueError, RecursionError, orjson.JSONEncodeError):
+        return None
+    return value if found else None
 
 
 def _extract(objects: list[dict], path: list[str]) -> list[Any]:

@@ -171,7 +171,14 @@ def test_labels_follow_accepted_events() -> None:
         (message(value=True), "non_numeric", "'value'"),
         (message(value={"a": 1}), "non_numeric", "object"),
         (message(value=1e300), "non_finite", "'value'"),
-        (b'{"key": "k", "ts": 1714564800, "value": 1e999}', "not_json", "JSON"),
+        (b'{"key": "k", "ts": 1714564800, "value": 1e999}', "non_finite", "'value' is inf"),
+        (b'{"key": "k", "ts": 1714564800, "value": 1e309}', "non_finite", "'value' is inf"),
+        (b'{"key": "k", "ts": 1714564800, "value": NaN}', "non_finite", "'value' is nan"),
+        (b'{"key": "k", "ts": 1714564800, "value": Infinity}', "non_finite", "'value' is inf"),
+        (b'{"key": "k", "ts": 1714564800, "value": -Infinity}', "non_finite", "'value' is -inf"),
+        (b'{"key": "k", "ts": 1714564800, "value": -1' + b"0" * 400 + b"}", "non_finite", "-inf"),
+        (b'{"key": "k", "ts": NaN, "value": 1}', "bad_timestamp", "not finite"),
+        (b'{"key": "k", "ts": 1714564800, "value": NaN', "not_json", "JSON"),  # and broken
         (b'{"key": "k", "value": 1}', "bad_timestamp", "'ts'"),
         (message(ts="yesterday"), "bad_timestamp", "'yesterday'"),
         (message(ts=False), "bad_timestamp", "'ts'"),
@@ -187,6 +194,23 @@ def test_each_bad_record_gets_its_reason(payload: Any, reason: str, fragment: st
     assert reason in REJECT_REASONS
     assert got_reason == reason
     assert fragment in detail
+
+
+def test_non_finite_numbers_only_refuse_the_fields_they_are_in() -> None:
+    unused = b'{"key": "k", "ts": 1714564800, "value": 2, "spare": NaN}'
+    integer_key = b'{"key": 0, "ts": 1714564800, "value": 2, "spare": Infinity}'
+    decoded = decoder().decode_messages([unused, integer_key])
+    assert decoded.rejects == []
+    assert decoded.batch.keys.tolist() == ["k", "0"]
+    assert decoded.batch.values[:, 0].tolist() == [2.0, 2.0]
+
+
+def test_what_only_a_lenient_parser_reads_stays_not_json() -> None:
+    lone_surrogate = b'{"key": "\\ud800", "ts": 1714564800, "value": NaN}'
+    utf16 = '{"key": "k", "ts": 1714564800, "value": NaN}'.encode("utf-16")
+    deep = b'{"key": "k", "ts": 1714564800, "value": NaN, "x": ' + b"[" * 600 + b"]" * 600 + b"}"
+    rejects = decoder(max_message_bytes=10_000).decode_messages([lone_surrogate, utf16, deep])
+    assert [r.reason for r in rejects.rejects] == ["not_json"] * 3
 
 
 def test_deep_nesting_is_refused_not_crashed() -> None:
@@ -356,10 +380,19 @@ def test_good_batch_takes_one_parse_and_a_bad_one_falls_back(
 ) -> None:
     good = [message(key=f"k{i}", value=float(i)) for i in range(10)]
     calls = count_loads(monkeypatch)
+    lenient = [0]
+    real_json_loads = json.loads
+
+    def counting_json(*args: Any, **kwargs: Any) -> Any:
+        lenient[0] += 1
+        return real_json_loads(*args, **kwargs)
+
+    monkeypatch.setattr(decode_module.json, "loads", counting_json)
     decoder().decode_messages(good)
     assert calls[0] == 1
-    decoder().decode_messages([*good, b"1,2"])
-    assert calls[0] == 1 + 1 + 11
+    decoder().decode_messages([*good, b"1,2", b'{"value": NaN}'])
+    assert calls[0] == 1 + 1 + 12
+    assert lenient[0] == 2  # only the two payloads orjson refused are looked at again
 
 
 @pytest.mark.parametrize(
@@ -399,6 +432,26 @@ def _get(obj: Any, path: str) -> Any:
     return obj
 
 
+def non_finite_reading(payload: bytes) -> Any:
+    """Python's reading of a payload orjson refused, if what it holds is a non-finite number."""
+    try:
+        obj = json.loads(payload.decode("utf-8"))
+        orjson.dumps(obj)
+    except (ValueError, RecursionError, orjson.JSONEncodeError):
+        return None
+    return obj if holds_non_finite(obj) else None
+
+
+def holds_non_finite(obj: Any) -> bool:
+    if isinstance(obj, float):
+        return not math.isfinite(obj)
+    if isinstance(obj, list):
+        return any(map(holds_non_finite, obj))
+    if isinstance(obj, dict):
+        return any(map(holds_non_finite, obj.values()))
+    return False
+
+
 def reference(payload: Any) -> str | tuple[str, float, list[float]]:
     """The rules, one record at a time, as plainly as possible: a reason or (key, ts, values)."""
     if not isinstance(payload, bytes) or len(payload) == 0:
@@ -408,7 +461,9 @@ def reference(payload: Any) -> str | tuple[str, float, list[float]]:
     try:
         obj = orjson.loads(payload)
     except orjson.JSONDecodeError:
-        return "not_json"
+        obj = non_finite_reading(payload)
+        if obj is None:
+            return "not_json"
     if not isinstance(obj, dict):
         return "not_object"
     key = _get(obj, "key")
@@ -450,12 +505,15 @@ def reference(payload: Any) -> str | tuple[str, float, list[float]]:
     return (str(key), seconds, values)
 
 
+# json.dumps writes these as NaN / Infinity / -Infinity, which orjson refuses.
+non_finite = st.sampled_from([math.nan, math.inf, -math.inf])
 scalars = (
     st.none()
     | st.booleans()
     | st.integers(-(2**70), 2**70)
     | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(max_size=8)
+    | non_finite
 )
 any_json = st.recursive(
     scalars,
@@ -472,7 +530,9 @@ timestamps = (
     | st.sampled_from(["2024-05-01T12:00:00Z", "2024-13-01T00:00:00Z", "now", ""])
     | any_json
 )
-numbers = st.floats(allow_nan=False, allow_infinity=False) | st.integers(-(2**70), 2**70)
+numbers = (
+    st.floats(allow_nan=False, allow_infinity=False) | st.integers(-(2**70), 2**70) | non_finite
+)
 
 
 @st.composite

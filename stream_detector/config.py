@@ -68,7 +68,11 @@ class InputConfig(_Section):
     )
     max_message_bytes: int = Field(1_000_000, gt=0, description="Larger messages are rejected.")
     min_timestamp: float = Field(
-        0.0, description="Earliest plausible event time (epoch s); older is rejected as absurd."
+        946_684_800.0,
+        description="Earliest plausible event time (epoch s); older is rejected as absurd. The "
+        "default, 2000-01-01T00:00:00Z, is before any live feed but after what a producer with "
+        "an unset clock, a zero default or a step counter sends; lower it to replay older data "
+        "or step-numbered series.",
     )
     max_future_s: float = Field(
         86_400.0 * 365 * 50,

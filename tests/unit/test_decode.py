@@ -74,7 +74,8 @@ def only_reject(decoded: Decoded) -> tuple[str, str]:
 def test_timestamp_forms_decode_to_epoch_seconds(
     unit: str, ts: Any, seconds: float | None
 ) -> None:
-    decoded = decoder(timestamp_unit=unit).decode_messages([message(ts=ts)])
+    # The floor has its own test; here 1976 and 1970 are fine, to reach every unit's boundary.
+    decoded = decoder(timestamp_unit=unit, min_timestamp=0.0).decode_messages([message(ts=ts)])
     if seconds is None:
         assert only_reject(decoded)[0] == "absurd_timestamp"
         return
@@ -265,6 +266,20 @@ def test_time_without_offset_is_utc_whatever_the_local_zone(
     assert decoded.batch.ts.tolist() == [T0]
 
 
+@pytest.mark.parametrize("ts", [0, 1, 1_000, 946_684_799.9, "1970-01-01T00:00:00Z"])
+def test_default_floor_refuses_times_a_live_feed_cannot_have(ts: Any) -> None:
+    reason, detail = only_reject(decoder().decode_messages([message(ts=ts)]))
+    assert reason == "absurd_timestamp"
+    assert "before input.min_timestamp=946684800.0" in detail
+
+
+def test_default_floor_is_the_start_of_2000() -> None:
+    floor = datetime(2000, 1, 1, tzinfo=UTC).timestamp()
+    assert InputConfig().min_timestamp == floor
+    decoded = decoder().decode_messages([message(ts=floor), message(ts="2000-01-01T00:00:00Z")])
+    assert decoded.rejects == [] and decoded.batch.ts.tolist() == [floor, floor]
+
+
 def test_min_timestamp_is_configurable() -> None:
     dec = decoder(min_timestamp=T0)
     decoded = dec.decode_messages([message(ts=T0 - 1), message(ts=T0)])
@@ -286,7 +301,7 @@ def test_decode_columns_reads_text_cells_like_json() -> None:
     dec = decoder(value_fields=("value", "other"), label_field="label")
     columns = {
         "key": ["a", "b", "", "d", "e", "f", "g"],
-        "ts": ["1714564800", "2024-05-01T12:00:01Z", "1714564800", "x", "", "1714564800000", "1"],
+        "ts": ["1714564800", "2024-05-01T12:00:01Z", "1714564800", "x", "", "1714564800000", "1714564800"],
         "value": ["1.5", " 2 ", "3", "4", "5", "6", "7"],
         "other": ["0", "1e2", "0", "0", "0", "inf", "abc"],
         "label": ["1", "0", "1", "1", "1", "true", "0"],

@@ -16,6 +16,9 @@ from stream_detector.engine.detector import Detector
 from stream_detector.replay import replay
 from stream_detector.training import train
 
+# Event times in 2023, above input.min_timestamp's floor.
+T0 = 1_700_000_000.0
+
 KEYS = [f"sensor-{i}" for i in range(6)]
 ANOMALOUS = {"sensor-2", "sensor-4"}
 
@@ -42,7 +45,7 @@ def _messages(n_steps: int, anomaly: tuple[int, int] | None, seed: int) -> list[
             value = np.sin(step / 6.0 + k) * (1 + k) + rng.normal(0, 0.05) + 10 * k
             if anomaly and key in ANOMALOUS and anomaly[0] <= step < anomaly[1]:
                 value += 6.0 * (1 + k)
-            lines.append(orjson.dumps({"key": key, "ts": 1_000 + step, "value": float(value)}))
+            lines.append(orjson.dumps({"key": key, "ts": T0 + step, "value": float(value)}))
     return lines
 
 
@@ -70,7 +73,7 @@ def test_alerts_open_and_resolve_only_for_anomalous_keys(artefact: ModelArtefact
     assert opened == ANOMALOUS
     assert resolved == ANOMALOUS
     for alert in alerts:
-        assert 1_000 + 240 <= alert.window_end <= 1_000 + 310
+        assert T0 + 240 <= alert.window_end <= T0 + 310
         assert alert.model_version == artefact.metadata.model_version
         assert alert.score > alert.threshold or alert.kind == "resolve"
         assert alert.top_features and alert.top_features[0].name == "value"
@@ -128,4 +131,4 @@ def test_warmup_skips_the_same_windows_however_the_stream_is_batched(
     assert scored[0] == scored[1]
     warmup = _settings().normalize.warmup
     first_end = min(ts for key, ts in scored[0] if key == KEYS[0])
-    assert first_end == 1_000 + warmup - 1  # the key's warmup-th event closes its first window
+    assert first_end == T0 + warmup - 1  # the key's warmup-th event closes its first window

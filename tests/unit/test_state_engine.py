@@ -39,6 +39,10 @@ def _settings(stride: int = 1) -> Settings:
     )
 
 
+# Event times in 2023, above input.min_timestamp's floor.
+T0 = 1_700_000_000.0
+
+
 def _payload(key: int, ts: float, value: float) -> bytes:
     return orjson.dumps({"key": f"k{key}", "ts": ts, "value": value})
 
@@ -48,7 +52,7 @@ def artefact() -> ModelArtefact:
     settings = _settings()
     rng = np.random.default_rng(0)
     payloads = [
-        _payload(k, float(t), float(np.sin(t / 3 + k) + rng.normal(0, 0.1)))
+        _payload(k, T0 + t, float(np.sin(t / 3 + k) + rng.normal(0, 0.1)))
         for t in range(80)
         for k in range(N_KEYS)
     ]
@@ -70,7 +74,7 @@ events = st.lists(
 
 
 def _stream(raw: list[tuple[int, int, float]]) -> list[bytes]:
-    ts = np.cumsum([step for _, step, _ in raw]) + 1_000.0
+    ts = np.cumsum([step for _, step, _ in raw]) + T0
     return [_payload(k, float(t), v) for (k, _, v), t in zip(raw, ts, strict=True)]
 
 
@@ -130,7 +134,7 @@ def test_restored_detector_continues_exactly_like_the_original(
 def test_snapshot_of_some_keys_and_drop(artefact: ModelArtefact) -> None:
     settings = _settings()
     detector = Detector(settings, artefact)
-    detector.process_messages([_payload(k, 1_000.0 + t, 0.1) for t in range(5) for k in range(3)])
+    detector.process_messages([_payload(k, T0 + t, 0.1) for t in range(5) for k in range(3)])
     part = detector.snapshot(["k0", "k2", "never-seen"])
     assert part.keys.tolist() == ["k0", "k2"]
     assert all(array.shape[0] == 2 for array in part.arrays.values())
@@ -144,7 +148,7 @@ def test_restore_replaces_live_state_of_the_same_key(artefact: ModelArtefact) ->
     """The checkpoint is the truth for its keys: the consumer resumes at its offset."""
     settings = _settings()
     detector = Detector(settings, artefact)
-    detector.process_messages([_payload(0, 1_000.0 + t, 0.1) for t in range(3)])
+    detector.process_messages([_payload(0, T0 + t, 0.1) for t in range(3)])
     early = detector.snapshot(["k0"])
     detector.process_messages([_payload(0, 1_010.0 + t, 0.1) for t in range(3)])
     detector.restore(early)
@@ -155,7 +159,7 @@ def test_restore_replaces_live_state_of_the_same_key(artefact: ModelArtefact) ->
 def test_malformed_snapshot_is_refused_before_anything_changes(artefact: ModelArtefact) -> None:
     settings = _settings()
     source = Detector(settings, artefact)
-    source.process_messages([_payload(k, 1_000.0, 0.1) for k in range(3)])
+    source.process_messages([_payload(k, T0, 0.1) for k in range(3)])
     snapshot = source.snapshot(["k0", "k1", "k2"])
     wrong_window = dict(snapshot.arrays)
     wrong_window["windows.values"] = np.zeros((3, 5, 1), dtype=np.float32)
@@ -169,8 +173,6 @@ def test_malformed_snapshot_is_refused_before_anything_changes(artefact: ModelAr
 
 
 # -- aggregate mode: a partition's bucket aggregator travels with its checkpoint -----------------
-
-AGG_T0 = 1_700_000_000.0
 
 
 def _aggregate_settings() -> Settings:
@@ -218,7 +220,7 @@ flows = st.lists(
 
 
 def _flows(raw: list[tuple[str, float, int, int]]) -> list[bytes]:
-    ts = AGG_T0 + np.cumsum([step for _, step, _, _ in raw])
+    ts = T0 + np.cumsum([step for _, step, _, _ in raw])
     return [
         orjson.dumps({"src": src, "ts": float(t), "bytes": size, "port": port})
         for (src, _, size, port), t in zip(raw, ts, strict=True)
@@ -288,24 +290,24 @@ def test_buckets_open_at_the_cut_are_neither_lost_nor_counted_twice(
 ) -> None:
     settings = _aggregate_settings()
     detector = Detector(settings, aggregate_artefact)
-    first = [orjson.dumps({"src": "h0", "ts": AGG_T0 + t, "bytes": 10, "port": t}) for t in range(4)]
+    first = [orjson.dumps({"src": "h0", "ts": T0 + t, "bytes": 10, "port": t}) for t in range(4)]
     assert len(detector.process_messages(first, streams=np.zeros(4)).decoded.batch) == 0
     snapshot = _checkpointed(detector, 0, 4)
     assert snapshot.buckets is not None and snapshot.buckets.open.count.tolist() == [4.0]
 
     restored = Detector(settings, aggregate_artefact)
     restored.restore(snapshot)
-    later = [orjson.dumps({"src": "h0", "ts": AGG_T0 + 4.5, "bytes": 10, "port": 99}),
-             orjson.dumps({"src": "h0", "ts": AGG_T0 + 30, "bytes": 1, "port": 1})]
+    later = [orjson.dumps({"src": "h0", "ts": T0 + 4.5, "bytes": 10, "port": 99}),
+             orjson.dumps({"src": "h0", "ts": T0 + 30, "bytes": 1, "port": 1})]
     closed = restored.process_messages(later, streams=np.zeros(2)).decoded.batch
     flows_, total, ports = closed.values[0].tolist()
-    assert (closed.ts[0], flows_, total) == (AGG_T0 + 5.0, 5.0, 50.0)
+    assert (closed.ts[0], flows_, total) == (T0 + 5.0, 5.0, 50.0)
     assert round(ports) == 5
 
 
 def test_dropping_a_partition_forgets_its_open_buckets(aggregate_artefact: ModelArtefact) -> None:
     detector = Detector(_aggregate_settings(), aggregate_artefact)
-    flows_ = [orjson.dumps({"src": h, "ts": AGG_T0 + 1, "bytes": 1, "port": 1}) for h in ("h0", "h2")]
+    flows_ = [orjson.dumps({"src": h, "ts": T0 + 1, "bytes": 1, "port": 1}) for h in ("h0", "h2")]
     detector.process_messages(flows_, streams=np.array([0, 1]))
     assert detector.drop([], streams=[1]) == 0
     assert detector.snapshot([], stream=1).buckets is not None

@@ -23,6 +23,9 @@ from stream_detector.state import changelog
 from stream_detector.state.changelog import ChangelogRecord, chunk_records, latest_checkpoints
 from stream_detector.state.partitions import PartitionState
 from stream_detector.state.snapshot import encode, make_checkpoint, state_fingerprint
+
+# Event times in 2023, above input.min_timestamp's floor.
+T0 = 1_700_000_000.0
 from stream_detector.state.store import LocalDirStore, Partition, StateStoreError
 from stream_detector.training import train
 
@@ -154,7 +157,7 @@ SETTINGS = load_settings(
 
 def _payloads(keys: list[str], steps: int) -> list[bytes]:
     return [
-        orjson.dumps({"key": k, "ts": 1_000.0 + t, "value": float(np.sin(t + i))})
+        orjson.dumps({"key": k, "ts": T0 + t, "value": float(np.sin(t + i))})
         for t in range(steps)
         for i, k in enumerate(keys)
     ]

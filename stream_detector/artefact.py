@@ -9,7 +9,10 @@ does not match the running configuration instead of scoring with a silently wron
 from __future__ import annotations
 
 import hashlib
+import math
 import os
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,16 +26,23 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from stream_detector import __version__
-from stream_detector.config import Settings
+from stream_detector.config import Settings, fingerprint_of
 from stream_detector.engine.model import LSTMAutoencoder, select_device
 
 log = structlog.get_logger(__name__)
 
-ARTEFACT_FORMAT = 1
+# 2: metadata records model_settings, the settings the model was trained under, by name.
+ARTEFACT_FORMAT = 2
 WEIGHTS_FILE = "model.safetensors"
 METADATA_FILE = "metadata.json"
 _VERSION_PREFIX = "lstm-ae-"
 _RETRAIN = "retrain with `stream-detector train`"
+_DAMAGED = (
+    "metadata.json was edited or damaged; restore the artefact as it was written, or "
+    + _RETRAIN
+)
+_VERSION_PATTERN = re.compile(re.escape(_VERSION_PREFIX) + "[0-9a-f]{12}")
+_FINGERPRINT_PATTERN = re.compile("[0-9a-f]{16}")
 
 
 class ArtefactError(Exception):
@@ -53,6 +63,7 @@ class ModelMetadata:
     num_layers: int
     latent_size: int
     config_fingerprint: str
+    model_settings: dict[str, Any]
     norm_mean: tuple[float, ...]
     norm_std: tuple[float, ...]
     calibration_quantiles: dict[str, float]
@@ -105,8 +116,6 @@ def _assemble(
                 f"model {name} is {getattr(model, name)} but settings say {configured}; "
                 "the metadata would describe a different model than the weights"
             )
-    if not len(result.norm_mean) == len(result.norm_std) == len(features):
-        raise ValueError("norm_mean and norm_std need one entry per feature")
     weights = _serialise(model)
     metadata = ModelMetadata(
         format_version=ARTEFACT_FORMAT,
@@ -119,12 +128,17 @@ def _assemble(
         num_layers=settings.model.num_layers,
         latent_size=settings.model.latent_size,
         config_fingerprint=settings.model_fingerprint(),
+        model_settings=settings.model_settings(),
         norm_mean=tuple(float(v) for v in result.norm_mean),
         norm_std=tuple(float(v) for v in result.norm_std),
         calibration_quantiles={k: float(v) for k, v in result.calibration_quantiles.items()},
         global_threshold=float(result.global_threshold),
         training=dict(result.training),
     )
+    try:  # what training writes must be what loading accepts
+        _checked_metadata(asdict(metadata))
+    except _BadValue as exc:
+        raise ValueError(f"training produced metadata that loading would refuse: {exc}") from None
     return ModelArtefact(model=model, metadata=metadata), weights
 
 
@@ -230,32 +244,173 @@ def _read_metadata(path: Path) -> ModelMetadata:
             f"the file is damaged or was not written by stream-detector, {_RETRAIN}"
         )
     try:
-        return ModelMetadata(
-            format_version=int(raw["format_version"]),
-            model_version=str(raw["model_version"]),
-            created_at=str(raw["created_at"]),
-            stream_detector_version=str(raw["stream_detector_version"]),
-            features=tuple(str(v) for v in raw["features"]),
-            window=int(raw["window"]),
-            hidden_size=int(raw["hidden_size"]),
-            num_layers=int(raw["num_layers"]),
-            latent_size=int(raw["latent_size"]),
-            config_fingerprint=str(raw["config_fingerprint"]),
-            norm_mean=tuple(float(v) for v in raw["norm_mean"]),
-            norm_std=tuple(float(v) for v in raw["norm_std"]),
-            calibration_quantiles={
-                str(k): float(v) for k, v in raw["calibration_quantiles"].items()
-            },
-            global_threshold=float(raw["global_threshold"]),
-            training=dict(raw["training"]),
+        return _checked_metadata(raw)
+    except _BadValue as exc:
+        raise ArtefactError(f"{path}: {exc}; {_DAMAGED}") from None
+
+
+class _BadValue(ValueError):
+    """A metadata value a detector cannot use; the message names the field and what is wrong."""
+
+
+def _checked_metadata(raw: Mapping[str, Any]) -> ModelMetadata:
+    """Metadata whose every value has the type, range and shape a detector relies on.
+
+    Loading must refuse what would make scoring silently wrong: a zero or negative norm_std
+    divides windows by nothing, a non-positive threshold flags every window, and a
+    fingerprint that is not the hash of the recorded settings means they were edited.
+    """
+    features = _get(raw, "features", _names)
+    n = len(features)
+    model_settings = _get(raw, "model_settings", _settings_record)
+    fingerprint = _get(raw, "config_fingerprint", _pattern(_FINGERPRINT_PATTERN))
+    if fingerprint != fingerprint_of(model_settings):
+        raise _BadValue(
+            f"config_fingerprint {fingerprint!r} is not the hash of model_settings "
+            f"({fingerprint_of(model_settings)!r})"
         )
-    except (TypeError, ValueError, AttributeError) as exc:
-        raise ArtefactError(
-            f"{path}: a metadata field has the wrong type ({exc}); {_RETRAIN}"
-        ) from None
+    return ModelMetadata(
+        format_version=raw["format_version"],
+        model_version=_get(raw, "model_version", _pattern(_VERSION_PATTERN)),
+        created_at=_get(raw, "created_at", _timestamp),
+        stream_detector_version=_get(raw, "stream_detector_version", _text),
+        features=features,
+        window=_get(raw, "window", _integer(2)),
+        hidden_size=_get(raw, "hidden_size", _integer(1)),
+        num_layers=_get(raw, "num_layers", _integer(1)),
+        latent_size=_get(raw, "latent_size", _integer(1)),
+        config_fingerprint=fingerprint,
+        model_settings=model_settings,
+        norm_mean=_get(raw, "norm_mean", _numbers(n, positive=False)),
+        norm_std=_get(raw, "norm_std", _numbers(n, positive=True)),
+        calibration_quantiles=_get(raw, "calibration_quantiles", _quantiles),
+        global_threshold=_get(raw, "global_threshold", _number(positive=True)),
+        training=_get(raw, "training", _record),
+    )
+
+
+def _get(raw: Mapping[str, Any], field: str, check: Callable[[Any], Any]) -> Any:
+    return _named(field, check, raw[field])
+
+
+def _named(label: str, check: Callable[[Any], Any], value: Any) -> Any:
+    """`check(value)`, with `label` (a field, an [index]) put in front of what it refuses."""
+    try:
+        return check(value)
+    except _BadValue as exc:
+        raise _BadValue(f"{label}{exc}") from None
+
+
+def _each(value: list[Any] | tuple[Any, ...], check: Callable[[Any], Any]) -> tuple[Any, ...]:
+    return tuple(_named(f"[{i}]", check, item) for i, item in enumerate(value))
+
+
+def _number(*, positive: bool) -> Callable[[Any], float]:
+    def check(value: Any) -> float:
+        if type(value) not in (int, float):  # bool is an int subclass; a flag is no number
+            raise _BadValue(f" is {value!r}, not a number")
+        if not math.isfinite(value):
+            raise _BadValue(f" is {value!r}, not finite")
+        if positive and value <= 0:
+            raise _BadValue(f" is {value!r}; it must be > 0")
+        return float(value)
+
+    return check
+
+
+def _numbers(length: int, *, positive: bool) -> Callable[[Any], tuple[float, ...]]:
+    """One finite number per feature (> 0 for a std, which windows are divided by)."""
+    item = _number(positive=positive)
+
+    def check(value: Any) -> tuple[float, ...]:
+        if not isinstance(value, list | tuple) or len(value) != length:
+            shown = len(value) if isinstance(value, list | tuple) else repr(value)
+            raise _BadValue(f" needs {length} numbers, one per feature, not {shown}")
+        return _each(value, item)
+
+    return check
+
+
+def _integer(least: int) -> Callable[[Any], int]:
+    def check(value: Any) -> int:
+        if type(value) is not int or value < least:
+            raise _BadValue(f" is {value!r}, not an integer >= {least}")
+        return value
+
+    return check
+
+
+def _text(value: Any) -> str:
+    if type(value) is not str or not value:
+        raise _BadValue(f" is {value!r}, not a non-empty string")
+    return value
+
+
+def _pattern(pattern: re.Pattern[str]) -> Callable[[Any], str]:
+    def check(value: Any) -> str:
+        if type(value) is not str or not pattern.fullmatch(value):
+            raise _BadValue(f" is {value!r}, not of the form {pattern.pattern!r}")
+        return value
+
+    return check
+
+
+def _timestamp(value: Any) -> str:
+    try:
+        datetime.fromisoformat(_text(value))
+    except ValueError:
+        raise _BadValue(f" is {value!r}, not an ISO 8601 time") from None
+    return value
+
+
+def _names(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list | tuple) or not value:
+        raise _BadValue(f" is {value!r}, not a list of feature names")
+    names = _each(value, _text)
+    if len(set(names)) != len(names):
+        raise _BadValue(f" is {list(names)!r}, which names a feature twice")
+    return names
+
+
+def _record(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _BadValue(f" is {value!r}, not an object")
+    return dict(value)
+
+
+def _settings_record(value: Any) -> dict[str, Any]:
+    record = _record(value)
+    if not record or not all(type(name) is str for name in record):
+        raise _BadValue(" needs the settings the model was trained under, by name")
+    return record
+
+
+def _quantiles(value: Any) -> dict[str, float]:
+    """Validation-score quantiles: q in (0, 1), scores >= 0 that do not fall as q rises.
+
+    Only people read them (to pick a threshold after the fact), so none at all is allowed.
+    """
+    record = _record(value)
+    score = _number(positive=False)
+    quantiles: dict[str, float] = {}
+    for name, raw_score in record.items():
+        try:
+            q = float(name)
+        except ValueError:
+            q = math.nan
+        if not 0 < q < 1:
+            raise _BadValue(f" has the key {name!r}; keys are quantiles between 0 and 1")
+        quantiles[name] = _named(f"[{name!r}]", score, raw_score)
+        if quantiles[name] < 0:
+            raise _BadValue(f"[{name!r}] is {quantiles[name]!r}; a score is >= 0")
+    scores = [quantiles[name] for name in sorted(quantiles, key=float)]
+    if any(b < a for a, b in zip(scores, scores[1:], strict=False)):
+        raise _BadValue(f" is {record!r}; scores must not fall as the quantile rises")
+    return quantiles
 
 
 def _check_against_settings(metadata: ModelMetadata, settings: Settings, directory: Path) -> None:
+    """Refuse, naming the setting and the fix, an artefact trained under other settings."""
     checks: list[tuple[str, str, Any, Any]] = [
         ("features", "input.value_fields", metadata.features, tuple(settings.input.value_fields)),
         ("window", "window.size", metadata.window, settings.window.size),
@@ -263,25 +418,21 @@ def _check_against_settings(metadata: ModelMetadata, settings: Settings, directo
         ("num_layers", "model.num_layers", metadata.num_layers, settings.model.num_layers),
         ("latent_size", "model.latent_size", metadata.latent_size, settings.model.latent_size),
     ]
+    trained, current = metadata.model_settings, settings.model_settings()
+    checks += [(name, name, value, current.get(name, "unset")) for name, value in trained.items()]
     for name, setting, in_artefact, in_config in checks:
         if in_artefact != in_config:
             shown = list(in_artefact) if isinstance(in_artefact, tuple) else in_artefact
             raise ArtefactError(
                 f"model artefact {directory}: {name} is {in_artefact!r} in the artefact but "
-                f"{in_config!r} in the configuration; {_RETRAIN}, or set {setting} = {shown!r} "
-                "to match the artefact"
+                f"{in_config!r} in the configuration; {_RETRAIN} under this configuration, or "
+                f"set {setting} = {shown!r} to match the artefact"
             )
-    if metadata.config_fingerprint != settings.model_fingerprint():
+    unrecorded = sorted(current.keys() - trained.keys())
+    if unrecorded:
         raise ArtefactError(
-            f"model artefact {directory}: config_fingerprint is {metadata.config_fingerprint!r} "
-            f"in the artefact but {settings.model_fingerprint()!r} for the configuration; "
-            f"{_RETRAIN} with the current configuration"
-        )
-    n_features = len(metadata.features)
-    if len(metadata.norm_mean) != n_features or len(metadata.norm_std) != n_features:
-        raise ArtefactError(
-            f"model artefact {directory}: norm_mean/norm_std need {n_features} entries "
-            f"(one per feature), got {len(metadata.norm_mean)}/{len(metadata.norm_std)}; {_RETRAIN}"
+            f"model artefact {directory} does not record {', '.join(unrecorded)}, which this "
+            f"stream-detector checks; {_RETRAIN} under this configuration"
         )
 
 

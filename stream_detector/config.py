@@ -404,21 +404,45 @@ class Settings(BaseSettings):
         # kwargs, so the environment must not be applied a second time over the CLI flags.
         return (init_settings,)
 
-    def model_fingerprint(self) -> str:
-        """Hash of every setting a trained model depends on; a mismatch means retrain."""
-        relevant = {
-            "features": list(self.input.value_fields),
-            "window": self.window.size,
-            "hidden_size": self.model.hidden_size,
-            "num_layers": self.model.num_layers,
-            "latent_size": self.model.latent_size,
+    def model_settings(self) -> dict[str, Any]:
+        """Every setting that changes what a model sees, by dotted name, as JSON values.
+
+        A model is only valid with the settings it was trained under, so these are recorded in
+        its artefact and compared on load. They are the features and architecture, the
+        per-key normalisation (training windows are normalised, and skipped during warm-up, by
+        the serving code) and, in aggregate mode, everything that decides a bucket's values.
+        Left out, because they pick which windows are scored or trained on but not what a window
+        holds: window.stride and train.stride (the normaliser sees every event whatever the
+        stride), max_keys / idle_ttl_s, the key and time mapping (where a file or a topic keeps
+        the same data), aggregate.late_policy (a late event is left out either way), threshold.*
+        and episodes.* (applied to scores after the model).
+        """
+        relevant: dict[str, Any] = {
+            "input.mode": self.input.mode,
+            "input.value_fields": list(self.input.value_fields),
+            "window.size": self.window.size,
+            "model.hidden_size": self.model.hidden_size,
+            "model.num_layers": self.model.num_layers,
+            "model.latent_size": self.model.latent_size,
         }
+        relevant.update(
+            (f"normalize.{name}", value)
+            for name, value in self.normalize.model_dump(mode="json").items()
+        )
         if self.input.mode == "aggregate":
-            # Same feature names over other buckets or aggregations are different features.
-            relevant["aggregate"] = self.aggregate.model_dump(
-                mode="json", include={"bucket_width_s", "features"}
-            )
-        return hashlib.sha256(orjson.dumps(relevant, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
+            bucketing = self.aggregate.model_dump(mode="json", exclude={"late_policy"})
+            relevant.update((f"aggregate.{name}", value) for name, value in bucketing.items())
+        return relevant
+
+    def model_fingerprint(self) -> str:
+        """Hash of `model_settings`; a mismatch means retrain."""
+        return fingerprint_of(self.model_settings())
+
+
+def fingerprint_of(model_settings: dict[str, Any]) -> str:
+    """The short hash of a model_settings mapping, as stored beside it in a model artefact."""
+    canonical = orjson.dumps(model_settings, option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(canonical).hexdigest()[:16]
 
 
 def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:

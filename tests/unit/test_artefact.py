@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import pickle
 import struct
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,7 @@ from stream_detector.artefact import (
     model_version_of,
     save_artefact,
 )
-from stream_detector.config import Settings
+from stream_detector.config import Settings, fingerprint_of
 from stream_detector.engine.model import LSTMAutoencoder, WindowScorer
 
 CPU = torch.device("cpu")
@@ -99,6 +101,8 @@ def test_metadata_describes_the_model(saved: Path) -> None:
     assert meta.features == FEATURES
     assert (meta.window, meta.hidden_size, meta.num_layers, meta.latent_size) == (8, 8, 1, 4)
     assert meta.config_fingerprint == settings.model_fingerprint()
+    assert meta.model_settings == settings.model_settings()
+    assert meta.model_settings["normalize.prior_weight"] == 4.0
     assert meta.norm_mean == (1.0, 2.0) and meta.norm_std == (0.5, 3.0)
     assert meta.global_threshold == 0.4
     assert meta.training["val_loss"] == [0.3, 0.2, 0.25]
@@ -186,7 +190,7 @@ def test_missing_directory_is_refused(tmp_path: Path) -> None:
         load_artefact(tmp_path / "nowhere", _settings(), CPU)
 
 
-@pytest.mark.parametrize("version", [ARTEFACT_FORMAT + 1, 0, "1", True, None])
+@pytest.mark.parametrize("version", [ARTEFACT_FORMAT + 1, ARTEFACT_FORMAT - 1, 0, "1", True, None])
 def test_unsupported_format_version_is_refused(saved: Path, version: Any) -> None:
     _edit_metadata(saved, format_version=version)
     with pytest.raises(ArtefactError, match="format_version"):
@@ -234,3 +238,168 @@ def test_resaving_over_an_artefact_replaces_it(tmp_path: Path) -> None:
     loaded = load_artefact(directory, settings, CPU)
     assert loaded.metadata.model_version == second.metadata.model_version
     assert sorted(p.name for p in directory.iterdir()) == [METADATA_FILE, WEIGHTS_FILE]
+
+
+# -- every metadata value is checked -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "named"),
+    [
+        ("norm_std", [0.0, 0.0], "norm_std[0] is 0.0; it must be > 0"),
+        ("norm_std", [0.5, -3.0], "norm_std[1] is -3.0; it must be > 0"),
+        ("norm_std", [0.5], "norm_std needs 2 numbers, one per feature, not 1"),
+        ("norm_std", [0.5, "3"], "norm_std[1] is '3', not a number"),
+        ("norm_mean", [1.0, True], "norm_mean[1] is True, not a number"),
+        ("norm_mean", None, "norm_mean needs 2 numbers"),
+        ("global_threshold", -1, "global_threshold is -1; it must be > 0"),
+        ("global_threshold", 0.0, "global_threshold is 0.0; it must be > 0"),
+        ("global_threshold", "0.4", "global_threshold is '0.4', not a number"),
+        ("window", 8.0, "window is 8.0, not an integer >= 2"),
+        ("hidden_size", 0, "hidden_size is 0, not an integer >= 1"),
+        ("num_layers", True, "num_layers is True, not an integer >= 1"),
+        ("features", [], "features is [], not a list of feature names"),
+        ("features", ["cpu", "cpu"], "names a feature twice"),
+        ("features", ["cpu", 7], "features[1] is 7, not a non-empty string"),
+        ("model_version", "v1", "model_version is 'v1', not of the form"),
+        ("created_at", "yesterday", "created_at is 'yesterday', not an ISO 8601 time"),
+        ("stream_detector_version", "", "stream_detector_version is ''"),
+        ("calibration_quantiles", {"1.5": 0.1}, "key '1.5'; keys are quantiles between 0 and 1"),
+        ("calibration_quantiles", {"0.5": -0.1}, "calibration_quantiles['0.5'] is -0.1"),
+        ("calibration_quantiles", {"0.5": 0.3, "0.9": 0.2}, "must not fall as the quantile rises"),
+        ("training", [], "training is [], not an object"),
+        ("config_fingerprint", "zz", "config_fingerprint is 'zz', not of the form"),
+        ("model_settings", {}, "model_settings needs the settings the model was trained under"),
+    ],
+)
+def test_every_unusable_metadata_value_is_refused_by_name(
+    saved: Path, field: str, value: Any, named: str
+) -> None:
+    _edit_metadata(saved, **{field: value})
+    with pytest.raises(ArtefactError) as info:
+        load_artefact(saved, _settings(), CPU)
+    message = str(info.value)
+    assert named in message
+    assert "restore the artefact as it was written" in message
+    assert "stream-detector train" in message
+
+
+def test_edited_model_settings_no_longer_match_their_fingerprint(saved: Path) -> None:
+    recorded = orjson.loads((saved / METADATA_FILE).read_bytes())["model_settings"]
+    _edit_metadata(saved, model_settings={**recorded, "normalize.prior_weight": 0.0})
+    with pytest.raises(ArtefactError, match="config_fingerprint .* not the hash of model_settings"):
+        load_artefact(saved, _settings(normalize={"prior_weight": 0.0}), CPU)
+
+
+@pytest.mark.parametrize(
+    ("result", "named"),
+    [
+        ({"norm_std": (0.0, 3.0)}, "norm_std[0] is 0.0"),
+        ({"norm_std": (0.5, math.inf)}, "norm_std[1] is inf, not finite"),
+        ({"norm_mean": (math.nan, 2.0)}, "norm_mean[0] is nan, not finite"),
+        ({"norm_mean": (1.0,)}, "norm_mean needs 2 numbers"),
+        ({"global_threshold": math.nan}, "global_threshold is nan, not finite"),
+    ],
+)
+def test_save_refuses_what_loading_would_refuse(
+    tmp_path: Path, result: dict[str, Any], named: str
+) -> None:
+    settings = _settings()
+    with pytest.raises(ValueError, match="loading would refuse") as info:
+        save_artefact(tmp_path / "a", _model(settings), settings, replace(RESULT, **result))
+    assert named in str(info.value)
+    assert not (tmp_path / "a").exists()
+
+
+# -- every setting that changes what the model saw is checked -------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("sections", "setting", "fix"),
+    [
+        ({"normalize": {"prior_weight": 0.0}}, "normalize.prior_weight", "= 4.0"),
+        ({"normalize": {"warmup": 8}}, "normalize.warmup", "= 64"),
+        ({"normalize": {"horizon": 100}}, "normalize.horizon", "= 10000"),
+        ({"normalize": {"min_std": 0.5}}, "normalize.min_std", "= 0.001"),
+    ],
+)
+def test_normalisation_other_than_in_training_is_refused_with_the_fix(
+    saved: Path, sections: dict[str, Any], setting: str, fix: str
+) -> None:
+    with pytest.raises(ArtefactError) as info:
+        load_artefact(saved, _settings(**sections), CPU)
+    message = str(info.value)
+    assert f"{setting} is " in message and f"set {setting} {fix}" in message
+    assert "stream-detector train" in message
+
+
+def test_a_model_trained_without_the_prior_is_refused_under_the_default(tmp_path: Path) -> None:
+    trained_under = _settings(normalize={"prior_weight": 0.0})
+    save_artefact(tmp_path / "a", _model(trained_under), trained_under, RESULT)
+    with pytest.raises(ArtefactError, match="normalize.prior_weight is 0.0 in the artefact but 4.0"):
+        load_artefact(tmp_path / "a", _settings(), CPU)
+    assert load_artefact(tmp_path / "a", trained_under, CPU).metadata.model_settings[
+        "normalize.prior_weight"
+    ] == 0.0
+
+
+@pytest.mark.parametrize(
+    "sections",
+    [
+        {"window": {"stride": 3}},
+        {"train": {"stride": 4, "epochs": 2}},
+        {"window": {"max_keys": 10, "idle_ttl_s": 5.0}},
+        {"threshold": {"sensitivity": 2.0}, "episodes": {"cooldown": 9}},
+        {"input": {"key_field": "device", "timestamp_field": "@broker_timestamp"}},
+    ],
+)
+def test_settings_that_do_not_change_what_a_window_holds_are_free(
+    saved: Path, sections: dict[str, Any]
+) -> None:
+    assert load_artefact(saved, _settings(**sections), CPU).metadata.features == FEATURES
+
+
+AGGREGATE = {"input": {"mode": "aggregate", "value_fields": ("events",)}}
+ONE_FEATURE = replace(RESULT, norm_mean=(1.0,), norm_std=(0.5,))
+
+
+@pytest.fixture()
+def saved_aggregate(tmp_path: Path) -> Path:
+    settings = _settings(**AGGREGATE)
+    directory = tmp_path / "aggregate"
+    save_artefact(directory, _model(settings), settings, ONE_FEATURE)
+    return directory
+
+
+@pytest.mark.parametrize(
+    ("aggregate", "setting"),
+    [
+        ({"bucket_width_s": 60.0}, "aggregate.bucket_width_s"),
+        ({"allowed_lateness_s": 0.0}, "aggregate.allowed_lateness_s"),
+        ({"idle_timeout_s": 30.0}, "aggregate.idle_timeout_s"),
+        ({"distinct_precision": 10}, "aggregate.distinct_precision"),
+        ({"features": [{"name": "events", "agg": "sum", "field": "bytes"}]}, "aggregate.features"),
+    ],
+)
+def test_other_buckets_than_in_training_are_refused(
+    saved_aggregate: Path, aggregate: dict[str, Any], setting: str
+) -> None:
+    with pytest.raises(ArtefactError, match=f"{setting} is .* in the artefact"):
+        load_artefact(saved_aggregate, _settings(**AGGREGATE, aggregate=aggregate), CPU)
+    late_policy = _settings(**AGGREGATE, aggregate={"late_policy": "drop"})
+    assert load_artefact(saved_aggregate, late_policy, CPU).metadata.features == ("events",)
+
+
+def test_an_events_model_is_refused_in_aggregate_mode_by_input_mode(tmp_path: Path) -> None:
+    events = _settings(input={"value_fields": ("events",)})
+    save_artefact(tmp_path / "a", _model(events), events, ONE_FEATURE)
+    with pytest.raises(ArtefactError, match="input.mode is 'events' in the artefact but 'aggreg"):
+        load_artefact(tmp_path / "a", _settings(**AGGREGATE), CPU)
+
+
+def test_a_setting_the_artefact_does_not_record_is_refused(saved: Path) -> None:
+    recorded = orjson.loads((saved / METADATA_FILE).read_bytes())["model_settings"]
+    del recorded["normalize.min_std"]  # as an older writer that did not check it would leave it
+    _edit_metadata(saved, model_settings=recorded, config_fingerprint=fingerprint_of(recorded))
+    with pytest.raises(ArtefactError, match="does not record normalize.min_std"):
+        load_artefact(saved, _settings(), CPU)

@@ -366,6 +366,40 @@ class Decoder:
         return seconds
 
 
+def out_of_order(codes: np.ndarray, ts: np.ndarray, newest: np.ndarray) -> np.ndarray:
+    """Which events are earlier than an event of their key that arrived before them: bool [N].
+
+    codes:  int64 [N]    each event's key as a number in 0..K-1, in arrival order
+    ts:     float64 [N]  event times
+    newest: float64 [K]  each key's newest event time before these events (-inf: none)
+
+    Such events are accepted and windowed in arrival order (a window is a key's last W events
+    as they arrived), so this only counts them, for the operator to see a producer's clock or
+    partitioning go wrong. Meant for the window store, which keeps each key's newest time. An
+    in-order batch costs one sort of the codes, a batch with a key going back in time one more
+    sort of its times; never a Python loop.
+    """
+    n = ts.shape[0]
+    order = np.argsort(codes, kind="stable")
+    key, time = codes[order], ts[order]
+    first = np.ones(n, dtype=bool)
+    first[1:] = key[1:] != key[:-1]
+    earlier = np.full(n, -np.inf)
+    later = np.flatnonzero(~first)
+    if np.any(time[later] < time[later - 1]):
+        # Running maximum of each key's earlier times: in dense time ranks offset by n per key,
+        # one cumulative maximum over the key-sorted events never carries across keys.
+        values, rank = np.unique(time, return_inverse=True)
+        segment = np.cumsum(first) - 1
+        running = np.maximum.accumulate(segment * n + rank)
+        earlier[later] = values[running[later - 1] - segment[later] * n]
+    else:  # in order within each key: the newest earlier time is the previous event's
+        earlier[later] = time[later - 1]
+    behind = np.empty(n, dtype=bool)
+    behind[order] = time < np.maximum(earlier, newest[key])
+    return behind
+
+
 class _ParseError:
     """Stands in for a payload orjson refused, keeping the per-message result list aligned."""
 

@@ -301,7 +301,7 @@ def test_decode_columns_reads_text_cells_like_json() -> None:
     dec = decoder(value_fields=("value", "other"), label_field="label")
     columns = {
         "key": ["a", "b", "", "d", "e", "f", "g"],
-        "ts": ["1714564800", "2024-05-01T12:00:01Z", "1714564800", "x", "", "1714564800000", "1714564800"],
+        "ts": ["1714564800", "2024-05-01T12:00:01Z", "1714564800", "x", "", "1714564800000", str(T0)],
         "value": ["1.5", " 2 ", "3", "4", "5", "6", "7"],
         "other": ["0", "1e2", "0", "0", "0", "inf", "abc"],
         "label": ["1", "0", "1", "1", "1", "true", "0"],
@@ -689,3 +689,45 @@ def test_extra_fields_come_from_the_same_parse_row_for_row_with_the_batch() -> N
     assert ports.tolist() == [443, None, "ssh"]
     assert tags.tolist() == [[1, 2], None, [3, 4]], "each value kept whole"
     assert dec.decode_with_fields(payloads, None, None, ())[1] == []
+
+
+# -- event times that go back ---------------------------------------------------------------------
+
+
+def out_of_order_reference(codes: list[int], ts: list[float], newest: list[float]) -> list[bool]:
+    latest = list(newest)
+    behind = []
+    for code, t in zip(codes, ts, strict=True):
+        behind.append(t < latest[code])
+        latest[code] = max(latest[code], t)
+    return behind
+
+
+def test_out_of_order_flags_events_behind_their_keys_newest_time() -> None:
+    codes = np.array([0, 1, 0, 0, 1, 0, 2], dtype=np.int64)
+    ts = np.array([T0 + 5, T0 + 1, T0 + 3, T0 + 6, T0 + 1, T0 + 5.5, T0], dtype=np.float64)
+    newest = np.array([T0 + 4, -np.inf, T0 + 1])
+    flags = decode_module.out_of_order(codes, ts, newest)
+    # key 0: 5 (after 4), 3 (behind 5), 6, 5.5 (behind 6); key 1: equal times are in order;
+    # key 2: behind its newest time before the batch.
+    assert flags.tolist() == [False, False, True, False, False, True, True]
+    in_order = decode_module.out_of_order(codes, np.arange(7.0) + T0, np.full(3, -np.inf))
+    assert not in_order.any()
+    assert decode_module.out_of_order(codes[:0], ts[:0], newest).shape == (0,)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 3), st.integers(-5, 5)), max_size=30),
+    st.lists(st.one_of(st.just(-math.inf), st.integers(-5, 5).map(float)), min_size=4, max_size=4),
+)
+def test_out_of_order_matches_one_event_at_a_time(
+    events: list[tuple[int, int]], newest: list[float]
+) -> None:
+    codes = [code for code, _ in events]
+    ts = [T0 + step for _, step in events]
+    shifted = [T0 + t for t in newest]
+    flags = decode_module.out_of_order(
+        np.array(codes, dtype=np.int64), np.array(ts, dtype=np.float64), np.array(shifted)
+    )
+    assert flags.tolist() == out_of_order_reference(codes, ts, shifted)

@@ -72,7 +72,12 @@ def _collect(batches: Iterable[Decoded], settings: Settings) -> _Collected:
 
     # Pass 2: the serving path, batch by batch, so warm-up and evictions look as they will live.
     stage = WindowStage(settings, mean, std, settings.train.stride)
-    chunks = [staged.normalised for staged in map(stage.ingest, decoded) if len(staged.due)]
+    chunks = [
+        staged.normalised
+        for batch in decoded
+        for staged in stage.pieces(batch)
+        if len(staged.due)
+    ]
 
     n_windows = sum(len(chunk) for chunk in chunks)
     if n_windows < MIN_TRAINING_WINDOWS:

@@ -32,6 +32,10 @@ Each alert is published as a CloudEvents 1.0 structured-mode JSON message:
   - ``model_version``: the model that scored the window
   - ``episode_start``: event time (epoch s) of the end of the window that opened the episode
   - ``windows_over``: exceeding windows in the episode so far
+  - ``reason``: resolve only, why the episode ended: ``"cooldown"`` (``episodes.cooldown``
+    normal windows in a row) or ``"evicted"`` (the key was forgotten, silent past
+    ``window.idle_ttl_s`` or pushed out by ``window.max_keys``, while the episode was open; the
+    window fields are then those of the key's last scored window); ``null`` on an open alert
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ import numpy as np
 import orjson
 
 AlertKind = Literal["open", "resolve"]
+ResolveReason = Literal["cooldown", "evicted"]
 Severity = Literal["low", "medium", "high", "critical"]
 
 # (lower bound of score/threshold, severity), highest first.
@@ -89,6 +94,7 @@ class Alert:
     episode_start: float
     windows_over: int
     event_index: int
+    reason: ResolveReason | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able fields (top_features as a list of objects), for logs and the wire."""

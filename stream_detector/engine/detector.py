@@ -25,7 +25,7 @@ from stream_detector.engine.episodes import EpisodeTracker
 from stream_detector.engine.model import WindowScorer, ring_device, select_device
 from stream_detector.engine.threshold import AdaptiveThreshold
 from stream_detector.engine.stage import StagedWindows, WindowStage
-from stream_detector.engine.types import Decoded, EventBatch, ScoredWindows
+from stream_detector.engine.types import Decoded, ScoredWindows
 from stream_detector.state.slots import SlotArrays
 from stream_detector.state.snapshot import EngineSnapshot
 
@@ -136,15 +136,25 @@ class Detector:
         return self.process(decoded)
 
     def process(self, decoded: Decoded) -> DetectionResult:
+        """Run a decoded batch through the engine; the result is the same for any cut of the
+        stream into batches (see `WindowStage.pieces`)."""
         batch = decoded.batch
         if len(batch) == 0:
             return DetectionResult(decoded, _empty_scored(self._n_features), [], 0.0)
-        staged = self._stage.ingest(batch)
-        self._sync_slots(staged.report.freed_slots)
-        started = time.perf_counter()
-        scored = self._score(staged, batch)
-        model_seconds = time.perf_counter() - started
-        alerts = self._episodes.update(scored) if len(scored) else []
+        scored_parts: list[ScoredWindows] = []
+        alerts: list[Alert] = []
+        model_seconds = 0.0
+        offset = 0
+        for staged in self._stage.pieces(batch):
+            alerts += self._sync_slots(staged.report.freed_slots, staged.report.freed_keys)
+            started = time.perf_counter()
+            scored = self._score(staged, offset)
+            model_seconds += time.perf_counter() - started
+            if len(scored):
+                alerts += self._episodes.update(scored)
+                scored_parts.append(scored)
+            offset += staged.report.taken
+        scored = _concat(scored_parts) if scored_parts else _empty_scored(self._n_features)
         return DetectionResult(decoded, scored, alerts, model_seconds)
 
     def snapshot(self, keys: Collection[str], stream: int = SINGLE_STREAM) -> EngineSnapshot:
@@ -185,7 +195,7 @@ class Detector:
         rows, slots = self._windows.import_keys(
             snapshot.keys, parts["windows"], (snapshot.watermark, snapshot.seq)
         )
-        self._sync_slots(np.empty(0, dtype=np.int64))
+        self._sync_slots(np.empty(0, dtype=np.int64), np.empty(0, dtype=object))
         self._normalizer.ensure_capacity(self._windows.capacity)
         for prefix, stage in self._slot_stages()[1:]:
             stage.import_slots(slots, {name: array[rows] for name, array in parts[prefix].items()})
@@ -219,27 +229,32 @@ class Detector:
             ("episodes", self._episodes),
         )
 
-    def _sync_slots(self, freed: np.ndarray) -> None:
+    def _sync_slots(self, freed: np.ndarray, freed_keys: np.ndarray) -> list[Alert]:
+        """Grow the stages to the window store's capacity and reset the slots it freed;
+        returns the resolve alerts of episodes open on the evicted keys."""
         capacity = self._windows.capacity
         if capacity != self._capacity:
             self._threshold.ensure_capacity(capacity)
             self._episodes.ensure_capacity(capacity)
             self._capacity = capacity
-        if len(freed):
-            self._threshold.reset(freed)
-            self._episodes.reset(freed)
+        if len(freed) == 0:
+            return []
+        self._threshold.reset(freed)
+        return self._episodes.evict(freed, freed_keys)
 
-    def _score(self, staged: StagedWindows, batch: EventBatch) -> ScoredWindows:
+    def _score(self, staged: StagedWindows, offset: int) -> ScoredWindows:
+        """Score, and judge, the staged windows; event indices count from the whole batch's
+        start (`offset` is where the staged piece began)."""
         due = staged.due
         if len(due) == 0:
             return _empty_scored(self._n_features)
         result = self._scorer.score(staged.normalised)
         thresholds, exceed = self._threshold.apply(due.slots, result.scores)
-        expected = self._normalizer.denormalize(result.last_reconstruction, due.slots)
+        expected = self._normalizer.denormalize(result.last_reconstruction, staged.mean, staged.std)
         return ScoredWindows(
             slots=due.slots,
             keys=due.keys,
-            event_index=due.event_index,
+            event_index=due.event_index + offset,
             start_ts=due.start_ts,
             end_ts=due.end_ts,
             scores=result.scores,
@@ -247,6 +262,18 @@ class Detector:
             exceed=exceed,
             feature_errors=result.feature_errors,
             # The window's newest row is the event that completed it, already on the host.
-            actual=batch.values[due.event_index],
+            actual=staged.batch.values[due.event_index],
             expected=expected.astype(np.float32, copy=False),
         )
+
+
+def _concat(parts: list[ScoredWindows]) -> ScoredWindows:
+    """One ScoredWindows of several pieces' (in order); a single piece is passed through."""
+    if len(parts) == 1:
+        return parts[0]
+    return ScoredWindows(
+        **{
+            name: np.concatenate([getattr(part, name) for part in parts])
+            for name in ScoredWindows.__dataclass_fields__
+        }
+    )

@@ -27,6 +27,7 @@ from stream_detector.engine.alerts import (
     Alert,
     AlertKind,
     FeatureContribution,
+    ResolveReason,
     alert_id_for,
     episode_id_for,
     severity_for,
@@ -67,11 +68,14 @@ class EpisodeTracker(SlotArrays):
                     version it determines the episode id, so the id needs no storage)
     peak*:          the highest-scoring window of the run or episode (score, threshold and the
                     per-feature errors / actual / expected needed to explain it at resolve time)
+    last_start/end: start and end time of the key's latest scored window (what a resolve alert
+                    for an evicted key reports)
     """
 
     SLOT_FIELDS = (
         "run", "open", "calm", "windows_over", "episode_start", "peak",
         "peak_threshold", "peak_errors", "peak_actual", "peak_expected",
+        "last_start", "last_end",
     )
 
     def __init__(
@@ -97,6 +101,8 @@ class EpisodeTracker(SlotArrays):
         self._peak_errors = np.zeros((capacity, n_features), dtype=np.float32)
         self._peak_actual = np.zeros((capacity, n_features), dtype=np.float32)
         self._peak_expected = np.zeros((capacity, n_features), dtype=np.float32)
+        self._last_start = np.zeros(capacity, dtype=np.float64)
+        self._last_end = np.zeros(capacity, dtype=np.float64)
 
     @property
     def capacity(self) -> int:
@@ -114,21 +120,31 @@ class EpisodeTracker(SlotArrays):
             setattr(self, "_" + name, _grow(getattr(self, "_" + name), capacity))
 
     def reset(self, slots: np.ndarray) -> None:
-        """Forget freed slots, dropping any open episode without a resolve alert.
-
-        A slot is freed because its key was evicted (silent past idle_ttl_s, or pushed out by
-        max_keys): no further window of that key will be seen, so recovery was never observed and
-        a resolve alert would claim something the detector does not know. Consumers should expire
-        open alerts they hear nothing more about.
-        """
+        """Forget slots whose keys moved elsewhere (partitions handed to another instance):
+        any open episode ends here without an alert, as the new owner restores and ends it."""
         slots = np.asarray(slots, dtype=np.int64)
-        dropped = int(np.count_nonzero(self._open[slots]))
-        if dropped:
-            log.info("open episodes dropped with evicted keys", dropped=dropped)
         self._run[slots] = 0
         self._open[slots] = False
         self._calm[slots] = 0
         self._windows_over[slots] = 0
+
+    def evict(self, slots: np.ndarray, keys: np.ndarray) -> list[Alert]:
+        """Forget evicted keys (``keys[i]`` held ``slots[i]``), resolving their open episodes.
+
+        No further window of such a key will be seen, so without this resolve its alert would
+        fire downstream forever; the alert says ``reason = "evicted"`` and reports the key's last
+        scored window, and its id is the episode's usual resolve id.
+        """
+        slots = np.asarray(slots, dtype=np.int64)
+        alerts = []
+        for row in np.flatnonzero(self._open[slots]).tolist():
+            slot = int(slots[row])
+            window = (float(self._last_start[slot]), float(self._last_end[slot]), -1)
+            alerts.append(self._resolve(slot, self._load(slot), str(keys[row]), window, "evicted"))
+        if alerts:
+            log.info("open episodes resolved with evicted keys", resolved=len(alerts))
+        self.reset(slots)
+        return alerts
 
     def update(self, scored: ScoredWindows) -> list[Alert]:
         """Advance every key over its windows (arrival order); return alerts in arrival order."""
@@ -136,6 +152,11 @@ class EpisodeTracker(SlotArrays):
             return []
         slots = np.asarray(scored.slots, dtype=np.int64)
         exceed = np.asarray(scored.exceed, dtype=bool)
+        # Each key's latest window: the last occurrence of its slot, found from the end.
+        latest, from_end = np.unique(slots[::-1], return_index=True)
+        newest = len(slots) - 1 - from_end
+        self._last_start[latest] = scored.start_ts[newest]
+        self._last_end[latest] = scored.end_ts[newest]
         keys, inverse = np.unique(slots, return_inverse=True)
         any_exceed = np.bincount(inverse, weights=exceed, minlength=keys.shape[0]) > 0
         active = any_exceed | self._open[keys]
@@ -199,21 +220,43 @@ class EpisodeTracker(SlotArrays):
                 scored.feature_errors[row], scored.actual[row], scored.expected[row]
             )
             score, threshold = float(scored.scores[row]), float(scored.thresholds[row])
-            return self._alert("open", state, scored, row, score, threshold, features)
+            return self._alert(
+                "open", state, str(scored.keys[row]), self._window(scored, row),
+                score, threshold, features,
+            )
         if not state.is_open:
             state.run = 0
             return None
         state.calm += 1
         if state.calm < self._cooldown:
             return None
-        features = self._explain(
-            self._peak_errors[slot], self._peak_actual[slot], self._peak_expected[slot]
-        )
-        alert = self._alert(
-            "resolve", state, scored, row, state.peak, float(self._peak_threshold[slot]), features
+        alert = self._resolve(
+            slot, state, str(scored.keys[row]), self._window(scored, row), "cooldown"
         )
         state.is_open, state.calm, state.windows_over = False, 0, 0
         return alert
+
+    @staticmethod
+    def _window(scored: ScoredWindows, row: int) -> tuple[float, float, int]:
+        """(start, end, event index) of one scored window, as an alert reports them."""
+        return float(scored.start_ts[row]), float(scored.end_ts[row]), int(scored.event_index[row])
+
+    def _resolve(
+        self,
+        slot: int,
+        state: _KeyState,
+        key: str,
+        window: tuple[float, float, int],
+        reason: ResolveReason,
+    ) -> Alert:
+        """The resolve alert of the slot's open episode, explained by its peak window."""
+        features = self._explain(
+            self._peak_errors[slot], self._peak_actual[slot], self._peak_expected[slot]
+        )
+        peak_threshold = float(self._peak_threshold[slot])
+        return self._alert(
+            "resolve", state, key, window, state.peak, peak_threshold, features, reason
+        )
 
     def _explain(
         self, errors: np.ndarray, actual: np.ndarray, expected: np.ndarray
@@ -234,21 +277,22 @@ class EpisodeTracker(SlotArrays):
         self,
         kind: AlertKind,
         state: _KeyState,
-        scored: ScoredWindows,
-        row: int,
+        key: str,
+        window: tuple[float, float, int],
         score: float,
         threshold: float,
         features: tuple[FeatureContribution, ...],
+        reason: ResolveReason | None = None,
     ) -> Alert:
-        key = str(scored.keys[row])
         episode_id = episode_id_for(key, state.episode_start, self._model_version)
+        window_start, window_end, event_index = window
         alert = Alert(
             kind=kind,
             alert_id=alert_id_for(episode_id, kind),
             episode_id=episode_id,
             key=key,
-            window_start=float(scored.start_ts[row]),
-            window_end=float(scored.end_ts[row]),
+            window_start=window_start,
+            window_end=window_end,
             score=score,
             threshold=threshold,
             severity=severity_for(score, threshold),
@@ -256,7 +300,8 @@ class EpisodeTracker(SlotArrays):
             model_version=self._model_version,
             episode_start=state.episode_start,
             windows_over=state.windows_over,
-            event_index=int(scored.event_index[row]),
+            event_index=event_index,
+            reason=reason,
         )
         log.debug(
             "episode " + ("opened" if kind == "open" else "resolved"),
@@ -264,5 +309,6 @@ class EpisodeTracker(SlotArrays):
             episode_id=alert.episode_id,
             score=alert.score,
             windows_over=alert.windows_over,
+            reason=reason,
         )
         return alert

@@ -6,8 +6,10 @@ key is normalised with its own statistics. A new key has none: its estimate star
 as its events accumulate. The effective count is capped at ``horizon`` so that a key whose level
 shifts is re-learned instead of being averaged away by its long past.
 
-State is three arrays indexed by the window store's slot (count, mean, M2); a batch is merged per
-slot with Chan's parallel-variance formula, so no Python loop touches events or keys.
+State is three arrays indexed by the window store's slot (count, mean, M2). Each window is
+normalised with its key's statistics as they stood right after the window's last event, and the
+events of a batch are folded in per key in order (`scan.rank_steps`), so a window's normalisation
+does not depend on where the stream was cut into batches.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import structlog
 
+from stream_detector.engine.scan import rank_steps
 from stream_detector.state.slots import SlotArrays
 
 if TYPE_CHECKING:
@@ -41,14 +44,6 @@ def _merge(
     mean = mean_a + delta * share_b
     m2 = m2_a + m2_b + delta**2 * (n_a[:, None] * share_b)
     return n, mean, m2
-
-
-def _sums(group: np.ndarray, values: np.ndarray, n_groups: int) -> np.ndarray:
-    """Per-group column sums of values [N, F]: one bincount per feature, several times faster
-    than ``np.add.at`` and adding in the same (row) order, so the sums are the same bits."""
-    return np.stack(
-        [np.bincount(group, weights=column, minlength=n_groups) for column in values.T], axis=1
-    )
 
 
 class KeyNormalizer(SlotArrays):
@@ -106,49 +101,67 @@ class KeyNormalizer(SlotArrays):
         self._mean[slots] = 0.0
         self._m2[slots] = 0.0
 
-    def update(self, slots: np.ndarray, values: np.ndarray) -> None:
-        """Merge events (slot [N], values [N, F]) into their slots' running statistics."""
-        if len(slots) == 0:
-            return
-        unique, inverse = np.unique(slots, return_inverse=True)
-        inverse = inverse.reshape(-1)
+    def update(
+        self, slots: np.ndarray, values: np.ndarray, record: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Fold events (slot [N], values [N, F], arrival order) into their slots' statistics,
+        one event at a time per slot, so any cut of a key's stream into batches gives the same
+        statistics after each event.
+
+        Once a slot holds ``horizon`` events, each new one replaces 1/horizon of the past (the
+        old summary's weight is shrunk, never its mean), so a level shift is re-learned.
+
+        ``record``: positions among the N events after which the statistics are wanted (the
+        last events of due windows); returns their (mean [R, F], std [R, F]) float32, with the
+        prior pooled in as `stats` does (empty without ``record``).
+        """
         values = np.asarray(values, dtype=np.float64)
-        n_b = np.bincount(inverse, minlength=len(unique)).astype(np.float64)
-        mean_b = _sums(inverse, values, len(unique)) / n_b[:, None]
-        # Two-pass: no cancellation.
-        m2_b = _sums(inverse, (values - mean_b[inverse]) ** 2, len(unique))
-        n_a = self._n[unique]
-        # Cap the merged count at the horizon by shrinking the weights (never the means) of the
-        # old summary first, and of the batch too when the batch alone exceeds the horizon.
-        kept_b = np.minimum(n_b, self.horizon)
-        kept_a = np.minimum(n_a, self.horizon - kept_b)
-        scale_a = np.divide(kept_a, n_a, out=np.zeros_like(n_a), where=n_a > 0)
-        n, mean, m2 = _merge(
-            kept_a,
-            self._mean[unique],
-            self._m2[unique] * scale_a[:, None],
-            kept_b,
-            mean_b,
-            m2_b * (kept_b / n_b)[:, None],
-        )
-        self._n[unique], self._mean[unique], self._m2[unique] = n, mean, m2
+        record = np.empty(0, dtype=np.int64) if record is None else record
+        wanted = np.full(len(slots), -1, dtype=np.int64)
+        wanted[record] = np.arange(len(record))
+        seen_n = np.zeros(len(record), dtype=np.float64)
+        seen_mean = np.zeros((len(record), self.n_features), dtype=np.float64)
+        seen_m2 = np.zeros_like(seen_mean)
+        for rows in rank_steps(slots):
+            slot = slots[rows]
+            n_a = self._n[slot]
+            kept_a = np.minimum(n_a, self.horizon - 1)
+            scale_a = np.divide(kept_a, n_a, out=np.zeros_like(n_a), where=n_a > 0)
+            n = kept_a + 1.0
+            delta = values[rows] - self._mean[slot]
+            self._mean[slot] += delta / n[:, None]
+            self._m2[slot] = self._m2[slot] * scale_a[:, None] + delta**2 * (kept_a / n)[:, None]
+            self._n[slot] = n
+            out = wanted[rows]
+            hit = out >= 0
+            if hit.any():
+                at, there = out[hit], slot[hit]
+                seen_n[at], seen_mean[at], seen_m2[at] = (
+                    self._n[there], self._mean[there], self._m2[there]
+                )
+        return self._pooled(seen_n, seen_mean, seen_m2)
 
     def stats(self, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Mean [B, F] and std [B, F] (float32) of the slots, the prior pooled in as pseudo-events.
+        """Mean [B, F] and std [B, F] (float32) of the slots now, the prior pooled in."""
+        return self._pooled(self._n[slots], self._mean[slots], self._m2[slots])
 
-        The pooling is the same merge as a batch update, with the global statistics as a summary
-        of ``prior_weight`` events, so the between-means spread counts towards the variance.
+    def _pooled(
+        self, own_n: np.ndarray, own_mean: np.ndarray, own_m2: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and std (float32) of key summaries with the prior pooled in as pseudo-events.
+
+        The pooling is Chan's merge, with the global statistics as a summary of
+        ``prior_weight`` events, so the between-means spread counts towards the variance.
         """
-        k = len(slots)
-        own_n = self._n[slots]
+        k = len(own_n)
         prior_n = np.full(k, self.prior_weight)
         n, mean, m2 = _merge(
             prior_n,
             np.broadcast_to(self._global_mean, (k, self.n_features)),
             self._global_var * prior_n[:, None],
             own_n,
-            self._mean[slots],
-            self._m2[slots],
+            own_mean,
+            own_m2,
         )
         # A key without events of its own gets the global variance exactly (even with no prior).
         var = np.divide(
@@ -160,24 +173,25 @@ class KeyNormalizer(SlotArrays):
         std = np.maximum(np.sqrt(var), self.min_std)
         return mean.astype(np.float32), std.astype(np.float32)
 
+    @staticmethod
     def normalize(
-        self,
         windows: np.ndarray | Tensor,
-        slots: np.ndarray,
+        mean: np.ndarray,
+        std: np.ndarray,
         upload: Callable[..., tuple[Any, ...]] = lambda *arrays: arrays,
     ) -> np.ndarray | Tensor:
-        """(x - mean) / std of float32 windows [B, W, F] with their slots' statistics, float32.
+        """(x - mean) / std of float32 windows [B, W, F] with per-window statistics [B, F].
 
-        The statistics are computed here on the host and passed through ``upload`` to wherever
-        the windows are (a torch tensor on the model's device in the device-resident engine),
-        so the windows themselves never move.
+        The statistics are computed on the host and passed through ``upload`` to wherever the
+        windows are (a torch tensor on the model's device in the device-resident engine), so
+        the windows themselves never move.
         """
-        mean, std = upload(*self.stats(slots))
+        mean, std = upload(mean, std)
         return (windows - mean[:, None, :]) / std[:, None, :]
 
-    def denormalize(self, x: np.ndarray, slots: np.ndarray) -> np.ndarray:
+    @staticmethod
+    def denormalize(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
         """Back to raw units: x * std + mean for x [B, F] or [B, W, F], float32."""
-        mean, std = self.stats(slots)
         if x.ndim == 3:
             mean, std = mean[:, None, :], std[:, None, :]
         return (x * std + mean).astype(np.float32, copy=False)

@@ -1,8 +1,9 @@
 """Windows cut and normalised: the one stage that training and serving share.
 
 Training must see exactly the windows the service will later score (same ring buffer, same
-per-key normalisation, same order of "update statistics, then normalise"), so both build their
-windows through `WindowStage.ingest` rather than each wiring WindowStore and KeyNormalizer.
+per-key normalisation, each window scaled by its key's statistics right after its last event),
+so both build their windows through `WindowStage.ingest` rather than each wiring WindowStore and
+KeyNormalizer.
 
 With a ``device`` the ring's values live there and the windows are normalised there too, with
 statistics computed on the host ([B, F], small) and uploaded; training keeps everything in numpy.
@@ -10,6 +11,7 @@ statistics computed on the host ([B, F], small) and uploaded; training keeps eve
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,9 +26,13 @@ from stream_detector.engine.windows import WindowStore
 
 @dataclass(frozen=True)
 class StagedWindows:
+    batch: EventBatch  # the events this step took: the whole batch or its first part
     due: DueWindows
     normalised: np.ndarray | Tensor  # float32 [B, W, F], where the window store keeps values
     report: IngestReport
+    # float32 [B, F]: each window's key statistics right after its last event (its scaling).
+    mean: np.ndarray
+    std: np.ndarray
 
 
 class WindowStage:
@@ -60,17 +66,31 @@ class WindowStage:
             capacity=self.store.capacity,
         )
 
+    def pieces(self, batch: EventBatch) -> Iterator[StagedWindows]:
+        """The batch's windows, cut and normalised, in as few steps as give the same result as
+        one event at a time (one step, unless an eviction falls inside the batch).
+
+        A generator: the caller finishes each step's windows (scores, thresholds, episodes)
+        before the next step's evictions reset the per-key state they need.
+        """
+        while len(batch):
+            staged = self.ingest(batch)
+            yield staged
+            batch = batch.rows(staged.report.taken)
+
     def ingest(self, batch: EventBatch) -> StagedWindows:
+        """One step of `pieces`: the windows of the batch's first ``report.taken`` events."""
         # Windows of keys still in normalisation warm-up are not scored (nor cut): their
-        # statistics are too young. Judged by the key's count at each window's own end, not at
-        # the end of the batch, so the same stream gives the same scored windows however it is
-        # batched.
+        # statistics are too young. Judged by the key's count at each window's own end, so the
+        # same stream gives the same scored windows however it is batched.
         due, report = self.store.ingest(batch, self.stride, min_events=self.warmup)
+        batch = batch.rows(0, report.taken)
         self.normalizer.ensure_capacity(self.store.capacity)
         if len(report.freed_slots):
             self.normalizer.reset(report.freed_slots)
-        # Statistics take in this batch before its windows are normalised.
-        tracked = report.event_slots >= 0
-        self.normalizer.update(report.event_slots[tracked], batch.values[tracked])
-        normalised = self.normalizer.normalize(due.values, due.slots, self.store.ring.upload)
-        return StagedWindows(due, normalised, report)
+        # Each window is normalised with its key's statistics right after its own last event.
+        mean, std = self.normalizer.update(
+            report.event_slots, batch.values, record=due.event_index
+        )
+        normalised = self.normalizer.normalize(due.values, mean, std, self.store.ring.upload)
+        return StagedWindows(batch, due, normalised, report, mean, std)

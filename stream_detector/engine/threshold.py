@@ -10,10 +10,10 @@ says nothing about anomalies, dominates the variance and drives ``exp(mean + k s
 of magnitude, until real anomalies pass under it. In raw units the band tracks the upper part of
 the distribution that matters, and the floor keeps near-perfect keys from alerting on noise.
 
-Why batch granularity: within one `apply` call every score of a key is compared with the threshold
-from the key's state before the call. The decisions then depend only on the batches, not on how the
-scores inside a batch interleave, so a replay with the same batching reproduces the service exactly,
-and the whole batch can be compared and absorbed with array operations.
+Why one window at a time: each score is judged against the threshold learnt from exactly the key's
+windows before it, so the decisions are a function of the key's own sequence of scores and never
+of where the stream was cut into batches. A batch is stepped through by rank within key
+(`scan.rank_steps`): every key's r-th window of the batch in one array operation.
 
 Why exceeding scores are not absorbed: an anomaly lasting many windows would otherwise raise its
 own threshold until it no longer counts as anomalous (baseline poisoning).
@@ -24,6 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from stream_detector.config import ThresholdConfig
+from stream_detector.engine.scan import rank_steps
 from stream_detector.state.slots import SlotArrays
 
 def _grow(array: np.ndarray, capacity: int) -> np.ndarray:
@@ -33,7 +34,8 @@ def _grow(array: np.ndarray, capacity: int) -> np.ndarray:
 
 
 class AdaptiveThreshold(SlotArrays):
-    """EWMA mean and variance of each key's scores, in arrays indexed by ring-buffer slot.
+    """Running mean and variance of each key's scores (EWMA once past 1/alpha scores), in
+    arrays indexed by ring-buffer slot.
 
     Until a key has absorbed `warmup` scores its estimate is too noisy to trust, and it is judged
     against the calibrated global threshold instead. Afterwards its threshold is
@@ -81,11 +83,17 @@ class AdaptiveThreshold(SlotArrays):
         """
         slots = np.asarray(slots, dtype=np.int64)
         raw = np.asarray(scores, dtype=np.float64)
-        thresholds = self._thresholds(slots)
-        exceed = raw > thresholds
-        absorb = ~exceed & np.isfinite(raw)
-        if absorb.any():
-            self._absorb(slots[absorb], raw[absorb])
+        thresholds = np.empty(len(raw), dtype=np.float64)
+        exceed = np.zeros(len(raw), dtype=bool)
+        for rows in rank_steps(slots):
+            slot, x = slots[rows], raw[rows]
+            limit = self._thresholds(slot)
+            thresholds[rows] = limit
+            over = x > limit
+            exceed[rows] = over
+            absorb = ~over & np.isfinite(x)
+            if absorb.any():
+                self._absorb(slot[absorb], x[absorb])
         return thresholds.astype(np.float32), exceed
 
     def _thresholds(self, slots: np.ndarray) -> np.ndarray:
@@ -95,32 +103,17 @@ class AdaptiveThreshold(SlotArrays):
         return np.where(count < self._warmup, self._warmup_threshold, own)
 
     def _absorb(self, slots: np.ndarray, x: np.ndarray) -> None:
-        """Fold each key's scores, in order, into its EWMA state without a loop over scores.
+        """Fold one score per slot (distinct slots) into its running mean and variance.
 
-        For m scores x_1..x_m of one key the sequential EWMA unrolls to
-        ``mean' = (1-a)^m mean + sum_i a (1-a)^(m-i) x_i``; the same holds for the second moment
-        E[x^2], and ``var = E[x^2] - mean^2`` is exactly the usual incremental EWMA variance
-        ``var' = (1-a)(var + a (x - mean)^2)``. Only scores under the threshold are absorbed, so
-        they are bounded and the subtraction loses nothing that matters in float64.
+        The weight of the n-th score is ``max(alpha, 1/n)``: the plain mean and variance of the
+        scores so far until there are 1/alpha of them, the EWMA after. A pure EWMA started at
+        the first score would hold a variance biased low for its first ~1/alpha scores, and a
+        key fresh out of warm-up would alert on ordinary noise. ``var' = (1-a)(var + a d^2)``
+        is exact for both regimes (Welford's update when a = 1/n).
         """
-        keys, inverse, m = np.unique(slots, return_inverse=True, return_counts=True)
-        order = np.argsort(inverse, kind="stable")
-        starts = np.cumsum(m) - m
-        rank = np.empty_like(order)
-        rank[order] = np.arange(order.shape[0]) - np.repeat(starts, m)
-        decay = 1.0 - self._alpha
-        weights = self._alpha * decay ** (m[inverse] - 1 - rank)
-
-        # A key's first ever score becomes its prior (variance 0); folding that score in again
-        # leaves the prior unchanged, so new and known keys share one formula.
-        fresh = self._count[keys] == 0
-        first = x[order[starts]]
-        mean = np.where(fresh, first, self._mean[keys])
-        second = np.where(fresh, first * first, self._var[keys] + self._mean[keys] ** 2)
-
-        keep = decay ** m.astype(np.float64)
-        new_mean = keep * mean + np.bincount(inverse, weights * x, minlength=keys.shape[0])
-        new_second = keep * second + np.bincount(inverse, weights * x * x, minlength=keys.shape[0])
-        self._mean[keys] = new_mean
-        self._var[keys] = np.maximum(new_second - new_mean * new_mean, 0.0)
-        self._count[keys] += m
+        count = self._count[slots]
+        weight = np.maximum(self._alpha, 1.0 / (count + 1.0))
+        delta = x - self._mean[slots]
+        self._mean[slots] += weight * delta
+        self._var[slots] = (1.0 - weight) * (self._var[slots] + weight * delta * delta)
+        self._count[slots] = count + 1

@@ -57,6 +57,11 @@ class EventBatch:
     def __len__(self) -> int:
         return int(self.index.shape[0])
 
+    def rows(self, start: int, stop: int | None = None) -> EventBatch:
+        """Events ``start:stop`` (views, no copy): one piece of a batch the engine splits."""
+        part = slice(start, stop)
+        return EventBatch(self.index[part], self.keys[part], self.ts[part], self.values[part])
+
     @staticmethod
     def empty(n_features: int) -> EventBatch:
         return EventBatch(
@@ -103,13 +108,19 @@ class DueWindows:
 
 @dataclass(frozen=True)
 class IngestReport:
-    """Slots the window store freed during one ingest; per-slot state elsewhere must reset them."""
+    """Slots the window store freed during one ingest; per-slot state elsewhere must reset them.
+
+    An ingest may take only the first ``taken`` events of the batch it was given (see
+    `WindowStore.ingest`); the caller hands it the rest next.
+    """
 
     freed_slots: np.ndarray  # int64, slots whose key was evicted (now free or reused)
+    freed_keys: np.ndarray  # object, the key each of those slots held
     evicted_lru: int  # keys dropped because max_keys was reached
     evicted_idle: int  # keys dropped because they were silent longer than idle_ttl_s
-    # int64 [N]: slot of each batch event's key after the ingest; -1 where the key was dropped.
+    # int64 [taken]: slot of each taken event's key after the ingest.
     event_slots: np.ndarray
+    taken: int
 
 
 @dataclass(frozen=True)

@@ -5,20 +5,20 @@ written round-robin. Per-key state is a handful of numbers in flat arrays, so a 
 W*(4F + 8) bytes plus a few scalars and its dict entry, and a whole batch is ingested with array
 operations: no Python object per event or per window.
 
-Eviction rules (the detector resets per-slot state for every slot listed in
-``IngestReport.freed_slots``):
+Eviction rules, defined one event at a time (the detector resets per-slot state for every slot
+listed in ``IngestReport.freed_slots``):
 
-* Idle: the watermark is the largest event time ever ingested, this batch included. At the start
-  of each ingest, every tracked key *without* events in the batch whose newest event is older
-  than ``watermark - idle_ttl_s`` is freed. A key with events in the batch is not silent and is
-  kept, so a key whose clock lags the others is not reset on every batch it appears in.
-* LRU: when the batch brings new keys and there is no room below ``max_keys``, the least recently
-  seen keys that are not in the batch are freed. "Recently seen" is a global sequence number of
-  each key's latest event, so ties cannot occur.
-* Overflow: if the batch alone has more distinct keys than ``max_keys``, every other key is
-  freed, the ``max_keys`` batch keys whose last event comes latest in the batch are kept, and
-  the remaining keys' events are dropped (no windows, no slot). Each dropped key, tracked
-  before or not, counts as one LRU eviction.
+* Idle: the watermark is the largest event time ingested so far. At each event, every other
+  tracked key whose newest event is older than ``watermark - idle_ttl_s`` is freed. The key of
+  the event itself is not silent and is kept, so a key whose clock lags the others is not reset
+  while its events keep coming.
+* LRU: a new key when ``max_keys`` keys are tracked frees the least recently seen key.
+  "Recently seen" is a global sequence number of each key's latest event, so ties cannot occur.
+
+A batch is taken whole wherever that gives the same result as its events one at a time; where it
+would not (a key of the batch freed between two of its own events, or new keys that need LRU
+evictions), `WindowStore.ingest` takes only the part before that point and the caller hands it
+the rest, so results never depend on how the stream was cut into batches.
 
 A freed slot starts empty (count 0) even when a new key reuses it in the same ingest.
 
@@ -65,12 +65,12 @@ def _window_index(
     n_ring: int,
 ) -> _Index:
     """Where element k of each due window is in (ring rows of the windows' slots, flat, followed
-    by the batch's kept events grouped by key): an index [B, len(positions)].
+    by the batch's events grouped by key): an index [B, len(positions)].
 
     A window ending at a key's event number ``count`` (1-based) holds the key's events
     j = count - W + k (0-based): still in the ring at row ``ring_row * W + j % W`` when j is below
     ``before`` (the key's count before the batch), otherwise the batch event ``last + 1 - W + k``
-    in the kept, grouped order, ``last`` being the position there of the window's own last event.
+    in the grouped order, ``last`` being the position there of the window's own last event.
     Operators only, so the same lines run on numpy arrays and on torch tensors on a device.
     """
     j = count[:, None] - window + positions
@@ -231,7 +231,7 @@ class WindowStore(SlotArrays):
             log.warning("restored keys over max_keys dropped", dropped=len(dropped))
             rows = np.setdiff1d(rows, dropped)
         slots = existing[rows]
-        self._assign_slots(keys[rows], slots, np.ones(len(rows), dtype=bool))
+        self._assign_slots(keys[rows], slots)
         self.import_slots(slots, {name: array[rows] for name, array in state.items()})
         watermark, seq = clock
         self._watermark = max(self._watermark, watermark)
@@ -250,7 +250,9 @@ class WindowStore(SlotArrays):
     def ingest(
         self, batch: EventBatch, stride: int, min_events: int = 0
     ) -> tuple[DueWindows, IngestReport]:
-        """Append a batch to its keys' windows; return every window that fell due, in arrival order.
+        """Append the longest leading part of a batch that can be taken at once with the same
+        result as one event at a time (``report.taken`` events, at least one); return every
+        window that fell due in it, in arrival order.
 
         A key's window is due after its c-th event when c >= W, c >= ``min_events`` and
         (c - W) % stride == 0, and holds exactly the W events up to that one even if later events
@@ -258,13 +260,23 @@ class WindowStore(SlotArrays):
         batch) ++ (batch) first, and the batch is written into the ring afterwards.
         ``min_events`` lets a caller skip windows it would discard (keys still warming up)
         before they are cut.
+
+        The batch is cut short where an eviction would fall between two events of a key in it
+        (see `_plan`), so the caller's per-key state can be reset at exactly that point.
         """
         if stride < 1:
             raise ValueError("stride must be >= 1")
         if len(batch) == 0:
             none = np.empty(0, dtype=np.int64)
-            return self._no_windows(), IngestReport(none, 0, 0, none)
+            return self._no_windows(), IngestReport(
+                none, np.empty(0, dtype=object), 0, 0, none, 0
+            )
         groups = _KeyGroups.of(batch.keys, self._slot_by_key, self._key_of_slot)
+        taken, forgotten = self._plan(batch, groups)
+        if taken < len(batch):
+            batch = batch.rows(0, taken)
+            groups = _KeyGroups.of(batch.keys, self._slot_by_key, self._key_of_slot)
+            _, forgotten = self._plan(batch, groups)
         last_row = groups.last_row
         slots = groups.slots.copy()  # room-making and slot assignment fill it in place
         self._watermark = max(self._watermark, float(batch.ts.max()))
@@ -273,46 +285,128 @@ class WindowStore(SlotArrays):
         idle = np.flatnonzero(
             self._occupied & ~in_batch & (self._last_ts < self._watermark - self.idle_ttl_s)
         )
+        # Keys of the batch that went silent for idle_ttl_s before their first event here.
+        idle = np.concatenate([idle, slots[forgotten]])
+        slots[forgotten] = -1
+        freed_keys = self._key_of_slot[idle]
         self._release(idle)
-        kept, lru_freed, evicted_lru = self._make_room(groups.keys, slots, last_row, in_batch)
-        self._assign_slots(groups.keys, slots, kept)
-        due = self._gather_and_write(batch, stride, min_events, groups, slots, kept)
-        self._last_seq[slots[kept]] = self._seq + last_row[kept]
+        lru_freed, lru_keys = self._make_room(slots, in_batch)
+        self._assign_slots(groups.keys, slots)
+        due = self._gather_and_write(batch, stride, min_events, groups, slots)
+        self._last_seq[slots] = self._seq + last_row
         self._seq += len(batch)
         self.evicted_idle_total += len(idle)
-        self.evicted_lru_total += evicted_lru
-        if len(idle) or evicted_lru:
-            log.debug("window keys evicted", idle=len(idle), lru=evicted_lru, n_keys=self.n_keys)
-        freed = np.unique(np.concatenate([idle, lru_freed]))
-        return due, IngestReport(freed, evicted_lru, len(idle), slots[groups.inverse])
+        self.evicted_lru_total += len(lru_freed)
+        if len(idle) or len(lru_freed):
+            log.debug(
+                "window keys evicted", idle=len(idle), lru=len(lru_freed), n_keys=self.n_keys
+            )
+        report = IngestReport(
+            np.concatenate([idle, lru_freed]),
+            np.concatenate([freed_keys, lru_keys]),
+            len(lru_freed),
+            len(idle),
+            slots[groups.inverse],
+            len(batch),
+        )
+        return due, report
+
+    def _plan(self, batch: EventBatch, groups: _KeyGroups) -> tuple[int, np.ndarray]:
+        """(taken, forgotten): how many leading events one ingest can take, and for each key of
+        the batch whether it must be forgotten before its first event here.
+
+        One event at a time, the watermark rises with every event and each other key silent for
+        more than idle_ttl_s behind it is freed; a new key beyond max_keys frees the least
+        recently seen one. Taken whole, a batch frees silent keys once, at its start. The two
+        agree except where a key of the batch would be freed *between* two of its own events
+        (its second event then starts afresh), or where new keys need LRU evictions: there
+        the batch is cut, and a new key that needs an eviction is taken alone.
+        """
+        n = len(batch)
+        tracked = groups.slots >= 0
+        tracked_slots = groups.slots[tracked]
+        watermark = max(self._watermark, float(batch.ts.max()))
+        stale = watermark - self.idle_ttl_s
+        forgotten = np.zeros(len(groups.slots), dtype=bool)
+        taken = n
+        if np.any(self._last_ts[tracked_slots] < stale) or float(batch.ts.min()) < stale:
+            taken, forgotten = self._silences(batch, groups)
+        new = ~tracked | forgotten
+        room = self.max_keys - self.n_keys
+        if np.count_nonzero(new) > room:
+            # Keys not in the batch that the first event's watermark already frees make room.
+            first_mark = max(self._watermark, float(batch.ts[0]))
+            in_batch = np.zeros(self.capacity, dtype=bool)
+            in_batch[tracked_slots] = True
+            room += int(
+                np.count_nonzero(
+                    self._occupied
+                    & ~in_batch
+                    & (self._last_ts < first_mark - self.idle_ttl_s)
+                )
+            )
+            arrivals = np.sort(groups.order[groups.start[new]])
+            if len(arrivals) > room:
+                taken = min(taken, max(int(arrivals[room]), 1))
+        return taken, forgotten
+
+    def _silences(self, batch: EventBatch, groups: _KeyGroups) -> tuple[int, np.ndarray]:
+        """Where, one event at a time, a key of the batch would be freed for silence before one
+        of its events: (events before the first such event that is not its key's first here,
+        whether each key is freed before its first event here).
+
+        A key is freed before its event when some event came between it and the key's previous
+        event, and the watermark before its event is more than idle_ttl_s past the key's
+        newest event time so far.
+        """
+        n = len(batch)
+        rows = groups.order  # batch rows grouped by key
+        group = groups.inverse[rows]
+        is_first = np.zeros(n, dtype=bool)
+        is_first[groups.start] = True
+        marks = np.maximum.accumulate(batch.ts)
+        mark_before = np.empty(n, dtype=np.float64)
+        mark_before[0] = self._watermark
+        np.maximum(marks[:-1], self._watermark, out=mark_before[1:])
+        # Newest own time before each event: a running max per key, as integer ranks offset by
+        # the key's number so that one accumulate never carries across keys.
+        ts = batch.ts[rows]
+        by_time = np.argsort(ts, kind="stable")
+        rank = np.empty(n, dtype=np.int64)
+        rank[by_time] = np.arange(n)
+        running = ts[by_time][np.maximum.accumulate(rank + group * n) - group * n]
+        tracked = groups.slots >= 0
+        first_newest = np.where(
+            tracked, self._last_ts[np.maximum(groups.slots, 0)], np.inf
+        )  # a new key has nothing to forget
+        newest_before = np.empty(n, dtype=np.float64)
+        newest_before[1:] = running[:-1]
+        newest_before[groups.start] = first_newest
+        previous = np.empty(n, dtype=np.int64)
+        previous[1:] = rows[:-1]
+        previous[groups.start] = np.where(
+            tracked, self._last_seq[np.maximum(groups.slots, 0)] - self._seq, 0
+        )
+        gap = rows - previous > 1
+        freed = gap & (newest_before < mark_before[rows] - self.idle_ttl_s)
+        later = freed & ~is_first
+        taken = int(rows[later].min()) if later.any() else n
+        return taken, freed[groups.start]
 
     def _make_room(
-        self, keys: np.ndarray, slots: np.ndarray, last_row: np.ndarray, in_batch: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, int]:
-        """Apply the LRU/overflow rules; return (batch keys kept, slots freed, LRU eviction count).
-
-        Dropped batch keys get slot -1 in ``slots`` (changed in place).
-        """
-        kept = np.ones(len(slots), dtype=bool)
+        self, slots: np.ndarray, in_batch: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Free the least recently seen keys not in the batch until the batch's new keys fit
+        under max_keys; returns (slots freed, their keys). `_plan` makes sure that only a
+        batch of one event ever needs this, so it matches one event at a time."""
+        excess = self.n_keys + int(np.count_nonzero(slots < 0)) - self.max_keys
+        if excess <= 0:
+            return np.empty(0, dtype=np.int64), np.empty(0, dtype=object)
         others = np.flatnonzero(self._occupied & ~in_batch)
-        if len(slots) > self.max_keys:
-            kept[:] = False
-            kept[np.argsort(last_row, kind="stable")[-self.max_keys :]] = True
-            dropped = np.flatnonzero(~kept & (slots >= 0))
-            # Freed in key order: the free stack's order decides which slots new keys get.
-            dropped_tracked = slots[dropped[np.argsort(keys[dropped], kind="stable")]]
-            victims = np.concatenate([others, dropped_tracked])
-            evicted = len(others) + int(np.count_nonzero(~kept))
-        else:
-            excess = self.n_keys + int(np.count_nonzero(slots < 0)) - self.max_keys
-            if excess > 0:
-                victims = others[np.argpartition(self._last_seq[others], excess - 1)[:excess]]
-            else:
-                victims = np.empty(0, dtype=np.int64)
-            evicted = len(victims)
+        victims = others[np.argpartition(self._last_seq[others], excess - 1)[:excess]]
+        keys = self._key_of_slot[victims]
         self._release(victims)
-        slots[~kept] = -1
-        return kept, victims, evicted
+        return victims, keys
 
     def _release(self, freed: np.ndarray) -> None:
         """Forget the keys in ``freed`` slots and push the slots on the free stack, empty."""
@@ -328,9 +422,9 @@ class WindowStore(SlotArrays):
         self._free[self._n_free : self._n_free + len(freed)] = freed
         self._n_free += len(freed)
 
-    def _assign_slots(self, keys: np.ndarray, slots: np.ndarray, kept: np.ndarray) -> None:
-        """Give every kept new key a free slot (growing first if needed); fills ``slots`` in place."""
-        new = np.flatnonzero(kept & (slots < 0))
+    def _assign_slots(self, keys: np.ndarray, slots: np.ndarray) -> None:
+        """Give every new key a free slot (growing first if needed); fills ``slots`` in place."""
+        new = np.flatnonzero(slots < 0)
         if len(new) == 0:
             return
         if len(new) > self._n_free:
@@ -370,19 +464,16 @@ class WindowStore(SlotArrays):
         min_events: int,
         groups: _KeyGroups,
         slots: np.ndarray,
-        kept: np.ndarray,
     ) -> DueWindows:
         """Cut the due windows out of (old ring ++ batch), then write the batch into the ring.
 
-        The batch's kept events, grouped by key, are uploaded once ("staged") and both the cut
+        The batch's events, grouped by key, are uploaded once ("staged") and both the cut
         and the write index into them; with a device ring, so are the few index vectors.
         """
         w = self.window
-        group = groups.inverse[groups.order]
-        keep = kept[group]
-        rows = groups.order[keep]  # batch row of each kept event, grouped by key
-        group = group[keep]
-        rank = np.flatnonzero(keep) - groups.start[group]  # position within its key in the batch
+        rows = groups.order  # batch row of each event, grouped by key
+        group = groups.inverse[rows]
+        rank = np.arange(len(rows)) - groups.start[group]  # position within its key in the batch
         slot = slots[group]
         before = self._count[slot]  # key's count before this batch
         count = before + rank + 1  # key's count including this event
@@ -413,10 +504,9 @@ class WindowStore(SlotArrays):
         )
         ring.write(flat, staged, last_there)
         self._ts[slot[last], (count[last] - 1) % w] = batch.ts[rows[last]]
-        kept_slots = slots[kept]
-        self._count[kept_slots] += groups.size[kept]
+        self._count[slots] += groups.size
         newest = np.maximum.reduceat(batch.ts[groups.order], groups.start)
-        self._last_ts[kept_slots] = np.maximum(self._last_ts[kept_slots], newest[kept])
+        self._last_ts[slots] = np.maximum(self._last_ts[slots], newest)
         return windows
 
     def _start_ts(

@@ -245,3 +245,28 @@ def test_vectorised_equals_naive_reference(min_consecutive, cooldown, windows, c
         want += naive.feed(part)
     assert got == want
     assert fast.open_episodes == sum(s["episode"] is not None for s in naive.state.values())
+
+
+def test_evicting_a_key_with_an_open_episode_resolves_it() -> None:
+    t = tracker(min_consecutive=2)
+    opened = t.update(make_scored([0, 1, 0, 1], [True, False, True, False]))
+    assert summary(opened) == [("open", "key-0", 2, 2)]
+    assert t.update(make_scored([0], [True], scores=[9.0], first_row=4)) == []
+    resolved = t.evict(np.array([1, 0]), np.array(["key-1", "key-0"], dtype=object))
+    # Only the key with an open episode gets an alert: its episode's usual resolve id, the
+    # reason, the key's last window and the episode's peak.
+    assert [a.alert_id for a in resolved] == [opened[0].episode_id + "-resolve"]
+    alert = resolved[0]
+    assert (alert.kind, alert.reason, alert.key) == ("resolve", "evicted", "key-0")
+    assert (alert.window_start, alert.window_end) == (994.0, 1004.0)
+    assert alert.score == 9.0 and alert.windows_over == 3
+    assert t.open_episodes == 0
+    # The slot starts afresh: a new key there opens its own episode.
+    assert t.update(make_scored([0], [True], first_row=5)) == []
+
+
+def test_dropping_keys_for_another_owner_sends_no_resolve() -> None:
+    t = tracker(min_consecutive=1)
+    assert len(t.update(make_scored([0], [True]))) == 1
+    t.reset(np.array([0]))
+    assert t.open_episodes == 0

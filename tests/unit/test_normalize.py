@@ -111,16 +111,67 @@ def test_horizon_keeps_adapting_after_a_level_shift() -> None:
     assert np.all(uncapped.stats(slot)[0] < 1.5)
 
 
-def test_batch_larger_than_horizon_replaces_the_past() -> None:
+def horizon_reference(values: np.ndarray, horizon: int) -> tuple[np.ndarray, np.ndarray]:
+    """One event at a time: a running mean/variance whose count stops at `horizon`, after which
+    each event replaces 1/horizon of the past (textbook loop, no prior)."""
+    n, mean, m2 = 0, np.zeros(values.shape[1]), np.zeros(values.shape[1])
+    for x in values.astype(np.float64):
+        kept = min(n, horizon - 1)
+        m2 = m2 * (kept / n if n else 0.0)
+        n_new = kept + 1
+        delta = x - mean
+        mean = mean + delta / n_new
+        m2 = m2 + delta**2 * kept / n_new
+        n = n_new
+    return mean, np.sqrt(m2 / n)
+
+
+def test_past_the_horizon_each_event_replaces_a_share_of_the_past() -> None:
     normalizer = make(prior_weight=0.0, horizon=20)
-    slots = np.zeros(100, dtype=np.int64)
     rng = np.random.default_rng(1)
-    normalizer.update(slots, rng.normal(-50.0, 20.0, (100, N_FEATURES)))
-    values = rng.normal(3.0, 2.0, (100, N_FEATURES)).astype(np.float32)
-    normalizer.update(slots, values)
+    values = np.concatenate(
+        [rng.normal(-50.0, 20.0, (100, N_FEATURES)), rng.normal(3.0, 2.0, (100, N_FEATURES))]
+    ).astype(np.float32)
+    normalizer.update(np.zeros(100, dtype=np.int64), values[:100])
+    normalizer.update(np.zeros(100, dtype=np.int64), values[100:])
     mean, std = normalizer.stats(np.array([0]))
-    np.testing.assert_allclose(mean[0], values.mean(axis=0), rtol=1e-5)
-    np.testing.assert_allclose(std[0], values.std(axis=0), rtol=1e-4)
+    want_mean, want_std = horizon_reference(values, 20)
+    np.testing.assert_allclose(mean[0], want_mean, rtol=1e-5)
+    np.testing.assert_allclose(std[0], want_std, rtol=1e-4)
+    assert np.all(np.abs(mean[0] - 3.0) < 1.5)  # the old level is washed out
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    horizon=st.sampled_from([1, 3, 50, 10**9]),
+    cuts=st.lists(st.integers(1, 40), min_size=1, max_size=8),
+    seed=st.integers(0, 2**31),
+)
+def test_statistics_after_each_event_do_not_depend_on_batch_cuts(
+    horizon: int, cuts: list[int], seed: int
+) -> None:
+    """The statistics recorded after every event, fed in random batches, equal those of a run
+    one event at a time (the same float operations per key, so the same bits)."""
+    rng = np.random.default_rng(seed)
+    n = sum(cuts)
+    slots = rng.integers(0, 4, n)
+    values = rng.normal(rng.uniform(-1e3, 1e3), rng.uniform(0.1, 1e2), (n, N_FEATURES))
+    values = values.astype(np.float32)
+    single, batched = make(horizon=horizon), make(horizon=horizon)
+    one_by_one = [single.update(slots[i : i + 1], values[i : i + 1], record=np.array([0]))
+                  for i in range(n)]
+    want_mean = np.concatenate([mean for mean, _ in one_by_one])
+    want_std = np.concatenate([std for _, std in one_by_one])
+    start, got_mean, got_std = 0, [], []
+    for size in cuts:
+        mean, std = batched.update(
+            slots[start : start + size], values[start : start + size], record=np.arange(size)
+        )
+        got_mean.append(mean)
+        got_std.append(std)
+        start += size
+    np.testing.assert_array_equal(np.concatenate(got_mean), want_mean)
+    np.testing.assert_array_equal(np.concatenate(got_std), want_std)
 
 
 def test_normalize_and_denormalize_are_inverse() -> None:
@@ -129,13 +180,13 @@ def test_normalize_and_denormalize_are_inverse() -> None:
     normalizer.update(rng.integers(0, 4, 50), rng.normal(10, 3, (50, N_FEATURES)))
     slots = np.array([0, 1, 3, 6])
     windows = rng.normal(10, 3, (4, 7, N_FEATURES)).astype(np.float32)
-    z = normalizer.normalize(windows, slots)
     mean, std = normalizer.stats(slots)
+    z = normalizer.normalize(windows, mean, std)
     assert z.dtype == np.float32 and z.shape == windows.shape
     np.testing.assert_allclose(z, (windows - mean[:, None]) / std[:, None], rtol=1e-5)
-    np.testing.assert_allclose(normalizer.denormalize(z, slots), windows, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(normalizer.denormalize(z, mean, std), windows, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(
-        normalizer.denormalize(z[:, -1], slots), windows[:, -1], rtol=1e-4, atol=1e-4
+        normalizer.denormalize(z[:, -1], mean, std), windows[:, -1], rtol=1e-4, atol=1e-4
     )
 
 

@@ -24,11 +24,11 @@ from stream_detector.training import train
 N_KEYS = 6
 
 
-def _settings(stride: int = 1) -> Settings:
+def _settings(stride: int = 1, max_keys: int = 4) -> Settings:
     return load_settings(
         None,
         {
-            "window": {"size": 4, "stride": stride, "max_keys": 4, "initial_capacity": 2,
+            "window": {"size": 4, "stride": stride, "max_keys": max_keys, "initial_capacity": 2,
                        "idle_ttl_s": 6.0},
             "normalize": {"warmup": 3},
             "model": {"hidden_size": 4, "latent_size": 2, "device": "cpu"},
@@ -49,7 +49,9 @@ def _payload(key: int, ts: float, value: float) -> bytes:
 
 @pytest.fixture(scope="module")
 def artefact() -> ModelArtefact:
-    settings = _settings()
+    # Every key tracked while training: round-robin over more keys than max_keys would evict
+    # each key before its first window.
+    settings = _settings(max_keys=N_KEYS)
     rng = np.random.default_rng(0)
     payloads = [
         _payload(k, T0 + t, float(np.sin(t / 3 + k) + rng.normal(0, 0.1)))

@@ -11,8 +11,18 @@ from hypothesis import strategies as st
 from stream_detector.config import ThresholdConfig
 from stream_detector.engine.threshold import AdaptiveThreshold
 
+def welford(mean: float, var: float, count: int, x: float) -> tuple[float, float]:
+    """Textbook running mean and population variance after one more value."""
+    n = count + 1
+    d = x - mean
+    mean += d / n
+    var = var + (d * (x - mean) - var) / n
+    return mean, var
+
+
 class NaiveThreshold:
-    """Per-score reference: the textbook incremental EWMA (Finch), one score at a time."""
+    """Per-score reference: Welford's running statistics for the first 1/alpha scores, then
+    the textbook incremental EWMA (Finch), one score at a time."""
 
     def __init__(self, config: ThresholdConfig, global_threshold: float) -> None:
         self.config = config
@@ -27,11 +37,11 @@ class NaiveThreshold:
         return max(own, self.global_threshold * self.config.floor_factor)
 
     def apply(self, slots: list[int], scores: list[float]) -> tuple[list[float], list[bool]]:
-        before = {slot: self.threshold(slot) for slot in set(slots)}
+        """Each score judged against the threshold after exactly the key's scores before it."""
         thresholds, exceed = [], []
         a = self.config.alpha
         for slot, score in zip(slots, scores):
-            thr = before[slot]
+            thr = self.threshold(slot)
             over = score > thr
             thresholds.append(thr)
             exceed.append(over)
@@ -39,8 +49,8 @@ class NaiveThreshold:
                 continue
             x = score
             mean, var, count = self.state.get(slot, (0.0, 0.0, 0))
-            if count == 0:
-                mean, var = x, 0.0
+            if 1 / (count + 1) > a:  # the plain running mean and variance until 1/alpha scores
+                mean, var = welford(mean, var, count, x)
             else:
                 d = x - mean
                 mean += a * d
@@ -162,3 +172,29 @@ def test_vectorised_equals_naive_reference(alpha, warmup, floor, calls) -> None:
             # two states then diverge by design, so the comparison stops here.
             break
         assert exceed.tolist() == ref_exceed
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    cuts=st.lists(st.integers(1, 30), min_size=1, max_size=8),
+    seed=st.integers(0, 2**31),
+)
+def test_decisions_do_not_depend_on_batch_cuts(cuts: list[int], seed: int) -> None:
+    """Thresholds and flags for a stream cut into random batches are bit-identical to one
+    score at a time: a key's early exceedance in a batch can change its later windows."""
+    rng = np.random.default_rng(seed)
+    n = sum(cuts)
+    slots = rng.integers(0, 3, n)
+    scores = rng.gamma(2.0, 2.0, n).astype(np.float32)
+    cfg = config(warmup=2, sensitivity=1.0)
+    single = AdaptiveThreshold(cfg, global_threshold=8.0)
+    want = [apply(single, [int(slots[i])], [float(scores[i])]) for i in range(n)]
+    batched = AdaptiveThreshold(cfg, global_threshold=8.0)
+    got_thr, got_exceed, start = [], [], 0
+    for size in cuts:
+        thresholds, exceed = batched.apply(slots[start : start + size], scores[start : start + size])
+        got_thr.append(thresholds)
+        got_exceed.append(exceed)
+        start += size
+    np.testing.assert_array_equal(np.concatenate(got_thr), np.concatenate([t for t, _ in want]))
+    np.testing.assert_array_equal(np.concatenate(got_exceed), np.concatenate([e for _, e in want]))

@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import partial
 
 import numpy as np
 import structlog
@@ -147,7 +146,7 @@ class WindowScorer:
         self._forward: Callable[[Tensor], Tensor] = (
             _FixedShapeForward(self.model, batch_size, cuda_graph)
             if device.type == "cuda"
-            else partial(_window_results, self.model)
+            else _LadderForward(self.model, batch_size)
         )
 
     def score(self, windows: np.ndarray | Tensor) -> WindowScores:
@@ -181,6 +180,37 @@ class WindowScorer:
             feature_errors=result[:, 1 : 1 + f].copy(),
             last_reconstruction=result[:, 1 + f :].copy(),
         )
+
+
+class _LadderForward:
+    """CPU: every micro-batch runs padded to the next size of a short ladder (powers of two
+    from 16 up to batch_size).
+
+    Torch's CPU LSTM (oneDNN) keeps a primitive cached per input shape; fed the batch sizes a
+    live stream produces, every new size adds one and the process grows without bound. A
+    ladder bounds the shapes to about a dozen, at the cost of scoring up to twice the rows of
+    a small micro-batch. Rows are independent, so the zero padding changes no real row.
+    """
+
+    _SMALLEST = 16
+
+    def __init__(self, model: LSTMAutoencoder, batch_size: int) -> None:
+        self._model = model
+        sizes = []
+        size = self._SMALLEST
+        while size < batch_size:
+            sizes.append(size)
+            size *= 2
+        self._sizes = np.array([*sizes, batch_size])
+
+    def __call__(self, x: Tensor) -> Tensor:
+        n = x.shape[0]
+        size = int(self._sizes[np.searchsorted(self._sizes, n)])
+        if size == n:
+            return _window_results(self._model, x)
+        padded = x.new_zeros((size, *x.shape[1:]))
+        padded[:n] = x
+        return _window_results(self._model, padded)[:n]
 
 
 class _FixedShapeForward:

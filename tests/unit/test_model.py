@@ -72,6 +72,35 @@ def test_micro_batching_does_not_change_scores(n: int, batch_size: int) -> None:
     )
 
 
+def test_cpu_scorer_runs_the_model_at_a_few_fixed_shapes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Torch's CPU LSTM caches state per input shape, so a live stream's ever-new batch sizes
+    would grow memory without bound: the scorer pads micro-batches to a short ladder."""
+    import stream_detector.engine.model as model_module
+
+    shapes: set[int] = set()
+    real = model_module._window_results
+
+    def spy(model: LSTMAutoencoder, x: torch.Tensor) -> torch.Tensor:
+        shapes.add(int(x.shape[0]))
+        return real(model, x)
+
+    monkeypatch.setattr(model_module, "_window_results", spy)
+    model = _model()
+    scorer = WindowScorer(model, CPU, batch_size=300)
+    rng = np.random.default_rng(0)
+    for n in range(1, 700, 7):
+        windows = rng.normal(size=(n, 8, 2)).astype(np.float32)
+        result = scorer.score(windows)
+        assert result.scores.shape == (n,)
+        if n in (1, 99):  # padding rows never change the real rows
+            np.testing.assert_allclose(
+                result.scores,
+                real(model, torch.from_numpy(windows))[:, 0].detach().numpy(),
+                rtol=1e-5,
+            )
+    assert shapes == {16, 32, 64, 128, 256, 300}
+
+
 def test_empty_batch_gives_empty_results() -> None:
     result = WindowScorer(_model(), CPU, batch_size=4).score(np.empty((0, 8, 2), np.float32))
     assert result.scores.shape == (0,)

@@ -28,6 +28,8 @@ device = "cpu"
 """
 T0 = 1_714_564_800.0
 
+pytestmark = pytest.mark.usefixtures("logging_left_as_found")
+
 
 @pytest.fixture()
 def files(tmp_path: Path) -> tuple[Path, Path, Path]:

@@ -7,12 +7,10 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
 import pytest
-import structlog
 
 from stream_detector.cli import main
 from stream_detector.config import InputConfig
@@ -22,11 +20,7 @@ from stream_detector.demo.signals import StopSignals, children_shielded
 from stream_detector.engine.decode import Decoder
 
 
-@pytest.fixture(autouse=True)
-def _logging_left_as_found() -> Iterator[None]:
-    """main() points structlog at this test's captured stderr, which pytest closes afterwards."""
-    yield
-    structlog.reset_defaults()
+pytestmark = pytest.mark.usefixtures("logging_left_as_found")
 
 
 def test_generate_writes_a_feed_the_decoder_reads_and_its_labels(tmp_path: Path) -> None:

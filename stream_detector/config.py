@@ -30,6 +30,8 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from stream_detector.kafka.limits import RECORD_FRAMING_BYTES
+
 
 class ConfigError(Exception):
     """A configuration problem a user can fix; the message names the field and the fix."""
@@ -66,7 +68,12 @@ class InputConfig(_Section):
     value_fields: tuple[str, ...] = Field(
         ("value",), min_length=1, description="Dotted paths of the numeric features, in model order."
     )
-    max_message_bytes: int = Field(1_000_000, gt=0, description="Larger messages are rejected.")
+    max_message_bytes: int = Field(
+        1_000_000,
+        gt=0,
+        description="Larger message values go to the dead-letter topic as 'oversized'; must fit "
+        "under kafka.fetch_max_bytes, so that every record under it can be fetched.",
+    )
     min_timestamp: float = Field(
         946_684_800.0,
         description="Earliest plausible event time (epoch s); older is rejected as absurd. The "
@@ -288,6 +295,15 @@ class EpisodeConfig(_Section):
     top_features: int = Field(3, ge=1, description="Contributing features named in an alert.")
 
 
+# librdkafka size properties the service derives from its own settings, and from which.
+_SIZE_PROPERTIES: dict[str, str] = {
+    "message.max.bytes": "max_message_bytes",
+    "batch.size": "max_message_bytes",
+    "fetch.max.bytes": "fetch_max_bytes",
+    "receive.message.max.bytes": "fetch_max_bytes",
+}
+
+
 class KafkaConfig(_Section):
     """The service's broker connection; `extra` passes straight through to librdkafka."""
 
@@ -313,7 +329,32 @@ class KafkaConfig(_Section):
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
     ssl_ca_location: str | None = None
+    max_message_bytes: int = Field(
+        1_000_000,
+        ge=16_384,
+        description="Largest message the service produces (the producer's message.max.bytes and "
+        "batch.size). A dead letter that would be larger keeps a truncated value, with headers "
+        "giving the original's size and sha256. The dead-letter topic's max.message.bytes must "
+        "allow this much; the service checks at start where the broker reports it.",
+    )
+    fetch_max_bytes: int = Field(
+        52_428_800,
+        ge=1_000_000,
+        description="Most bytes one fetch returns (fetch.max.bytes; receive.message.max.bytes is "
+        "set just above it), and so the largest input record the consumer can read; the input "
+        "topics' max.message.bytes must not exceed it.",
+    )
     extra: dict[str, str] = Field(default_factory=dict, description="Raw librdkafka settings.")
+
+    @field_validator("extra")
+    @classmethod
+    def _sizes_are_typed_settings(cls, extra: dict[str, str]) -> dict[str, str]:
+        # The size limits are checked against each other and against the topics; a raw
+        # librdkafka value would bypass those checks.
+        for name, setting in _SIZE_PROPERTIES.items():
+            if name in extra:
+                raise ValueError(f"{name!r} is set by kafka.{setting}; set that instead of extra")
+        return extra
 
 
 class ObservabilityConfig(_Section):
@@ -376,6 +417,18 @@ class Settings(BaseSettings):
             raise ValueError(
                 "input.mode is 'aggregate', so the model's features are the bucket features: set "
                 f"input.value_fields = {list(names)} (aggregate.features' names, in order)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _input_limit_can_be_fetched(self) -> Settings:
+        # A record under the input limit that the consumer cannot fetch would stall its partition.
+        largest = self.kafka.fetch_max_bytes - RECORD_FRAMING_BYTES
+        if self.input.max_message_bytes > largest:
+            raise ValueError(
+                f"input.max_message_bytes = {self.input.max_message_bytes} cannot be fetched with "
+                f"kafka.fetch_max_bytes = {self.kafka.fetch_max_bytes}: lower the first to at "
+                f"most {largest} or raise kafka.fetch_max_bytes"
             )
         return self
 

@@ -56,7 +56,7 @@ class OutRecord:
     topic: str
     value: bytes | None
     key: bytes | None
-    headers: list[tuple[str, bytes]] | None = None
+    headers: list[tuple[str, bytes | None]] | None = None
     batch: int = -1
     attempt: int = 0
 

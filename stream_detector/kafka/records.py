@@ -16,8 +16,10 @@ from stream_detector.aggregate.streams import partition_stream
 from stream_detector.engine.alerts import Alert
 from stream_detector.engine.types import Reject
 from stream_detector.kafka.delivery import OutRecord, Partition
+from stream_detector.kafka.limits import Header, fit_record
 
 ALERT_CONTENT_TYPE = b"application/cloudevents+json; charset=utf-8"
+INPUT_HEADER_PREFIX = "input."
 
 
 @dataclass(frozen=True)
@@ -107,18 +109,24 @@ def alert_record(alert: Alert, topic: str, source: str, batch: int) -> OutRecord
     )
 
 
-def dead_letter_record(reject: Reject, message: Message, topic: str, batch: int) -> OutRecord:
-    """The original bytes and key, untouched, with headers saying why and where from."""
-    return OutRecord(
-        topic=topic,
-        value=message.value(),
-        key=message.key(),
-        headers=[
-            ("reason", reject.reason.encode()),
-            ("detail", reject.detail.encode()),
-            ("source_topic", message.topic().encode()),
-            ("source_partition", str(message.partition()).encode()),
-            ("source_offset", str(message.offset()).encode()),
-        ],
-        batch=batch,
-    )
+def dead_letter_record(
+    reject: Reject, message: Message, topic: str, batch: int, max_bytes: int
+) -> OutRecord:
+    """The original bytes and key with headers saying why and where from, at most `max_bytes`.
+
+    The input record's own headers come along under INPUT_HEADER_PREFIX, so that an input header
+    named `reason` cannot pass for the service's. A record too large for `max_bytes` (the
+    producer's limit, which the dead-letter topic is checked to accept) is cut by `fit_record`
+    rather than refused by the producer: refusing it would stop the service on the same record
+    at every restart.
+    """
+    own: list[Header] = [
+        ("reason", reject.reason.encode()),
+        ("detail", reject.detail.encode()),
+        ("source_topic", message.topic().encode()),
+        ("source_partition", str(message.partition()).encode()),
+        ("source_offset", str(message.offset()).encode()),
+    ]
+    copied = [(INPUT_HEADER_PREFIX + name, value) for name, value in message.headers() or []]
+    value, key, headers = fit_record(message.value(), message.key(), own, copied, max_bytes)
+    return OutRecord(topic=topic, value=value, key=key, headers=headers, batch=batch)

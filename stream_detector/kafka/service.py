@@ -34,7 +34,7 @@ from confluent_kafka import (
     Producer,
     TopicPartition,
 )
-from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin import AdminClient, ConfigResource
 
 from stream_detector.artefact import ArtefactError, load_artefact
 from stream_detector.config import ConfigError, Settings
@@ -45,6 +45,7 @@ from stream_detector.kafka.metrics import ServiceMetrics
 from stream_detector.kafka.records import ConsumedBatch, alert_record, dead_letter_record
 from stream_detector.kafka.settings import (
     admin_config,
+    check_topic_limits,
     consumer_config,
     producer_config,
     redact,
@@ -189,6 +190,9 @@ class KafkaService:
             self._start_clients()
             self._loop()
             return self._shutdown()
+        except ConfigError as exc:  # settings that the broker's topics cannot accommodate
+            log.error("cannot start the service", error=str(exc))
+            return EXIT_CONFIG
         except (FatalServiceError, DeliveryFailed) as exc:
             self.health.failed = str(exc)
             self._failing = True
@@ -223,8 +227,26 @@ class KafkaService:
                 delay = min(delay * 2, _BACKOFF_MAX_S)
                 continue
             self._check_topics(metadata.topics)
+            self._check_topic_limits(admin)
             return True
         return False
+
+    def _check_topic_limits(self, admin: AdminClient) -> None:
+        """The dead-letter and input topics' max.message.bytes against the size settings. A
+        broker that does not report them (Tansu reports no topic configs) is not checked."""
+        topics = [self.kafka.dead_letter_topic, *self.kafka.input_topics]
+        futures = admin.describe_configs([ConfigResource("topic", topic) for topic in topics])
+        limits: dict[str, int] = {}
+        for resource, future in futures.items():
+            try:
+                entry = future.result(timeout=10.0).get("max.message.bytes")
+            except (KafkaException, TimeoutError) as exc:
+                log.warning("cannot read the topic's max.message.bytes; not checked",
+                            topic=resource.name, error=str(exc))
+                continue
+            if entry is not None and entry.value is not None:
+                limits[resource.name] = int(entry.value)
+        check_topic_limits(self.kafka, limits)
 
     def _check_topics(self, present: dict[str, object]) -> None:
         wanted = {topic: "kafka.input_topics" for topic in self.kafka.input_topics}
@@ -364,7 +386,9 @@ class KafkaService:
         seq = -1 if self._exactly_once else self.tracker.open_batch(offsets)
         records = [alert_record(a, self.kafka.alert_topic, self.source, seq) for a in result.alerts]
         records += [
-            dead_letter_record(r, messages[r.index], self.kafka.dead_letter_topic, seq)
+            dead_letter_record(
+                r, messages[r.index], self.kafka.dead_letter_topic, seq, self.kafka.max_message_bytes
+            )
             for r in result.decoded.rejects
         ]
         if self._exactly_once:

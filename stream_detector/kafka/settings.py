@@ -10,7 +10,8 @@ from __future__ import annotations
 import os
 import socket
 
-from stream_detector.config import KafkaConfig
+from stream_detector.config import ConfigError, KafkaConfig
+from stream_detector.kafka.limits import FETCH_RESPONSE_FRAMING_BYTES
 
 ClientConfig = dict[str, str | int | float | bool]
 
@@ -57,6 +58,8 @@ def consumer_config(kafka: KafkaConfig) -> ClientConfig:
             # librdkafka's 3 s default would let a short session expire between two heartbeats.
             "heartbeat.interval.ms": min(3000, kafka.session_timeout_ms // 3),
             "isolation.level": "read_committed",
+            "fetch.max.bytes": kafka.fetch_max_bytes,
+            "receive.message.max.bytes": kafka.fetch_max_bytes + FETCH_RESPONSE_FRAMING_BYTES,
         }
     )
     return _with_extra(conf, kafka)
@@ -77,6 +80,10 @@ def producer_config(kafka: KafkaConfig, transactional_id: str | None = None) -> 
             "linger.ms": 5,
             # The service bounds what is unacknowledged itself; librdkafka's queue must hold it.
             "queue.buffering.max.messages": max(kafka.max_in_flight, 1000),
+            # Dead letters are cut to fit this; a batch of several records stays under it too,
+            # so the topic's max.message.bytes, checked against it at start, accepts every one.
+            "message.max.bytes": kafka.max_message_bytes,
+            "batch.size": kafka.max_message_bytes,
         }
     )
     if transactional_id is not None:
@@ -88,6 +95,33 @@ def producer_config(kafka: KafkaConfig, transactional_id: str | None = None) -> 
 
 def admin_config(kafka: KafkaConfig) -> ClientConfig:
     return _with_extra(common_config(kafka), kafka)
+
+
+def check_topic_limits(kafka: KafkaConfig, topic_limits: dict[str, int]) -> None:
+    """Raise ConfigError when a topic's max.message.bytes (as the broker reports it; topics it
+    does not report are not checked) cannot carry what the settings let through: every dead
+    letter up to kafka.max_message_bytes must be accepted, and every input record the broker
+    accepts must be fetchable under kafka.fetch_max_bytes."""
+    problems = []
+    dead_letters = topic_limits.get(kafka.dead_letter_topic)
+    if dead_letters is not None and dead_letters < kafka.max_message_bytes:
+        problems.append(
+            f"topic {kafka.dead_letter_topic!r} (kafka.dead_letter_topic) accepts messages up to "
+            f"max.message.bytes = {dead_letters}, below kafka.max_message_bytes = "
+            f"{kafka.max_message_bytes}: lower kafka.max_message_bytes to at most {dead_letters} "
+            "or raise the topic's max.message.bytes"
+        )
+    for topic in kafka.input_topics:
+        accepted = topic_limits.get(topic)
+        if accepted is not None and accepted > kafka.fetch_max_bytes:
+            problems.append(
+                f"input topic {topic!r} accepts records up to max.message.bytes = {accepted}, "
+                f"more than kafka.fetch_max_bytes = {kafka.fetch_max_bytes} lets the consumer "
+                f"fetch: raise kafka.fetch_max_bytes to at least {accepted} or lower the "
+                "topic's max.message.bytes"
+            )
+    if problems:
+        raise ConfigError("; ".join(problems))
 
 
 def transactional_id(kafka: KafkaConfig) -> str:

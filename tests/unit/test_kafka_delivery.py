@@ -196,7 +196,9 @@ def test_consumed_batch_keeps_payloads_keys_and_broker_times_aligned() -> None:
 
 def test_dead_letter_keeps_the_original_bytes_and_says_why_and_where() -> None:
     (message,) = _messages([("events", 2, 41)])
-    record = dead_letter_record(Reject(0, "not_json", "not valid JSON"), message, "dlq", batch=3)
+    record = dead_letter_record(
+        Reject(0, "not_json", "not valid JSON"), message, "dlq", 3, KafkaConfig().max_message_bytes
+    )
     assert (record.topic, record.value, record.key, record.batch) == ("dlq", b"{}", b"k", 3)
     assert dict(record.headers) == {
         "reason": b"not_json",

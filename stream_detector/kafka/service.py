@@ -18,10 +18,11 @@ import gc
 import signal
 import threading
 import time
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
 from types import FrameType
+from typing import Any, TypeVar
 
 import structlog
 from confluent_kafka import (
@@ -40,6 +41,7 @@ from stream_detector.artefact import ArtefactError, load_artefact
 from stream_detector.config import ConfigError, Settings
 from stream_detector.engine.detector import Detector
 from stream_detector.kafka.delivery import DeliveryFailed, DeliveryTracker, OutRecord, Partition
+from stream_detector.kafka.errors import HandshakeWatch, accepting_servers, fatal_message
 from stream_detector.kafka.health import HealthState, StatusServer
 from stream_detector.kafka.metrics import ServiceMetrics
 from stream_detector.kafka.records import ConsumedBatch, alert_record, dead_letter_record
@@ -64,20 +66,11 @@ _BACKOFF_START_S = 0.5
 _BACKOFF_MAX_S = 30.0
 _LAG_EVERY_S = 1.0
 _TXN_TIMEOUT_S = 30.0
+_Client = TypeVar("_Client")
 
-# Client errors no retry can fix, with what the user should change.
-_FATAL_HINTS: dict[int, str] = {
-    KafkaError._AUTHENTICATION: "check kafka.security_protocol, kafka.sasl_mechanism, "
-    "kafka.sasl_username and kafka.sasl_password (SD_KAFKA__SASL_PASSWORD)",
-    KafkaError.SASL_AUTHENTICATION_FAILED: "check kafka.sasl_username and kafka.sasl_password",
-    KafkaError._SSL: "check kafka.ssl_ca_location and the broker's certificate",
-    KafkaError.TOPIC_AUTHORIZATION_FAILED: "grant this principal read on kafka.input_topics and "
-    "write on kafka.alert_topic and kafka.dead_letter_topic",
-    KafkaError.GROUP_AUTHORIZATION_FAILED: "grant this principal access to group kafka.group_id",
-    KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED: "grant this principal transactional "
-    "write access, or set kafka.processing_guarantee = 'at_least_once'",
-    KafkaError._INVALID_ARG: "fix the librdkafka settings in kafka.extra",
-}
+# A broker that accepts connections but fails the handshake this long is mismatched, not down.
+# librdkafka gives up on one SSL handshake after 30 s (socket.connection.setup.timeout.ms).
+_HANDSHAKE_GIVE_UP_S = 30.0
 
 
 class FatalServiceError(Exception):
@@ -124,6 +117,18 @@ def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _create_client(factory: Callable[[dict[str, Any]], _Client], conf: dict[str, Any]) -> _Client:
+    """A librdkafka client, or FatalServiceError naming the settings when librdkafka refuses
+    the configuration (e.g. a SASL mechanism this build lacks: GSSAPI is librdkafka's default)."""
+    try:
+        return factory(conf)
+    except KafkaException as exc:
+        raise FatalServiceError(
+            f"cannot create the Kafka clients: {exc.args[0].str()}; check kafka.security_protocol "
+            "and kafka.sasl_mechanism, and kafka.extra (passed to librdkafka as is)"
+        ) from None
 
 
 def _load_detector(settings: Settings) -> Detector:
@@ -209,18 +214,32 @@ class KafkaService:
                 server.stop()
 
     def _wait_for_broker(self) -> bool:
-        """Retry with backoff until the broker answers and the topics exist; False if stopped."""
-        admin = AdminClient({**admin_config(self.kafka), "error_cb": self._on_client_error})
+        """Retry with backoff until the broker answers and the topics exist; False if stopped.
+
+        A broker that is down is waited for; one that accepts connections but fails the
+        handshake or authentication ends the service (`errors.HandshakeWatch`)."""
+        admin = _create_client(
+            AdminClient, {**admin_config(self.kafka), "error_cb": self._on_client_error}
+        )
+        handshake = HandshakeWatch(_HANDSHAKE_GIVE_UP_S)
         delay = _BACKOFF_START_S
         while not self.stop.is_set():
             self._raise_if_fatal()
             try:
                 metadata = admin.list_topics(timeout=5.0)
             except KafkaException as exc:
+                admin.poll(0)  # authentication and SSL errors only reach error_cb from here
+                self._raise_if_fatal()
+                error = exc.args[0].str()
+                accepting = accepting_servers(self.kafka.bootstrap_servers)
+                if handshake.failed(bool(accepting)):
+                    raise FatalServiceError(handshake.message(self.kafka.bootstrap_servers, error))
                 log.warning(
-                    "kafka broker unreachable; retrying",
+                    "kafka broker accepts connections but the handshake failed; retrying"
+                    if accepting
+                    else "kafka broker unreachable; retrying",
                     bootstrap_servers=self.kafka.bootstrap_servers,
-                    error=str(exc.args[0]),
+                    error=error,
                     retry_in_s=delay,
                 )
                 self.stop.wait(delay)
@@ -282,16 +301,15 @@ class KafkaService:
             producer=redact(producer_config(self.kafka, txn_id)),
             processing_guarantee=self.kafka.processing_guarantee,
         )
-        try:
-            self._producer = Producer(producer_conf)
-            if self._exactly_once:
+        self._producer = _create_client(Producer, producer_conf)
+        if self._exactly_once:
+            try:
                 self._producer.init_transactions(_TXN_TIMEOUT_S)
-            self._consumer = Consumer(consumer_conf)
-        except KafkaException as exc:
-            raise FatalServiceError(
-                f"cannot create the Kafka clients: {exc.args[0].str()}; check the kafka settings "
-                "(kafka.extra is passed to librdkafka as is)"
-            ) from None
+            except KafkaException as exc:
+                raise FatalServiceError(
+                    f"cannot start the transactional producer: {exc.args[0].str()}"
+                ) from None
+        self._consumer = _create_client(Consumer, consumer_conf)
         self._consumer.subscribe(
             list(self.kafka.input_topics),
             on_assign=self._on_assign,
@@ -748,11 +766,11 @@ class KafkaService:
     def _note_if_fatal(self, error: KafkaError) -> bool:
         """Remember an error no retry can fix; the loop raises it at the next turn (callbacks
         run inside librdkafka calls, where raising would lose the message)."""
-        hint = _FATAL_HINTS.get(error.code())
-        if not (error.fatal() or hint is not None):
+        message = fatal_message(error)
+        if message is None:
             return False
         if self._fatal is None:
-            self._fatal = f"kafka: {error.str()}" + (f"; {hint}" if hint else "")
+            self._fatal = message
         return True
 
     def _on_client_error(self, error: KafkaError) -> None:

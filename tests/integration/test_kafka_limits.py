@@ -1,13 +1,15 @@
-"""Size limits and input headers against the real broker.
+"""Size limits, input headers and security mismatches against the real broker.
 
 Records just under and over each size limit, at the default size settings, are processed or
 dead-lettered and the service keeps running; a dead letter too large for the producer's limit is
-truncated with headers naming the original.
+truncated with headers naming the original. A broker that answers but fails the handshake ends
+the service with the setting named, within bounded time.
 """
 
 from __future__ import annotations
 
 import hashlib
+import time
 from typing import Any
 
 import orjson
@@ -125,3 +127,36 @@ def test_input_headers_reach_the_dead_letter_under_a_prefix(
     assert record.headers["reason"] == b"not_json", "an input header cannot spoof the reason"
     assert record.headers["input.reason"] == b"all fine"
     assert record.headers["input.trace-id"] == b"t-42"
+
+
+@pytest.mark.parametrize(
+    ("kafka", "bound_s"),
+    [
+        # The broker refuses the SASL handshake: librdkafka reports an authentication error.
+        (
+            {
+                "security_protocol": "SASL_PLAINTEXT",
+                "sasl_mechanism": "PLAIN",
+                "sasl_username": "detector",
+                "sasl_password": "secret",
+            },
+            30,
+        ),
+        # No mechanism: librdkafka's default, GSSAPI, is not in this build.
+        ({"security_protocol": "SASL_PLAINTEXT"}, 30),
+        # An SSL client on a plaintext listener only times out: the TCP-level answer tells.
+        ({"security_protocol": "SSL"}, 90),
+    ],
+    ids=["sasl-plain", "sasl-default-mechanism", "ssl"],
+)
+def test_a_security_mismatch_ends_the_service_naming_the_setting(
+    start_service, kafka: dict[str, Any], bound_s: float
+) -> None:
+    started = time.monotonic()
+    service = start_service(wait=False, kafka=kafka)
+    assert service.process.wait(bound_s) in (1, 2)
+    assert time.monotonic() - started < bound_s
+    failures = [e for e in service.log_events() if e.get("event") == "service failed"]
+    assert failures, service.log()
+    assert "kafka.security_protocol" in failures[0]["error"]
+    assert "secret" not in service.log()

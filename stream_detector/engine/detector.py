@@ -116,6 +116,11 @@ class Detector:
         return self._episodes.open_episodes
 
     @property
+    def out_of_order_total(self) -> int:
+        """Events accepted although earlier than an event of their key before them."""
+        return self._windows.out_of_order_total
+
+    @property
     def evicted_total(self) -> int:
         return self._windows.evicted_lru_total + self._windows.evicted_idle_total
 

@@ -37,6 +37,7 @@ import numpy as np
 import structlog
 import torch
 
+from stream_detector.engine.decode import out_of_order
 from stream_detector.engine.ring import RingValues, ring_values
 from stream_detector.engine.types import DueWindows, EventBatch, IngestReport
 from stream_detector.state.slots import SlotArrays
@@ -165,6 +166,9 @@ class WindowStore(SlotArrays):
         self.idle_ttl_s = float(idle_ttl_s)
         self.evicted_lru_total = 0
         self.evicted_idle_total = 0
+        # Events earlier than an event of their key that came before them (accepted as they
+        # arrive: a window is a key's last W events in arrival order); counted for operators.
+        self.out_of_order_total = 0
         cap = initial_capacity
         self._values: RingValues = ring_values(cap, window, n_features, device)
         self._ts = np.zeros((cap, window), dtype=np.float64)
@@ -278,6 +282,12 @@ class WindowStore(SlotArrays):
             groups = _KeyGroups.of(batch.keys, self._slot_by_key, self._key_of_slot)
             _, forgotten = self._plan(batch, groups)
         last_row = groups.last_row
+        newest_before = np.where(
+            groups.slots >= 0, self._last_ts[np.maximum(groups.slots, 0)], -np.inf
+        )
+        self.out_of_order_total += int(
+            np.count_nonzero(out_of_order(groups.inverse, batch.ts, newest_before))
+        )
         slots = groups.slots.copy()  # room-making and slot assignment fill it in place
         self._watermark = max(self._watermark, float(batch.ts.max()))
         in_batch = np.zeros(self.capacity, dtype=bool)

@@ -41,6 +41,11 @@ class ServiceMetrics:
         self.evictions = Counter(
             "sd_evictions", "Keys dropped from the window store (LRU or idle).", registry=r
         )
+        self.out_of_order = Counter(
+            "sd_out_of_order_events",
+            "Events accepted although earlier than an event of their key before them.",
+            registry=r,
+        )
         # Aggregate mode (input.mode = "aggregate"); they stay 0 in events mode.
         self.late_events = Counter(
             "sd_late_events",
@@ -91,6 +96,7 @@ class ServiceMetrics:
         for policy in ("dead_letter", "drop"):
             self.late_events.labels(policy=policy)
         self._evicted_seen = 0
+        self._out_of_order_seen = 0
         self._late_seen = 0
         self._aggregate_evicted_seen = 0
 
@@ -111,6 +117,9 @@ class ServiceMetrics:
         evicted = detector.evicted_total
         self.evictions.inc(evicted - self._evicted_seen)
         self._evicted_seen = evicted
+        out_of_order = detector.out_of_order_total
+        self.out_of_order.inc(out_of_order - self._out_of_order_seen)
+        self._out_of_order_seen = out_of_order
         self.batch_seconds.observe(seconds)
         self.model_seconds.observe(result.model_seconds)
         aggregators = detector.aggregators()

@@ -132,3 +132,16 @@ def test_warmup_skips_the_same_windows_however_the_stream_is_batched(
     warmup = _settings().normalize.warmup
     first_end = min(ts for key, ts in scored[0] if key == KEYS[0])
     assert first_end == T0 + warmup - 1  # the key's warmup-th event closes its first window
+
+
+def test_events_going_back_in_time_are_accepted_and_counted(artefact: ModelArtefact) -> None:
+    detector = Detector(_settings(), artefact)
+    forward = _messages(30, None, seed=11)
+    detector.process_messages(forward)
+    late = [orjson.dumps({"key": KEYS[0], "ts": T0 + 3.0, "value": 1.0}),
+            orjson.dumps({"key": KEYS[1], "ts": T0 + 40.0, "value": 1.0}),
+            orjson.dumps({"key": KEYS[1], "ts": T0 + 35.0, "value": 1.0})]
+    result = detector.process_messages(late)
+    assert len(result.decoded.batch) == 3 and not result.decoded.rejects
+    # k0's event is behind its own t=29; k1's second event is behind its first in the batch.
+    assert detector.out_of_order_total == 2

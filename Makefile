@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo test test-unit bench clean deploy-test validate-deploy
+.PHONY: venv demo test test-unit bench soak clean deploy-test validate-deploy
 
 # torch==2.13.0 goes in first: it is the CPU build, and pinning it keeps pip from pulling a
 # multi-GB CUDA build when the package's own `torch>=` range is resolved.
@@ -28,6 +28,11 @@ test-unit: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/stream-detector bench
+
+# Minutes, not part of `make test`: the detector's RSS slope under key churn and random batch
+# sizes (benchmarks/README.md, Soak). More with SOAK_ARGS, e.g. SOAK_ARGS="--minutes 12".
+soak: $(STAMP)
+	$(BIN)/python -m stream_detector.benchmarking.soak $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -158,6 +158,7 @@ class Detector:
             if len(scored):
                 alerts += self._episodes.update(scored)
                 scored_parts.append(scored)
+            alerts += self._sync_slots(*self._stage.release_silent())
             offset += staged.report.taken
         scored = _concat(scored_parts) if scored_parts else _empty_scored(self._n_features)
         return DetectionResult(decoded, scored, alerts, model_seconds)

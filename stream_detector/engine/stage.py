@@ -78,6 +78,12 @@ class WindowStage:
             yield staged
             batch = batch.rows(staged.report.taken)
 
+    def release_silent(self) -> tuple[np.ndarray, np.ndarray]:
+        """`WindowStore.release_silent`, with the freed slots' statistics reset."""
+        slots, keys = self.store.release_silent()
+        self.normalizer.reset(slots)
+        return slots, keys
+
     def ingest(self, batch: EventBatch) -> StagedWindows:
         """One step of `pieces`: the windows of the batch's first ``report.taken`` events."""
         # Windows of keys still in normalisation warm-up are not scored (nor cut): their

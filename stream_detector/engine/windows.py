@@ -321,6 +321,21 @@ class WindowStore(SlotArrays):
         )
         return due, report
 
+    def release_silent(self) -> tuple[np.ndarray, np.ndarray]:
+        """Free the keys that the last ingest's own events left silent past idle_ttl_s (all but
+        the key of its last event, as one event at a time would have by now); returns their
+        (slots, keys). An ingest frees such keys only at its start, so without this a stream's
+        final batch would keep them, and their episodes open, until the next one."""
+        silent = np.flatnonzero(
+            self._occupied
+            & (self._last_ts < self._watermark - self.idle_ttl_s)
+            & (self._last_seq != self._seq - 1)
+        )
+        keys = self._key_of_slot[silent]
+        self._release(silent)
+        self.evicted_idle_total += len(silent)
+        return silent, keys
+
     def _plan(self, batch: EventBatch, groups: _KeyGroups) -> tuple[int, np.ndarray]:
         """(taken, forgotten): how many leading events one ingest can take, and for each key of
         the batch whether it must be forgotten before its first event here.

@@ -125,13 +125,22 @@ def consume_all(kafka_bootstrap: str) -> Callable[..., list[Record]]:
     return consume
 
 
-@pytest.fixture(scope="session")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny LSTM autoencoder trained on the normal feed, saved like `stream-detector train`."""
+@pytest.fixture(scope="module")
+def model_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny LSTM autoencoder trained on the normal feed, saved like `stream-detector train`.
+
+    A test module whose service runs with other `normalize` settings names them in
+    ``TRAIN_NORMALIZE``: they shape the training windows, so the artefact records them and
+    refuses a service configured otherwise.
+    """
     from stream_detector.config import load_settings
     from stream_detector.training import train
 
-    settings = load_settings(None, model_settings())
+    sections = model_settings()
+    sections["normalize"] = {
+        **sections.get("normalize", {}), **getattr(request.module, "TRAIN_NORMALIZE", {})
+    }
+    settings = load_settings(None, sections)
     events = sine_feed(20, 300, seed=1)
     decoded = settings_decoder(settings).decode_messages([encode_event(e)[1] for e in events])
     out = tmp_path_factory.mktemp("model")

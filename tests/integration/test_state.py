@@ -52,6 +52,8 @@ STATEFUL = {
     "normalize": {"prior_weight": 1e9, "warmup": 100},
     "threshold": {"warmup": 1_000_000, "global_factor": 2.0},
 }
+# The model is trained with the normalisation the service runs with.
+TRAIN_NORMALIZE = STATEFUL["normalize"]
 
 
 def _sections(setup: ServiceSetup, state: dict[str, Any]) -> dict[str, dict[str, Any]]:

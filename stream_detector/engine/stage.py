@@ -2,7 +2,7 @@
 
 Training must see exactly the windows the service will later score (same ring buffer, same
 per-key normalisation, each window scaled by its key's statistics right after its last event),
-so both build their windows through `WindowStage.ingest` rather than each wiring WindowStore and
+so both build their windows through `WindowStage.pieces` rather than each wiring WindowStore and
 KeyNormalizer.
 
 With a ``device`` the ring's values live there and the windows are normalised there too, with

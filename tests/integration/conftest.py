@@ -126,21 +126,29 @@ def consume_all(kafka_bootstrap: str) -> Callable[..., list[Record]]:
 
 
 @pytest.fixture(scope="module")
-def model_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny LSTM autoencoder trained on the normal feed, saved like `stream-detector train`.
+def trained_sections(request: pytest.FixtureRequest) -> dict[str, dict[str, Any]]:
+    """The sections the module's model is trained with and its services start from.
 
     A test module whose service runs with other `normalize` settings names them in
     ``TRAIN_NORMALIZE``: they shape the training windows, so the artefact records them and
     refuses a service configured otherwise.
     """
-    from stream_detector.config import load_settings
-    from stream_detector.training import train
-
     sections = model_settings()
     sections["normalize"] = {
         **sections.get("normalize", {}), **getattr(request.module, "TRAIN_NORMALIZE", {})
     }
-    settings = load_settings(None, sections)
+    return sections
+
+
+@pytest.fixture(scope="module")
+def model_dir(
+    trained_sections: dict[str, dict[str, Any]], tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """A tiny LSTM autoencoder trained on the normal feed, saved like `stream-detector train`."""
+    from stream_detector.config import load_settings
+    from stream_detector.training import train
+
+    settings = load_settings(None, trained_sections)
     events = sine_feed(20, 300, seed=1)
     decoded = settings_decoder(settings).decode_messages([encode_event(e)[1] for e in events])
     out = tmp_path_factory.mktemp("model")
@@ -150,13 +158,16 @@ def model_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
 
 @pytest.fixture
 def service_setup(
-    kafka_bootstrap: str, topic_factory: Callable[..., str], model_dir: Path
+    kafka_bootstrap: str,
+    topic_factory: Callable[..., str],
+    model_dir: Path,
+    trained_sections: dict[str, dict[str, Any]],
 ) -> ServiceSetup:
     input_topic = topic_factory("events", partitions=4)
     alert_topic = topic_factory("alerts", partitions=2)
     dead_letter_topic = topic_factory("dlq", partitions=1)
     group_id = f"sd-{uuid.uuid4().hex[:8]}"
-    sections = model_settings()
+    sections = {name: dict(values) for name, values in trained_sections.items()}
     sections["model"] = {**sections["model"], "path": str(model_dir)}
     sections["kafka"] = {
         "bootstrap_servers": kafka_bootstrap,

@@ -43,6 +43,8 @@ DETERMINISTIC = {
     # The global threshold throughout, doubled: a margin over the tiny model's noise on normal keys.
     "threshold": {"warmup": 1_000_000, "global_factor": 2.0},
 }
+# The model is trained with the normalisation the service runs with.
+TRAIN_NORMALIZE = DETERMINISTIC["normalize"]
 
 AlertKey = tuple[str, str]  # (alert_id, kind)
 

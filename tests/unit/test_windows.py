@@ -157,9 +157,7 @@ def test_matches_one_event_at_a_time_reference(
         assert len(silent) == len(silent_keys)
         freed += silent_keys.tolist()
         # After each batch the store tracks, and has forgotten, exactly the reference's keys.
-        assert sorted(store.slot_of(k) is not None for k in naive.history) == [True] * len(
-            naive.history
-        )
+        assert all(store.slot_of(key) is not None for key in naive.history)
         assert store.n_keys == len(naive.history)
         assert sorted(freed) == sorted(naive.freed)
 

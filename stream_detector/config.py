@@ -193,23 +193,50 @@ class WindowConfig(_Section):
 
 
 class NormalizeConfig(_Section):
-    """Per-key running mean/variance, shrunk towards the training statistics while a key is new."""
+    """Per-key running mean/variance: every key scaled by its own statistics, whatever its scale."""
 
     warmup: int = Field(
         64,
         ge=0,
         description="Events a key needs before its windows are scored: younger statistics "
-        "would normalise its first windows unlike anything the model was trained on.",
+        "would normalise its first windows unlike anything the model was trained on. During "
+        "these a key's statistics learn freely; after them updates are clipped (clip_sigma).",
     )
     prior_weight: float = Field(
-        4.0,
+        0.0,
         ge=0,
-        description="Pseudo-count of the training statistics in a key's running estimate.",
+        description="Pseudo-count of the training statistics (pooled over all keys) in a key's "
+        "running estimate. 0 = each key on its own statistics only; a prior pools scales "
+        "across keys and flattens keys much smaller than the pool.",
     )
     horizon: int = Field(
         10_000, ge=2, description="Effective memory of the running statistics, in events."
     )
-    min_std: float = Field(1e-3, gt=0, description="Floor on a key's std, in raw units.")
+    clip_sigma: float = Field(
+        4.0,
+        ge=0,
+        description="Once a key is warm, each event's deviation from its mean is clipped at this "
+        "many of its std before it is folded into the statistics, so a long anomaly is not "
+        "absorbed into what counts as normal; a lasting change is still learnt, slowly. 0 "
+        "disables.",
+    )
+    min_std: float = Field(
+        1e-6, gt=0, description="Absolute floor on a key's std, in raw units (against 0/0)."
+    )
+    z_limit: float = Field(
+        10.0,
+        ge=0,
+        description="Normalised window values are clipped to +-z_limit before the model sees "
+        "them: a key constant in its warm-up has a tiny std, and a step off that constant "
+        "would otherwise reach the model (and the calibration) as millions. 0 disables.",
+    )
+    min_relative_std: float = Field(
+        1e-3,
+        ge=0,
+        description="Floor on a key's std relative to its level: at least this x |mean|, so a "
+        "key that is constant in its warm-up is not scaled by the absolute floor alone; "
+        "relative, so keys of any scale are treated alike.",
+    )
 
     @model_validator(mode="after")
     def _warmup_within_horizon(self) -> NormalizeConfig:
@@ -267,11 +294,15 @@ class TrainConfig(_Section):
 
 
 class ThresholdConfig(_Section):
-    """Adaptive per-key threshold on the score."""
+    """Adaptive per-key threshold on the score: each key judged by its own recent scores."""
 
     alpha: float = Field(0.02, gt=0, le=1, description="EWMA weight of a new score.")
     sensitivity: float = Field(
-        4.0, gt=0, description="Threshold = mean + sensitivity x std of the key's recent scores."
+        8.0,
+        gt=0,
+        description="Threshold = mean + sensitivity x std of the key's recent scores. Scores are "
+        "heavy-tailed (squared errors), so the band is wide: 8 was chosen on SMAP and holds on "
+        "MSL and SKAB (README, Detection quality).",
     )
     warmup: int = Field(
         64, ge=1, description="Scores a key needs before its own threshold replaces the global one."
@@ -280,10 +311,11 @@ class ThresholdConfig(_Section):
         1.0, gt=0, description="Multiplier on the calibrated global threshold used during warm-up."
     )
     floor_factor: float = Field(
-        0.5,
+        0.0,
         ge=0,
-        description="A key's own threshold never drops below this x the calibrated global one, so "
-        "a very quiet key does not alert on noise that is normal for other keys; 0 disables.",
+        description="A key's own threshold never drops below this x the calibrated global one. "
+        "0 (the default) leaves each key to its own band: the global threshold is set by the "
+        "noisiest keys, and a floor from it silences every key that is quiet by nature.",
     )
 
 
@@ -291,7 +323,12 @@ class EpisodeConfig(_Section):
     """Turning per-window exceedances into one open and one resolve alert."""
 
     min_consecutive: int = Field(2, ge=1, description="Exceeding windows needed to open.")
-    cooldown: int = Field(4, ge=1, description="Normal windows needed to resolve.")
+    cooldown: int = Field(
+        16,
+        ge=1,
+        description="Normal windows needed to resolve: long enough that one incident with calm "
+        "spells inside stays one episode.",
+    )
     top_features: int = Field(3, ge=1, description="Contributing features named in an alert.")
 
 

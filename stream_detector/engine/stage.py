@@ -63,6 +63,10 @@ class WindowStage:
             prior_weight=settings.normalize.prior_weight,
             horizon=settings.normalize.horizon,
             min_std=settings.normalize.min_std,
+            min_relative_std=settings.normalize.min_relative_std,
+            clip_sigma=settings.normalize.clip_sigma,
+            clip_after=settings.normalize.warmup,
+            z_limit=settings.normalize.z_limit,
             capacity=self.store.capacity,
         )
 

@@ -102,12 +102,6 @@ seed = 0
 
 [threshold]
 warmup = 24
-sensitivity = 6.0
-floor_factor = 2.0
-
-[episodes]
-min_consecutive = 2
-cooldown = 3
 """
 
 # Two hours, so that each host's train part holds the 250 buckets HalfSpaceTrees needs; a port
@@ -137,7 +131,7 @@ def _rows(table: str) -> set[tuple[str, str]]:
 
 
 def test_toml_mapping_equals_the_scenario_settings() -> None:
-    # The hand-written file above is the real thing: the scenario's mapping and tuned sections.
+    # The hand-written file above is the real thing: the scenario's mapping and sections.
     from stream_detector.evaluation.network import scenario_sections
 
     expected = load_settings(None, deep_merge(scenario_sections("network"), {"train": {"epochs": 10}}))
@@ -188,7 +182,7 @@ def test_evaluate_network_scenario_is_generated_into_out(
     settings = report["settings"]
     assert settings["input"]["mode"] == "aggregate" and settings["input"]["key_field"] == "src_ip"
     assert settings["train"]["epochs"] == 3 and settings["threshold"]["sensitivity"] == 5
-    assert settings["threshold"]["floor_factor"] == 2.0  # the scenario's tuned setting stays
+    assert settings["threshold"]["warmup"] == 24  # the scenario's own setting stays
     n_keys = len(report["keys"])
     assert n_keys == ATTACKS.hosts
     # The scenario's own train share: 40% of each host's buckets.

@@ -102,7 +102,8 @@ def test_metadata_describes_the_model(saved: Path) -> None:
     assert (meta.window, meta.hidden_size, meta.num_layers, meta.latent_size) == (8, 8, 1, 4)
     assert meta.config_fingerprint == settings.model_fingerprint()
     assert meta.model_settings == settings.model_settings()
-    assert meta.model_settings["normalize.prior_weight"] == 4.0
+    assert meta.model_settings["normalize.prior_weight"] == 0.0
+    assert meta.model_settings["normalize.clip_sigma"] == 4.0
     assert meta.norm_mean == (1.0, 2.0) and meta.norm_std == (0.5, 3.0)
     assert meta.global_threshold == 0.4
     assert meta.training["val_loss"] == [0.3, 0.2, 0.25]
@@ -286,9 +287,9 @@ def test_every_unusable_metadata_value_is_refused_by_name(
 
 def test_edited_model_settings_no_longer_match_their_fingerprint(saved: Path) -> None:
     recorded = orjson.loads((saved / METADATA_FILE).read_bytes())["model_settings"]
-    _edit_metadata(saved, model_settings={**recorded, "normalize.prior_weight": 0.0})
+    _edit_metadata(saved, model_settings={**recorded, "normalize.prior_weight": 4.0})
     with pytest.raises(ArtefactError, match="config_fingerprint .* not the hash of model_settings"):
-        load_artefact(saved, _settings(normalize={"prior_weight": 0.0}), CPU)
+        load_artefact(saved, _settings(normalize={"prior_weight": 4.0}), CPU)
 
 
 @pytest.mark.parametrize(
@@ -317,10 +318,12 @@ def test_save_refuses_what_loading_would_refuse(
 @pytest.mark.parametrize(
     ("sections", "setting", "fix"),
     [
-        ({"normalize": {"prior_weight": 0.0}}, "normalize.prior_weight", "= 4.0"),
+        ({"normalize": {"prior_weight": 4.0}}, "normalize.prior_weight", "= 0.0"),
         ({"normalize": {"warmup": 8}}, "normalize.warmup", "= 64"),
         ({"normalize": {"horizon": 100}}, "normalize.horizon", "= 10000"),
-        ({"normalize": {"min_std": 0.5}}, "normalize.min_std", "= 0.001"),
+        ({"normalize": {"min_std": 0.5}}, "normalize.min_std", "= 1e-06"),
+        ({"normalize": {"clip_sigma": 0.0}}, "normalize.clip_sigma", "= 4.0"),
+        ({"normalize": {"z_limit": 5.0}}, "normalize.z_limit", "= 10.0"),
     ],
 )
 def test_normalisation_other_than_in_training_is_refused_with_the_fix(
@@ -333,14 +336,14 @@ def test_normalisation_other_than_in_training_is_refused_with_the_fix(
     assert "stream-detector train" in message
 
 
-def test_a_model_trained_without_the_prior_is_refused_under_the_default(tmp_path: Path) -> None:
-    trained_under = _settings(normalize={"prior_weight": 0.0})
+def test_a_model_trained_with_the_prior_is_refused_under_the_default(tmp_path: Path) -> None:
+    trained_under = _settings(normalize={"prior_weight": 4.0})
     save_artefact(tmp_path / "a", _model(trained_under), trained_under, RESULT)
-    with pytest.raises(ArtefactError, match="normalize.prior_weight is 0.0 in the artefact but 4.0"):
+    with pytest.raises(ArtefactError, match="normalize.prior_weight is 4.0 in the artefact but 0.0"):
         load_artefact(tmp_path / "a", _settings(), CPU)
     assert load_artefact(tmp_path / "a", trained_under, CPU).metadata.model_settings[
         "normalize.prior_weight"
-    ] == 0.0
+    ] == 4.0
 
 
 @pytest.mark.parametrize(

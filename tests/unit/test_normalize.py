@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from stream_detector.config import NormalizeConfig
 from stream_detector.engine.normalize import KeyNormalizer
 
 N_FEATURES = 2
@@ -199,3 +200,91 @@ def test_std_floor_and_capacity_growth() -> None:
     normalizer.ensure_capacity(4)  # never shrinks
     np.testing.assert_array_equal(normalizer.stats(np.array([1]))[0], before[0])
     np.testing.assert_array_equal(normalizer.stats(np.array([15]))[0], [GLOBAL_MEAN])
+
+
+def _scaled(scale: float, n: int = 400, seed: int = 3) -> np.ndarray:
+    """One key's series: level 50 and noise 2, both times `scale`."""
+    rng = np.random.default_rng(seed)
+    return (scale * (50.0 + rng.normal(0.0, 2.0, (n, N_FEATURES)))).astype(np.float64)
+
+
+def test_keys_of_any_scale_are_scaled_by_their_own_statistics() -> None:
+    """At the default settings, the same shape at scales 1e-3 .. 1e7 in one normaliser (whose
+    training statistics are those of the pooled keys): each key's z-scores equal the others'
+    (no pooled scale and no absolute std floor flattens the small keys)."""
+    scales = 10.0 ** np.arange(-3, 8)
+    series = [_scaled(s) for s in scales]
+    pooled = np.concatenate(series)
+    defaults = NormalizeConfig()
+    normalizer = KeyNormalizer(
+        N_FEATURES,
+        pooled.mean(axis=0),
+        pooled.std(axis=0),
+        prior_weight=defaults.prior_weight,
+        horizon=defaults.horizon,
+        min_std=defaults.min_std,
+        min_relative_std=defaults.min_relative_std,
+        clip_sigma=defaults.clip_sigma,
+        clip_after=defaults.warmup,
+        capacity=len(scales),
+    )
+    slots = np.repeat(np.arange(len(scales)), 400).reshape(len(scales), 400).T.reshape(-1)
+    values = np.stack(series, axis=1).reshape(-1, N_FEATURES)  # keys interleaved by event
+    normalizer.update(slots, values)
+    mean, std = normalizer.stats(np.arange(len(scales)))
+    z = [(series[k][-1] - mean[k]) / std[k] for k in range(len(scales))]
+    for k in range(1, len(scales)):
+        np.testing.assert_allclose(z[k], z[0], rtol=1e-3, atol=1e-3)
+    relative = std / scales[:, None]
+    np.testing.assert_allclose(relative, np.broadcast_to(relative[0], relative.shape), rtol=1e-3)
+
+
+def test_a_warm_key_does_not_absorb_a_long_anomaly() -> None:
+    """After warm-up, a level shift of 20 std lasting 300 events moves a clipped key's mean by a
+    fraction of what the plain running mean absorbs, and it stays far out in z-units."""
+    def normalizer(clip_sigma: float) -> KeyNormalizer:
+        return KeyNormalizer(
+            N_FEATURES, GLOBAL_MEAN, GLOBAL_STD, prior_weight=0.0, horizon=10_000,
+            min_std=1e-6, clip_sigma=clip_sigma, clip_after=64, capacity=1,
+        )
+    rng = np.random.default_rng(5)
+    normal = rng.normal(0.0, 1.0, (400, N_FEATURES))
+    shifted = rng.normal(20.0, 1.0, (300, N_FEATURES))
+    slot = np.zeros(700, dtype=np.int64)
+    stats = {}
+    for clip in (0.0, 4.0):
+        n = normalizer(clip)
+        n.update(slot, np.concatenate([normal, shifted]))
+        stats[clip] = n.stats(np.array([0]))
+    plain_mean, plain_std = stats[0.0]
+    clipped_mean, clipped_std = stats[4.0]
+    assert np.all(plain_mean > 7.0)  # the plain mean has absorbed 300/700 of the shift
+    assert np.all(clipped_mean < 0.5 * plain_mean)
+    assert np.all((20.0 - clipped_mean) / clipped_std > 2 * (20.0 - plain_mean) / plain_std)
+
+
+def test_clipping_waits_for_the_warm_up() -> None:
+    """Events before clip_after are folded in whole: the first statistics are the key's own."""
+    normalizer = KeyNormalizer(
+        N_FEATURES, GLOBAL_MEAN, GLOBAL_STD, prior_weight=0.0, horizon=10_000,
+        min_std=1e-6, clip_sigma=1.0, clip_after=10, capacity=1,
+    )
+    values = np.arange(10 * N_FEATURES, dtype=np.float64).reshape(10, N_FEATURES) ** 2
+    normalizer.update(np.zeros(10, dtype=np.int64), values)
+    mean, std = normalizer.stats(np.array([0]))
+    np.testing.assert_allclose(mean[0], values.mean(axis=0), rtol=1e-6)
+    np.testing.assert_allclose(std[0], values.std(axis=0), rtol=1e-5)
+
+
+def test_normalised_windows_are_clipped_to_the_z_limit() -> None:
+    """A key constant through its warm-up has only the std floor: a step off the constant
+    reaches the model at +-z_limit, not at millions."""
+    normalizer = KeyNormalizer(
+        N_FEATURES, GLOBAL_MEAN, GLOBAL_STD, prior_weight=0.0, horizon=100, min_std=1e-6,
+        z_limit=10.0, capacity=1,
+    )
+    normalizer.update(np.zeros(64, dtype=np.int64), np.zeros((64, N_FEATURES)))
+    mean, std = normalizer.stats(np.array([0]))
+    windows = np.array([[[0.0, 0.0], [5.0, -5.0], [1e-7, 0.0]]], dtype=np.float32)
+    z = normalizer.normalize(windows, mean, std)
+    np.testing.assert_allclose(z[0], [[0.0, 0.0], [10.0, -10.0], [0.1, 0.0]], rtol=1e-5)

@@ -198,3 +198,21 @@ def test_decisions_do_not_depend_on_batch_cuts(cuts: list[int], seed: int) -> No
         start += size
     np.testing.assert_array_equal(np.concatenate(got_thr), np.concatenate([t for t, _ in want]))
     np.testing.assert_array_equal(np.concatenate(got_exceed), np.concatenate([e for _, e in want]))
+
+
+def test_at_the_defaults_each_key_is_judged_by_its_own_scores() -> None:
+    """A quiet key and a noisy key share one calibrated global threshold (set by the noisy
+    key's scores). Under the defaults each is judged by its own band once warm: the quiet key
+    alerts on a 30-fold rise of its own score that still sits far below the noisy key's normal
+    scores, and the noisy key does not alert on its everyday noise."""
+    rng = np.random.default_rng(4)
+    defaults = ThresholdConfig()
+    thr = AdaptiveThreshold(defaults, global_threshold=2.0)
+    n = 3 * defaults.warmup
+    quiet = 0.01 * (1.0 + 0.1 * rng.standard_normal(n))
+    noisy = 1.0 + 0.1 * rng.standard_normal(n)
+    _, exceed = apply(thr, [0] * n + [1] * n, np.concatenate([quiet, noisy]).tolist())
+    assert not exceed[defaults.warmup : n].any() and not exceed[n + defaults.warmup :].any()
+    thresholds, exceed = apply(thr, [0, 1], [0.3, 1.1])
+    assert thresholds[0] < 0.3 < thresholds[1]
+    assert exceed.tolist() == [True, False]

@@ -29,6 +29,8 @@ log = structlog.get_logger(__name__)
 
 # Fewer windows than this cannot be split into train and validation and still mean anything.
 MIN_TRAINING_WINDOWS = 10
+# Fewer windows than this train a model, but a loose one; `train` says so.
+MIN_SOUND_WINDOWS = 1000
 # Validation-score quantiles stored in the artefact, for choosing thresholds after the fact.
 CALIBRATION_QUANTILES = (0.5, 0.9, 0.99, 0.995, 0.999)
 
@@ -187,6 +189,9 @@ def train(
     model.load_state_dict(best_state)
     model.eval()
     val_scores = scorer.score(val_windows).scores.astype(np.float64)
+    warnings = _small_data_warnings(n, n_val, settings)
+    for warning in warnings:
+        log.warning("training data too small", detail=warning)
     quantiles = sorted({*CALIBRATION_QUANTILES, cfg.calibration_quantile})
     values = np.quantile(val_scores, quantiles)
     calibration = {f"{q:g}": float(v) for q, v in zip(quantiles, values, strict=True)}
@@ -210,6 +215,7 @@ def train(
             "seed": cfg.seed,
             "seconds": round(time.perf_counter() - started, 3),
             "device": str(device),
+            "warnings": warnings,
         },
     )
     model = model.cpu()
@@ -226,6 +232,28 @@ def train(
         seconds=result.training["seconds"],
     )
     return artefact
+
+
+def _small_data_warnings(n_windows: int, n_val: int, settings: Settings) -> list[str]:
+    """What the data is too small to compute well: said at training time, kept in the artefact.
+
+    A quantile q of n scores is only an estimate when n (1 - q) >= 1; below that it is the
+    sample maximum, and the global threshold then rests on one window.
+    """
+    warnings = []
+    quantile = settings.train.calibration_quantile
+    needed = math.ceil(1.0 / (1.0 - quantile))
+    if n_val < needed:
+        warnings.append(
+            f"train.calibration_quantile {quantile:g} of {n_val} validation windows is their "
+            f"maximum: it needs at least {needed}; supply more data, or lower the quantile"
+        )
+    if n_windows < MIN_SOUND_WINDOWS:
+        warnings.append(
+            f"{n_windows} training windows are few for an autoencoder "
+            f"({MIN_SOUND_WINDOWS}+ advised): expect a loose fit and a noisy threshold"
+        )
+    return warnings
 
 
 def _train_epoch(

@@ -19,10 +19,11 @@ CPU = torch.device("cpu")
 WINDOW = 8
 
 
-def _settings(warmup: int = 0, **train: Any) -> Settings:
+def _settings(warmup: int = 0, clip_sigma: float = 4.0, **train: Any) -> Settings:
     return Settings(
         input={"value_fields": ("a", "b")},
-        normalize={"warmup": warmup},
+        # Short keys and no warm-up by default: the prior gives their first windows a scale.
+        normalize={"warmup": warmup, "prior_weight": 4.0, "clip_sigma": clip_sigma},
         window={"size": WINDOW, "initial_capacity": 2},
         model={"hidden_size": 8, "latent_size": 4, "device": "cpu", "batch_size": 64},
         train={"epochs": 3, "batch_size": 64, "learning_rate": 1e-2, **train},
@@ -69,8 +70,9 @@ def test_collected_windows_match_what_the_window_store_emits() -> None:
 def test_keys_in_normalisation_warmup_give_no_windows() -> None:
     # The service does not score a key before normalize.warmup events; training must not
     # learn from such windows either. Batches of 50 interleave 4 keys: ~12 events per key each.
-    all_windows, _, _ = collect_training_windows(_batches(), _settings(warmup=0))
-    warm_windows, _, _ = collect_training_windows(_batches(), _settings(warmup=40))
+    # No clipping: it starts after the warm-up, so the statistics would differ too.
+    all_windows, _, _ = collect_training_windows(_batches(), _settings(0, clip_sigma=0.0))
+    warm_windows, _, _ = collect_training_windows(_batches(), _settings(40, clip_sigma=0.0))
     assert 0 < len(warm_windows) < len(all_windows)
     np.testing.assert_array_equal(warm_windows, all_windows[-len(warm_windows) :])
 
@@ -188,3 +190,14 @@ def test_out_dir_gets_a_loadable_artefact(tmp_path: Path) -> None:
     assert summary["train_windows"] + summary["val_windows"] == len(windows)
     assert summary["keys"] == 4 and summary["events"] == 240
     assert summary["seed"] == 0 and summary["device"] == "cpu"
+
+
+def test_small_data_is_warned_about_and_recorded(caplog: pytest.LogCaptureFixture) -> None:
+    """4 keys x 60 events give 212 windows: 42 validation windows cannot carry a 0.995
+    quantile (it is their maximum), and the artefact keeps the warnings beside the fit."""
+    artefact = train(_batches(), _settings(), None)
+    warnings = artefact.metadata.training["warnings"]
+    assert any("0.995 of 42 validation windows is their maximum" in w for w in warnings)
+    assert any("212 training windows are few" in w for w in warnings)
+    roomy = train(_batches(), _settings(calibration_quantile=0.9), None)
+    assert not any("validation windows" in w for w in roomy.metadata.training["warnings"])

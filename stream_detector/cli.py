@@ -27,7 +27,7 @@ examples:
   stream-detector demo --scenario network               # the same with raw network flows
   stream-detector train --input normal.jsonl --out model/
   stream-detector replay --input day.jsonl --model model/ --out scores.jsonl
-  stream-detector evaluate --dataset smap_msl --config configs/smap_msl.toml
+  stream-detector evaluate --dataset smap_msl
   stream-detector evaluate --dataset network --out reports/network   # raw flow events
   stream-detector run --config detector.toml            # the Kafka service
   stream-detector run --config detector.toml --set kafka.group_id=blue

@@ -22,6 +22,7 @@ import structlog
 from stream_detector.config import Settings
 from stream_detector.engine.decode import Decoder
 from stream_detector.engine.types import Decoded, EventBatch
+from stream_detector.evaluation.feedwide import FeedLabels
 from stream_detector.sources import read_batches
 
 log = structlog.get_logger(__name__)
@@ -49,6 +50,7 @@ class LabelledDataset:
     feature_names: tuple[str, ...]
     channels: tuple[Channel, ...]
     notes: tuple[str, ...]  # how the data was read, for the report
+    feed: FeedLabels | None = None  # labels of the whole feed (attack spans), beside per-key ones
 
 
 def _read_channel_csv(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -21,14 +21,18 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Counts:
-    """Confusion counts; summing them over keys gives micro-averaged figures."""
+    """Confusion counts; summing them over keys gives micro-averaged figures. True negatives
+    exist point-wise only (an event-wise count has no "normal range" to get right)."""
 
     tp: int = 0
     fp: int = 0
     fn: int = 0
+    tn: int = 0
 
     def __add__(self, other: Counts) -> Counts:
-        return Counts(self.tp + other.tp, self.fp + other.fp, self.fn + other.fn)
+        return Counts(
+            self.tp + other.tp, self.fp + other.fp, self.fn + other.fn, self.tn + other.tn
+        )
 
     @property
     def precision(self) -> float:
@@ -44,6 +48,16 @@ class Counts:
     def f1(self) -> float:
         p, r = self.precision, self.recall
         return 2 * p * r / (p + r) if p + r else 0.0
+
+    @property
+    def false_alarm_rate(self) -> float:
+        """FAR: the share of normal samples flagged (point-wise counts only)."""
+        return self.fp / (self.fp + self.tn) if self.fp + self.tn else 0.0
+
+    @property
+    def missed_alarm_rate(self) -> float:
+        """MAR: the share of anomalous samples not flagged, 1 - recall."""
+        return self.fn / (self.fn + self.tp) if self.fn + self.tp else 0.0
 
     def as_dict(self) -> dict[str, float | int]:
         return {
@@ -84,6 +98,7 @@ def pointwise_counts(predicted: np.ndarray, labels: np.ndarray) -> Counts:
         tp=int(np.count_nonzero(pred & truth)),
         fp=int(np.count_nonzero(pred & ~truth)),
         fn=int(np.count_nonzero(~pred & truth)),
+        tn=int(np.count_nonzero(~pred & ~truth)),
     )
 
 
@@ -167,7 +182,12 @@ class KeyScores:
 
         return {
             "event_wise": self.event_wise.as_dict(),
-            "point_wise": self.point_wise.as_dict(),
+            "point_wise": {
+                **self.point_wise.as_dict(),
+                "tn": self.point_wise.tn,
+                "far": self.point_wise.false_alarm_rate,
+                "mar": self.point_wise.missed_alarm_rate,
+            },
             "point_adjusted": self.point_adjusted.as_dict(),
             "delay": {
                 "detected_ranges": int(len(self.delay_steps)),

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from stream_detector.evaluation.datasets import LabelledDataset
+from stream_detector.evaluation.feedwide import score_feed
 from stream_detector.evaluation.metrics import KeyScores, score_key
 from stream_detector.evaluation.trace import MethodTrace
 
@@ -81,7 +82,13 @@ def build_report(
             }
         group_section[group] = entry
     ordered = {g: group_section[g] for g in sorted(group_section, key=lambda g: (g == OVERALL, g))}
+    feed = (
+        {}
+        if dataset.feed is None
+        else {"feed": {trace.name: score_feed(dataset, trace, dataset.feed) for trace in traces}}
+    )
     return {
+        **feed,
         **header,
         "dataset": dataset.name,
         "notes": list(dataset.notes) + list(header.get("notes", [])),
@@ -107,7 +114,7 @@ def format_table(report: dict[str, Any]) -> str:
     """Per group and method: event-wise P/R/F1 first (the headline), then the other two F1s."""
     lines = [
         f"{'group':6} {'method':18} {'event P':>7} {'event R':>7} {'event F1':>8} "
-        f"{'PA F1':>6} {'point F1':>8} {'delay med':>9} {'episodes':>8}",
+        f"{'PA F1':>6} {'point F1':>8} {'FAR':>6} {'delay med':>9} {'episodes':>8}",
     ]
     for group, entry in report["groups"].items():
         for method in report["methods"]:
@@ -117,7 +124,7 @@ def format_table(report: dict[str, Any]) -> str:
             lines.append(
                 f"{group:6} {method:18} {_pct(ev['precision']):>7} {_pct(ev['recall']):>7} "
                 f"{_pct(ev['f1']):>8} {_pct(m['point_adjusted']['f1']):>6} "
-                f"{_pct(m['point_wise']['f1']):>8} "
+                f"{_pct(m['point_wise']['f1']):>8} {_pct(m['point_wise']['far']):>6} "
                 f"{'-' if delay is None else f'{delay:.0f}':>9} {m['alert_episodes']:>8}"
             )
         if ref := entry.get("reference_event_wise"):
@@ -127,4 +134,33 @@ def format_table(report: dict[str, Any]) -> str:
             )
         ranges, keys = entry["labelled_ranges"], entry["keys"]
         lines.append(f"{'':6} ({ranges} labelled ranges over {keys} keys)")
+    if "feed" in report:
+        lines += _feed_lines(report["feed"])
     return "\n".join(lines)
+
+
+def _feed_lines(feed: dict[str, dict[str, Any]]) -> list[str]:
+    """Feed-wide figures: span recall, episode precision, false alerts in benign spans, and
+    recall per labelled kind."""
+    lines = [
+        "",
+        f"{'feed-wide (attack spans of the whole feed)':44} {'P':>6} {'R':>6} {'F1':>6} "
+        f"{'episodes':>8} {'in benign':>9}",
+    ]
+    for method, figures in feed.items():
+        lines.append(
+            f"{method:44} {_pct(figures['precision']):>6} {_pct(figures['recall']):>6} "
+            f"{_pct(figures['f1']):>6} {figures['episodes']:>8} "
+            f"{figures['false_in_benign_spans']:>9}"
+        )
+        kinds = ", ".join(
+            f"{kind} {v['detected']}/{v['spans']}" for kind, v in figures["by_kind"].items()
+        )
+        lines.append(f"{'':6} detected per kind: {kinds or 'no attack spans'}")
+    first = next(iter(feed.values()), None)
+    if first is not None:
+        lines.append(
+            f"{'':6} ({first['attack_spans']} attack spans, {first['benign_spans']} benign spans "
+            "in the test part)"
+        )
+    return lines

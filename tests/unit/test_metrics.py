@@ -43,7 +43,9 @@ def test_pointwise_exact() -> None:
     predicted = ranges_to_mask(ALERTS, 20)  # points 5,6,7,8,17,18
     counts = pointwise_counts(predicted, LABELS)
     # tp = 5,6; fp = 7,8,17,18; fn = 3,4,12,13,14
-    assert counts == Counts(tp=2, fp=4, fn=5)
+    assert counts == Counts(tp=2, fp=4, fn=5, tn=9)
+    assert counts.false_alarm_rate == pytest.approx(4 / 13)  # 4 of the 13 normal points
+    assert counts.missed_alarm_rate == pytest.approx(5 / 7)
     assert counts.precision == pytest.approx(2 / 6)
     assert counts.recall == pytest.approx(2 / 7)
     assert counts.f1 == pytest.approx(2 * (1 / 3) * (2 / 7) / (1 / 3 + 2 / 7))
@@ -54,7 +56,7 @@ def test_point_adjusted_fills_hit_ranges_only() -> None:
     adjusted = point_adjust(predicted, LABELS)
     assert np.flatnonzero(adjusted).tolist() == [3, 4, 5, 6, 7, 8, 17, 18]
     # The whole first range (4 points) counts; the missed second range stays 3 false negatives.
-    assert pointwise_counts(adjusted, LABELS) == Counts(tp=4, fp=4, fn=3)
+    assert pointwise_counts(adjusted, LABELS) == Counts(tp=4, fp=4, fn=3, tn=9)
 
 
 def test_eventwise_exact() -> None:
@@ -84,8 +86,8 @@ def test_delays_from_range_start_to_first_overlapping_alert() -> None:
 def test_score_key_and_sum() -> None:
     scores = score_key(LABELS, ALERTS, TS)
     assert scores.event_wise == Counts(1, 1, 1)
-    assert scores.point_wise == Counts(2, 4, 5)
-    assert scores.point_adjusted == Counts(4, 4, 3)
+    assert scores.point_wise == Counts(2, 4, 5, 9)
+    assert scores.point_adjusted == Counts(4, 4, 3, 9)
     assert scores.delay_steps.tolist() == [2.0]
     assert scores.alerts == 2
     other = score_key(np.array([0, 1, 1, 0]), np.empty((0, 2)), np.arange(4.0))

@@ -1,0 +1,100 @@
+"""Labels that hold for a whole feed, not one key: a network-wide attack span and who caught it.
+
+In a network capture an attack is an interval of time (`BAD-SSH-START` .. `BAD-SSH-END` in an
+injection log), not a range of one key's events: the attacker's address, its target's and a
+bystander's may all change, and an alert on any key inside the span detects it. Alerts are
+judged on the feed's clock by when they open (the sample that opened the episode, a bucket
+[end - width, end]), because that is what pages someone: where attacks follow each other with
+short gaps, an episode left open for ten minutes would otherwise "detect" every attack it
+outlasts. An alert opening in no attack span is false; one opening in a benign span (a
+labelled event that must not alert, like a good SSH login) is counted apart too, since those
+are the false alerts an operator would resent most.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from stream_detector.evaluation.datasets import LabelledDataset
+    from stream_detector.evaluation.trace import MethodTrace
+
+
+@dataclass(frozen=True)
+class FeedSpan:
+    """One labelled interval of the feed's event time, both ends inclusive."""
+
+    kind: str
+    start_ts: float
+    end_ts: float
+    attack: bool  # False: a benign event that must not alert
+
+
+@dataclass(frozen=True)
+class FeedLabels:
+    """The feed's labelled spans; only spans ending at or after `test_from_ts` are scored.
+
+    `sample_span_s`: how much event time each sample covers up to its timestamp (a bucket's
+    width), so an episode is taken to begin where the bucket that opened it began.
+    """
+
+    spans: tuple[FeedSpan, ...]
+    test_from_ts: float
+    sample_span_s: float = 0.0
+
+
+def _overlap(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """[len(a), len(b)]: time intervals (rows of [start, end]) that share an instant."""
+    return (a[:, None, 0] <= b[None, :, 1]) & (b[None, :, 0] <= a[:, None, 1])
+
+
+def alert_times(dataset: LabelledDataset, trace: MethodTrace, sample_span_s: float) -> np.ndarray:
+    """When each episode of `trace` opened, as the event-time interval [start, end] of the
+    sample that opened it (float64 [E, 2])."""
+    opened = []
+    for key_id, episodes in trace.episodes.items():
+        ts = dataset.channels[key_id].test_ts
+        for start in np.asarray(episodes, dtype=np.int64).reshape(-1, 2)[:, 0]:
+            opened.append((ts[start] - sample_span_s, ts[start]))
+    return np.array(opened, dtype=np.float64).reshape(-1, 2)
+
+
+def score_feed(dataset: LabelledDataset, trace: MethodTrace, labels: FeedLabels) -> dict[str, Any]:
+    """Span-wise recall (overall and per kind), alert-wise precision, and the false alerts
+    inside benign spans, for one method over the test part of the feed."""
+    episodes = alert_times(dataset, trace, labels.sample_span_s)
+    scored = [s for s in labels.spans if s.end_ts >= labels.test_from_ts]
+    attacks = [s for s in scored if s.attack]
+    benign = [s for s in labels.spans if not s.attack]
+    attack_times = np.array([(s.start_ts, s.end_ts) for s in attacks]).reshape(-1, 2)
+    all_attacks = np.array(
+        [(s.start_ts, s.end_ts) for s in labels.spans if s.attack], dtype=np.float64
+    ).reshape(-1, 2)
+    benign_times = np.array([(s.start_ts, s.end_ts) for s in benign]).reshape(-1, 2)
+    detected = _overlap(attack_times, episodes).any(axis=1)
+    true_episode = _overlap(episodes, all_attacks).any(axis=1)
+    in_benign = ~true_episode & _overlap(episodes, benign_times).any(axis=1)
+    by_kind: dict[str, dict[str, int]] = {}
+    for span, hit in zip(attacks, detected.tolist(), strict=True):
+        entry = by_kind.setdefault(span.kind, {"detected": 0, "spans": 0})
+        entry["spans"] += 1
+        entry["detected"] += int(hit)
+    n_true, n_episodes = int(true_episode.sum()), len(episodes)
+    precision = n_true / n_episodes if n_episodes else 0.0
+    recall = float(detected.mean()) if len(detected) else 0.0
+    return {
+        "attack_spans": len(attacks),
+        "detected": int(detected.sum()),
+        "recall": recall,
+        "episodes": n_episodes,
+        "true_episodes": n_true,
+        "precision": precision,
+        "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
+        "false_episodes": n_episodes - n_true,
+        "false_in_benign_spans": int(in_benign.sum()),
+        "benign_spans": len([s for s in benign if s.end_ts >= labels.test_from_ts]),
+        "by_kind": dict(sorted(by_kind.items())),
+    }

@@ -44,6 +44,11 @@ from stream_detector.evaluation.network import (
 )
 from stream_detector.evaluation.plots import matplotlib_available, plot_key
 from stream_detector.evaluation.report import build_report, format_table
+from stream_detector.evaluation.mixed_scale import (
+    MIXED_SCALE,
+    load_mixed_scale,
+    mixed_scale_sections,
+)
 from stream_detector.evaluation.skab import SKAB_FEATURES, is_skab, load_skab
 from stream_detector.evaluation.westermo import SIDES, load_westermo, westermo_sections
 from stream_detector.evaluation.trace import MethodTrace, TraceRecorder
@@ -281,6 +286,8 @@ What it reads:
                                 real industrial network flows (Westermo), bucketed per source
                                 address; attacks are time spans of the whole feed (an alert on
                                 any address inside one detects it), GOOD-SSH logins must not alert
+  --dataset mixed_scale         the demo's telemetry with each device scaled by 10^-3 .. 10^7
+                                (generated; recall per decade: keys of any scale alike?)
   --dataset network | network_subtle
                                 the synthetic network scenarios (raw flow events, aggregate mode,
                                 labelled attacks), generated into --out; the scenario brings its
@@ -314,7 +321,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dataset",
         help=f"smap_msl (the default without --events), skab or {WESTERMO} (looked up under "
-        f"./data or the checkout's shared/data), {' or '.join(sorted(SCENARIOS))} (generated), a "
+        f"./data or the checkout's shared/data), {MIXED_SCALE} or "
+        f"{' or '.join(sorted(SCENARIOS))} (generated), a "
         "SMAP/MSL- or SKAB-style directory, or a CSV/JSONL file with input.label_field",
     )
     parser.add_argument(
@@ -383,6 +391,8 @@ def evaluation_defaults(args: argparse.Namespace) -> dict[str, Any]:
         return westermo_sections()
     if args.side is not None:
         raise ConfigError("--side picks a Westermo recording point: use it with --dataset westermo")
+    if args.dataset == MIXED_SCALE:
+        return mixed_scale_sections()
     if args.dataset is not None and _is_skab_name(args.dataset):
         # The experiments' sensors are the features; everything else stays as configured.
         return {"input": {"value_fields": list(SKAB_FEATURES)}}
@@ -415,6 +425,8 @@ def _load_from_args(args: argparse.Namespace, settings: Settings) -> LabelledDat
     if args.dataset in SCENARIOS:
         data_dir = args.out or Path("reports") / args.dataset
         return load_scenario(args.dataset, data_dir, settings, fraction)
+    if args.dataset == MIXED_SCALE:
+        return load_mixed_scale()
     if args.dataset == WESTERMO:
         return load_westermo(resolve_dataset(WESTERMO), args.side or SIDES[0], settings)
     if settings.input.mode == "aggregate":

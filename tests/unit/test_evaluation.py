@@ -18,6 +18,7 @@ from stream_detector.evaluation.baselines import river_available
 from stream_detector.evaluation.datasets import Channel, LabelledDataset, build_stream
 from stream_detector.evaluation.plots import matplotlib_available
 from stream_detector.evaluation.runner import evaluation_defaults, load_dataset, run_evaluation
+from stream_detector.evaluation.mixed_scale import load_mixed_scale
 from stream_detector.evaluation.skab import SKAB_FEATURES, is_skab, load_skab
 from stream_detector.evaluation.trace import TraceRecorder
 
@@ -271,3 +272,25 @@ def test_single_group_dataset_is_not_counted_twice() -> None:
     _, groups = score_methods(dataset, [silent])
     assert list(groups) == ["all"]
     assert groups["all"]["m"].event_wise.fn == 1
+
+
+def test_mixed_scale_feed_spans_ten_decades_with_anomalies_in_each() -> None:
+    dataset = load_mixed_scale()
+    groups = sorted({c.group for c in dataset.channels}, key=lambda g: float("1" + g[1:]))
+    assert groups == [f"1e{e:+d}" for e in range(-3, 8)]
+    level = {
+        g: np.median([np.abs(c.train_values).mean() for c in dataset.channels if c.group == g])
+        for g in groups
+    }
+    assert level["1e+7"] / level["1e-3"] == pytest.approx(1e10, rel=0.5)
+    reference = [c for c in dataset.channels if c.group == "1e+0"]
+    for group in groups:
+        members = [c for c in dataset.channels if c.group == group]
+        assert all(c.train_labels.sum() == 0 for c in members)  # the first day is clean
+        assert sum(int(c.test_labels.any()) for c in members) >= 1
+        # The same devices and anomalies in every decade: only the scale differs.
+        for member, same in zip(members, reference, strict=True):
+            assert member.key.split("@")[0] == same.key.split("@")[0]
+            assert member.test_labels.tolist() == same.test_labels.tolist()
+            scale = 10.0 ** float(group[2:])
+            np.testing.assert_allclose(member.test_values, same.test_values * scale, rtol=1e-6)

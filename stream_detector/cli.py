@@ -307,7 +307,10 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Streams FILE through the same engine the service runs, in arrival order, and "
             "writes one JSON line per input record: offset, key, ts, score, threshold, anomaly, "
-            "episode_id, alerts (or `rejected` with the reason for a bad record)."
+            "episode_id, alerts (or `rejected` with the reason for a bad record). In aggregate "
+            "mode the engine scores closed buckets, not records: a scored line is a bucket "
+            "(bucket_start, bucket_end, closed_by_offset: the record whose arrival closed it, "
+            "null for the buckets still open when the file ends, which are closed then)."
         ),
     )
     replay.add_argument("--input", type=Path, required=True, help="JSONL/CSV (.gz ok)")

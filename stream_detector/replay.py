@@ -3,6 +3,11 @@
 The output has one JSON line per input record, in input order, so it can be joined back to the
 source by `offset` (the record's position in the file). Rejected records appear too, with their
 reason, because a back-test that silently skipped bad lines would hide a mapping problem.
+
+In aggregate mode what the detector scores is not a record but a closed bucket of a key's
+records, so a scored line describes a bucket: `bucket_start` and `bucket_end` (event time) and
+`closed_by_offset`, the record whose arrival closed it (null for the buckets still open when the
+file ended, which are closed then, as the watermark would close them on a live stream).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from typing import IO, Any
 import numpy as np
 import orjson
 
+from stream_detector.aggregate.decode import AggregatingDecoder
 from stream_detector.engine.detector import DetectionResult, Detector
 from stream_detector.sources import read_batches
 
@@ -41,7 +47,10 @@ class _EpisodeCursor:
     def __init__(self) -> None:
         self._open: dict[str, str] = {}
 
-    def lines(self, result: DetectionResult, offset: int) -> Iterator[dict[str, Any]]:
+    def lines(
+        self, result: DetectionResult, offset: int, bucket_width: float | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """The JSON lines of one batch's result; `bucket_width` in aggregate mode."""
         batch = result.decoded.batch
         scored = result.scored
         n_rows = len(batch)
@@ -63,10 +72,20 @@ class _EpisodeCursor:
                 kinds.append(alert.kind)
                 if alert.kind == "open":
                     self._open[key] = alert.episode_id
+            index = int(batch.index[row])
+            where: dict[str, Any]
+            if bucket_width is None:
+                where = {"offset": offset + index, "key": key, "ts": float(batch.ts[row])}
+            else:
+                end = float(batch.ts[row])
+                where = {
+                    "bucket_start": end - bucket_width,
+                    "bucket_end": end,
+                    "closed_by_offset": offset + index if index >= 0 else None,
+                    "key": key,
+                }
             line = {
-                "offset": offset + int(batch.index[row]),
-                "key": key,
-                "ts": float(batch.ts[row]),
+                **where,
                 "score": _float_or_none(score[row]),
                 "threshold": _float_or_none(threshold[row]),
                 "anomaly": bool(exceed[row]),
@@ -103,17 +122,30 @@ def replay(
     """Replay `input_path` through `detector`, writing JSON lines to `out`."""
     summary = ReplaySummary()
     cursor = _EpisodeCursor()
+    aggregators = detector.aggregators()
+    width = None if aggregators is None else aggregators.width
     offset = 0
     for decoded in read_batches(input_path, detector.decoder, batch_size=batch_size):
         result = detector.process(decoded)
-        out.writelines(orjson.dumps(line) + b"\n" for line in cursor.lines(result, offset))
-        batch_records = len(decoded.batch) + len(decoded.rejects)
-        offset += batch_records
-        summary.records += batch_records
+        out.writelines(orjson.dumps(line) + b"\n" for line in cursor.lines(result, offset, width))
+        # In aggregate mode the batch holds buckets, not records: decode counts the records.
+        records = decoded.records
+        if records is None:
+            records = len(decoded.batch) + len(decoded.rejects)
+        offset += records
+        summary.records += records
         summary.rejected += len(decoded.rejects)
-        summary.windows_scored += len(result.scored)
-        summary.alerts_opened += sum(1 for a in result.alerts if a.kind == "open")
-        summary.alerts_resolved += sum(1 for a in result.alerts if a.kind == "resolve")
+        _count(summary, result)
         if on_batch is not None:
             on_batch(summary)
+    if isinstance(detector.decoder, AggregatingDecoder):
+        result = detector.process(detector.decoder.flush())
+        out.writelines(orjson.dumps(line) + b"\n" for line in cursor.lines(result, offset, width))
+        _count(summary, result)
     return summary
+
+
+def _count(summary: ReplaySummary, result: DetectionResult) -> None:
+    summary.windows_scored += len(result.scored)
+    summary.alerts_opened += sum(1 for a in result.alerts if a.kind == "open")
+    summary.alerts_resolved += sum(1 for a in result.alerts if a.kind == "resolve")

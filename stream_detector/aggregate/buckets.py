@@ -21,7 +21,7 @@ taking a prefix and a batch is folded in with one searchsorted; nothing is per e
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import repeat
 from typing import Final
 
@@ -231,18 +231,44 @@ class BucketAggregator:
             self._fold(bucket[accepted], slots, events, accepted)
         out_bucket, out_slot, out_partials = self._close(closed_until)
         order = np.lexsort((self._key_hash[out_slot], out_bucket))
+        closer = np.searchsorted(closed_before, out_bucket[order], side="right")
+        step = self._step(out_bucket, out_slot, out_partials, order, events.index[closer])
+        step = replace(step, late=late, watermark=watermark)
+        self._evict(closed_until)
+        return step
+
+    def flush(self) -> BucketStep:
+        """Close every open bucket, as if the watermark had passed them all: the input has
+        ended (a file replayed to its last line). Quiet keys get their empty buckets up to the
+        last of them, as a watermark moving there would give them. Each bucket's `index` is -1,
+        closed by no event."""
+        if len(self._open_bucket) == 0:
+            return self._nothing()
+        closed_until = int(self._open_bucket.max()) + 1
+        out_bucket, out_slot, out_partials = self._close(closed_until)
+        order = np.lexsort((self._key_hash[out_slot], out_bucket))
+        step = self._step(out_bucket, out_slot, out_partials, order, np.full(len(order), -1))
+        self._evict(closed_until)
+        return step
+
+    def _step(
+        self,
+        out_bucket: np.ndarray,
+        out_slot: np.ndarray,
+        out_partials: Partials,
+        order: np.ndarray,
+        index: np.ndarray,
+    ) -> BucketStep:
+        """The closed buckets, in `order`, as a step with no events of its own."""
         out_bucket, out_slot = out_bucket[order], out_slot[order]
-        closer = np.searchsorted(closed_before, out_bucket, side="right")
-        step = BucketStep(
-            index=events.index[closer],
+        return BucketStep(
+            index=np.asarray(index, dtype=np.int64),
             keys=self._key_of_slot[out_slot],
             end_ts=(out_bucket + 1) * self.width,
             values=self.plan.values(out_partials.take(order)),
-            late=late,
-            watermark=watermark,
+            late=np.empty(0, dtype=bool),
+            watermark=np.empty(0),
         )
-        self._evict(closed_until)
-        return step
 
     def _nothing(self) -> BucketStep:
         return BucketStep(

@@ -87,6 +87,13 @@ class AggregatingDecoder:
         ]
         return self._bucket(decoded, distinct)
 
+    def flush(self) -> Decoded:
+        """The buckets still open, closed because the input has ended (see
+        `BucketAggregator.flush`); their `index` is -1, closed by no message."""
+        step = self.aggregator.flush()
+        closed = EventBatch(index=step.index, keys=step.keys, ts=step.end_ts, values=step.values)
+        return Decoded(batch=closed, records=0)
+
     def _bucket(
         self,
         decoded: Decoded,
@@ -120,7 +127,7 @@ class AggregatingDecoder:
                     key=operator.attrgetter("index"),
                 )
         closed = EventBatch(index=step.index, keys=step.keys, ts=step.end_ts, values=step.values)
-        return Decoded(batch=closed, rejects=rejects)
+        return Decoded(batch=closed, rejects=rejects, records=n + len(decoded.rejects))
 
     def _late_rejects(self, batch: EventBatch, step: BucketStep, late: np.ndarray) -> list[Reject]:
         width = self.aggregator.width

@@ -114,6 +114,22 @@ class StreamAggregators:
             watermark=watermark,
         )
 
+    def flush(self) -> BucketStep:
+        """Close every stream's open buckets (the input has ended), ordered by end time."""
+        steps = [aggregator.flush() for aggregator in self._streams.values()]
+        if not steps:
+            return self._fresh().flush()
+        end_ts = np.concatenate([step.end_ts for step in steps])
+        merged = np.argsort(end_ts, kind="stable")
+        return BucketStep(
+            index=np.concatenate([step.index for step in steps])[merged],
+            keys=np.concatenate([step.keys for step in steps])[merged],
+            end_ts=end_ts[merged],
+            values=np.concatenate([step.values for step in steps])[merged],
+            late=np.empty(0, dtype=bool),
+            watermark=np.empty(0),
+        )
+
     def export_state(self, stream: int) -> AggregatorState:
         """A copy of one stream's state (empty for a stream never seen)."""
         return self._streams.get(stream, self._fresh()).export_state()

@@ -80,6 +80,8 @@ class Decoded:
     rejects: list[Reject] = field(default_factory=list)
     # Optional 0/1 label per accepted event (evaluate only; None in the service).
     labels: np.ndarray | None = None
+    # Records read, where the batch holds something else (aggregate mode: closed buckets).
+    records: int | None = None
 
 
 @dataclass(frozen=True)

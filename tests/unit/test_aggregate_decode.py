@@ -233,3 +233,51 @@ def test_events_mode_ignores_streams() -> None:
     with_streams = Decoder(settings.input).decode_messages(payloads, streams=np.array([0, 1]))
     plain = Decoder(settings.input).decode_messages(payloads)
     assert with_streams.batch.values.tolist() == plain.batch.values.tolist()
+
+
+def test_flush_closes_the_open_buckets_when_the_input_ends() -> None:
+    """At the end of a file the buckets the watermark has not passed are closed all the same,
+    with the same features they would have had, and a second flush has nothing left."""
+    decoder = AggregatingDecoder(_settings())
+    out = decoder.decode_messages([_flow("a", 1, 100), _flow("a", 12, 5), _flow("b", 13, 7)])
+    assert out.records == 3 and len(out.batch) == 1  # [0, 10) of a; [10, 20) still open
+    flushed = decoder.flush()
+    assert flushed.records == 0
+    assert sorted(flushed.batch.keys.tolist()) == ["a", "b"]
+    assert flushed.batch.ts.tolist() == [T0 + 20.0] * 2
+    assert flushed.batch.index.tolist() == [-1, -1]
+    flows = list(decoder.feature_names).index("flows")
+    assert flushed.batch.values[:, flows].tolist() == [1.0, 1.0]
+    assert len(decoder.flush().batch) == 0
+
+
+def test_replay_in_aggregate_mode_writes_bucket_lines_and_closes_the_last_buckets(
+    tmp_path: Any,
+) -> None:
+    from stream_detector.replay import replay
+
+    settings = _settings(
+        window={"size": 4, "stride": 1},
+        normalize={"warmup": 0, "prior_weight": 1.0},
+        model={"hidden_size": 4, "latent_size": 2, "device": "cpu"},
+    )
+    n_features = len(FEATURES)
+    model = LSTMAutoencoder(n_features, 4, hidden_size=4, num_layers=1, latent_size=2)
+    result = TrainingResult((0.0,) * n_features, (1.0,) * n_features, {}, 1.0, {})
+    detector = Detector(settings, create_artefact(model, settings, result))
+    source = tmp_path / "flows.jsonl"
+    lines = [_flow(h, t) for t in range(0, 90, 10) for h in ("h1", "h2")] + [b"not json"]
+    source.write_bytes(b"\n".join(lines) + b"\n")
+    out = tmp_path / "scores.jsonl"
+    with out.open("wb") as handle:
+        summary = replay(source, detector, handle, batch_size=5)
+    written = [orjson.loads(line) for line in out.read_bytes().splitlines()]
+    assert summary.records == 19 and summary.rejected == 1
+    assert [w["offset"] for w in written if "rejected" in w] == [18]
+    buckets = [w for w in written if "bucket_end" in w]
+    # Nine buckets per host: seven closed by later flows, the last two closed at the end.
+    assert len(buckets) == 18 and all(b["bucket_end"] - b["bucket_start"] == 10.0 for b in buckets)
+    closed_at_end = [b for b in buckets if b["closed_by_offset"] is None]
+    assert sorted(b["bucket_end"] for b in closed_at_end) == [T0 + 80.0] * 2 + [T0 + 90.0] * 2
+    assert all(0 <= b["closed_by_offset"] < 19 for b in buckets if b["closed_by_offset"] is not None)
+    assert summary.windows_scored == 2 * (9 - 4 + 1)

@@ -21,6 +21,7 @@ ranges per host (`InjectedAnomaly`, written by `write_labels` like the IoT feed'
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -105,25 +106,30 @@ FEATURES: Final = (
 def network_sections(config: NetworkConfig) -> dict[str, dict[str, Any]]:
     """Settings sections that read this feed (nested like --set; merge them into load_settings).
 
-    10 s buckets; 5 s lateness covers the arrival jitter, so only the deliberately late flows are
-    refused; empty buckets run for 10 minutes, past the longest silence, so a silent host stays
-    visible to the model throughout.
+    5 s lateness covers the arrival jitter, so only the deliberately late flows are refused.
     """
     if config.jitter_s >= 5.0:
         raise ValueError("jitter_s must stay below the 5 s allowed lateness of these settings")
+    return flow_sections("src_ip", FEATURES)
+
+
+def flow_sections(key_field: str, features: Sequence[dict[str, str]]) -> dict[str, dict[str, Any]]:
+    """The mapping of a flow feed keyed by `key_field` (event time in `ts`, epoch seconds),
+    bucketed into `features`: 10 s buckets, 5 s lateness, and empty buckets for 10 minutes
+    after a key's last flow, so a host gone silent stays visible to the model."""
     return {
         "input": {
             "mode": "aggregate",
-            "key_field": "src_ip",
+            "key_field": key_field,
             "timestamp_field": "ts",
             "timestamp_unit": "s",
-            "value_fields": [feature["name"] for feature in FEATURES],
+            "value_fields": [feature["name"] for feature in features],
         },
         "aggregate": {
             "bucket_width_s": 10.0,
             "allowed_lateness_s": 5.0,
             "idle_timeout_s": 600.0,
-            "features": [dict(feature) for feature in FEATURES],
+            "features": [dict(feature) for feature in features],
         },
     }
 

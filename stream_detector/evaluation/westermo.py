@@ -25,6 +25,7 @@ import structlog
 
 from stream_detector.aggregate.decode import AggregatingDecoder
 from stream_detector.config import Settings, deep_merge
+from stream_detector.demo.network import flow_sections
 from stream_detector.evaluation.datasets import Channel, LabelledDataset
 from stream_detector.evaluation.feedwide import FeedLabels, FeedSpan
 from stream_detector.evaluation.network import EVALUATION_SECTIONS
@@ -51,26 +52,9 @@ _LOG_LINE = re.compile(r"^\[(?P<ts>[0-9.]+) -- [^\]]*\] \[(?P<tag>(?:BAD|GOOD)-[
 
 def westermo_sections() -> dict[str, dict[str, Any]]:
     """The mapping of the flow records (nested like --set): key = source address, 10 s buckets
-    of flow counts, packets and bytes each way, distinct peers and protocols; the rest as the
+    of flow counts, packets each way, bytes out, distinct peers and protocols; the rest as the
     network scenarios run (windows and warm-ups for a 10 s cadence, default thresholds)."""
-    return deep_merge(
-        EVALUATION_SECTIONS,
-        {
-            "input": {
-                "mode": "aggregate",
-                "key_field": "sAddress",
-                "timestamp_field": "ts",
-                "timestamp_unit": "s",
-                "value_fields": [feature["name"] for feature in _FEATURES],
-            },
-            "aggregate": {
-                "bucket_width_s": 10.0,
-                "allowed_lateness_s": 5.0,
-                "idle_timeout_s": 600.0,
-                "features": [dict(feature) for feature in _FEATURES],
-            },
-        },
-    )
+    return deep_merge(EVALUATION_SECTIONS, flow_sections("sAddress", _FEATURES))
 
 
 def read_spans(path: Path) -> list[FeedSpan]:

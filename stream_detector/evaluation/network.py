@@ -71,7 +71,8 @@ def load_raw_event_file(
     labels_path = labels_path or labels_path_for(Path(path))
     ranges = read_labels(labels_path)
     decoder = AggregatingDecoder(settings)
-    parts = list(read_batches(Path(path), decoder, batch_size=batch_size))
+    # The buckets still open when the file ends are closed then, as replay closes them.
+    parts = [*read_batches(Path(path), decoder, batch_size=batch_size), decoder.flush()]
     batches = [d.batch for d in parts if len(d.batch)]
     if not batches:
         raise ValueError(f"{path}: no bucket closed; check input.* and aggregate.* against it")

@@ -26,6 +26,7 @@ import structlog
 from stream_detector.aggregate.decode import AggregatingDecoder
 from stream_detector.config import Settings, deep_merge
 from stream_detector.demo.network import flow_sections
+from stream_detector.engine.types import EventBatch
 from stream_detector.evaluation.datasets import Channel, LabelledDataset
 from stream_detector.evaluation.feedwide import FeedLabels, FeedSpan
 from stream_detector.evaluation.network import EVALUATION_SECTIONS
@@ -106,7 +107,14 @@ def load_westermo(root: Path, side: str, settings: Settings) -> LabelledDataset:
     columns = read_flows(root / f"flows_{side}.csv.gz")
     decoder = AggregatingDecoder(settings)
     decoded = decoder.decode_columns(columns)
-    buckets = decoded.batch
+    # The buckets still open at the end of the recording are closed then, as replay does.
+    closed = [decoded.batch, decoder.flush().batch]
+    buckets = EventBatch(
+        index=np.concatenate([b.index for b in closed]),
+        keys=np.concatenate([b.keys for b in closed]),
+        ts=np.concatenate([b.ts for b in closed]),
+        values=np.concatenate([b.values for b in closed]),
+    )
     width = decoder.aggregator.width
     first, last = float(columns["ts"][0]), float(columns["ts"][-1])
     split = first + TRAIN_SHARE * (last - first)

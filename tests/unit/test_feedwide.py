@@ -100,6 +100,7 @@ def test_flows_are_sorted_shifted_and_bucketed_per_source(tmp_path: Path) -> Non
     host = dataset.channels[0]
     assert host.train_ts[0] == t0 + 10.0  # the first bucket ends 10 s into the shifted clock
     assert np.all(np.diff(np.concatenate([host.train_ts, host.test_ts])) == 10.0)
+    assert host.test_ts[-1] == t0 + 600.0  # the last flow's bucket, closed when the file ends
     assert dataset.feed is not None and dataset.feed.test_from_ts > host.train_ts[-1]
     flows = dataset.feature_names.index("flows")
     assert np.all(host.train_values[:, flows] == 5.0)  # five flows per 10 s bucket

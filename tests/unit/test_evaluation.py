@@ -179,7 +179,7 @@ def test_skab_experiments_are_keys_split_after_their_first_rows(tmp_path: Path) 
 def test_skab_by_name_brings_its_sensor_columns(tmp_path: Path) -> None:
     root = tmp_path / "skab"
     _write_skab(root / "valve1" / "0.csv.gz", rows=401, anomaly_from=400)
-    args = argparse.Namespace(dataset=str(root), events=None, labels=None, config=None)
+    args = argparse.Namespace(dataset=str(root), events=None, labels=None, config=None, side=None)
     assert evaluation_defaults(args) == {"input": {"value_fields": list(SKAB_FEATURES)}}
     dataset = load_dataset(root, Settings(input={"value_fields": SKAB_FEATURES}))
     assert dataset.name == "skab" and len(dataset.channels) == 1

@@ -307,6 +307,14 @@ class ThresholdConfig(_Section):
     warmup: int = Field(
         64, ge=1, description="Scores a key needs before its own threshold replaces the global one."
     )
+    absorb_sigma: float = Field(
+        0.0,
+        ge=0,
+        description="Once a key is warm, a score under its threshold but above mean + "
+        "absorb_sigma x std is learnt as that bound, so an anomaly whose scores ramp up cannot "
+        "widen the band ahead of itself. 0 (the default: on SMAP it did not help) learns every "
+        "score under the threshold whole.",
+    )
     global_factor: float = Field(
         1.0, gt=0, description="Multiplier on the calibrated global threshold used during warm-up."
     )

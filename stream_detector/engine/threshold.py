@@ -17,6 +17,13 @@ of where the stream was cut into batches. A batch is stepped through by rank wit
 
 Why exceeding scores are not absorbed: an anomaly lasting many windows would otherwise raise its
 own threshold until it no longer counts as anomalous (baseline poisoning).
+
+Why high scores are absorbed capped: the band is wide (scores are heavy-tailed squared errors),
+so an anomaly whose scores ramp up (a port scan gathering pace) stays under it for its first
+windows; absorbed whole, each of those widens the band, and the anomaly outruns its threshold to
+the end. Once a key is warm, a score above ``mean + absorb_sigma x std`` is absorbed as that
+bound: the band still follows a key whose scores grow for good, but one bad window moves it
+little.
 """
 
 from __future__ import annotations
@@ -50,6 +57,7 @@ class AdaptiveThreshold(SlotArrays):
         self._alpha = float(config.alpha)
         self._sensitivity = float(config.sensitivity)
         self._warmup = int(config.warmup)
+        self._absorb_sigma = float(config.absorb_sigma)
         self._warmup_threshold = float(global_threshold) * config.global_factor
         self._floor = float(global_threshold) * config.floor_factor
         self._mean = np.zeros(capacity, dtype=np.float64)
@@ -93,7 +101,7 @@ class AdaptiveThreshold(SlotArrays):
             exceed[rows] = over
             absorb = ~over & np.isfinite(x)
             if absorb.any():
-                self._absorb(slot[absorb], x[absorb])
+                self._absorb(slot[absorb], self._capped(slot[absorb], x[absorb]))
         return thresholds.astype(np.float32), exceed
 
     def _thresholds(self, slots: np.ndarray) -> np.ndarray:
@@ -101,6 +109,13 @@ class AdaptiveThreshold(SlotArrays):
         own = self._mean[slots] + self._sensitivity * np.sqrt(self._var[slots])
         own = np.maximum(own, self._floor)
         return np.where(count < self._warmup, self._warmup_threshold, own)
+
+    def _capped(self, slots: np.ndarray, x: np.ndarray) -> np.ndarray:
+        """Scores of warm slots capped at mean + absorb_sigma x std (when absorb_sigma > 0)."""
+        if self._absorb_sigma <= 0:
+            return x
+        cap = self._mean[slots] + self._absorb_sigma * np.sqrt(self._var[slots])
+        return np.where(self._count[slots] >= self._warmup, np.minimum(x, cap), x)
 
     def _absorb(self, slots: np.ndarray, x: np.ndarray) -> None:
         """Fold one score per slot (distinct slots) into its running mean and variance.

@@ -47,8 +47,10 @@ class NaiveThreshold:
             exceed.append(over)
             if over:
                 continue
-            x = score
             mean, var, count = self.state.get(slot, (0.0, 0.0, 0))
+            x = score
+            if self.config.absorb_sigma > 0 and count >= self.config.warmup:
+                x = min(x, mean + self.config.absorb_sigma * math.sqrt(var))
             if 1 / (count + 1) > a:  # the plain running mean and variance until 1/alpha scores
                 mean, var = welford(mean, var, count, x)
             else:
@@ -62,6 +64,7 @@ class NaiveThreshold:
 def config(**overrides: float) -> ThresholdConfig:
     base = {"alpha": 0.2, "sensitivity": 3.0, "warmup": 5, "global_factor": 1.0}
     base["floor_factor"] = 0.0
+    base["absorb_sigma"] = 0.0
     return ThresholdConfig(**{**base, **overrides})
 
 
@@ -142,6 +145,7 @@ def test_nan_score_is_neither_alert_nor_absorbed() -> None:
     alpha=st.sampled_from([0.05, 0.3, 1.0]),
     warmup=st.integers(1, 4),
     floor=st.sampled_from([0.0, 0.2]),
+    absorb=st.sampled_from([0.0, 1.0, 3.0]),
     calls=st.lists(
         st.lists(
             st.tuples(st.integers(0, 4), st.floats(0.0, 50.0, allow_nan=False)),
@@ -152,8 +156,10 @@ def test_nan_score_is_neither_alert_nor_absorbed() -> None:
         max_size=8,
     ),
 )
-def test_vectorised_equals_naive_reference(alpha, warmup, floor, calls) -> None:
-    cfg = config(alpha=alpha, warmup=warmup, floor_factor=floor, sensitivity=2.0)
+def test_vectorised_equals_naive_reference(alpha, warmup, floor, absorb, calls) -> None:
+    cfg = config(
+        alpha=alpha, warmup=warmup, floor_factor=floor, sensitivity=2.0, absorb_sigma=absorb
+    )
     fast = AdaptiveThreshold(cfg, global_threshold=20.0, capacity=2)
     fast.ensure_capacity(5)
     naive = NaiveThreshold(cfg, global_threshold=20.0)
@@ -216,3 +222,20 @@ def test_at_the_defaults_each_key_is_judged_by_its_own_scores() -> None:
     thresholds, exceed = apply(thr, [0, 1], [0.3, 1.1])
     assert thresholds[0] < 0.3 < thresholds[1]
     assert exceed.tolist() == [True, False]
+
+
+def test_a_ramping_anomaly_cannot_widen_the_band_ahead_of_itself() -> None:
+    """Scores that climb from the key's normal level stay under a wide band at first; learnt
+    whole they widen it window by window and the climb never exceeds. Learnt capped at
+    mean + absorb_sigma x std, the band holds and the climb exceeds within a few windows."""
+    rng = np.random.default_rng(2)
+    normal = (0.5 + 0.05 * rng.standard_normal(200)).tolist()
+    ramp = [0.5 + 0.1 * step for step in range(1, 60)]  # to 6.4, 118 std above normal
+    first_exceed = {}
+    for absorb in (0.0, 3.0):
+        thr = AdaptiveThreshold(config(alpha=0.02, sensitivity=8.0, absorb_sigma=absorb), 10.0)
+        apply(thr, [0] * 200, normal)
+        _, exceed = apply(thr, [0] * len(ramp), ramp)
+        first_exceed[absorb] = int(np.argmax(exceed)) if exceed.any() else None
+    assert first_exceed[0.0] is None
+    assert first_exceed[3.0] is not None and first_exceed[3.0] < 10

@@ -8,7 +8,11 @@ Why raw scores, not log scores: a key whose windows a model reconstructs almost 
 phase of its cycle has scores spanning decades (0.001 .. 0.2); in log space that low tail, which
 says nothing about anomalies, dominates the variance and drives ``exp(mean + k std)`` up by orders
 of magnitude, until real anomalies pass under it. In raw units the band tracks the upper part of
-the distribution that matters, and the floor keeps near-perfect keys from alerting on noise.
+the distribution that matters; scores are heavy-tailed, so the band is wide (sensitivity 8).
+
+Why no floor from the global threshold by default: that threshold is set by the keys the model
+reconstructs worst, and a floor derived from it silences every key that is quiet by nature
+(``floor_factor`` remains, off).
 
 Why one window at a time: each score is judged against the threshold learnt from exactly the key's
 windows before it, so the decisions are a function of the key's own sequence of scores and never
@@ -46,7 +50,7 @@ class AdaptiveThreshold(SlotArrays):
 
     Until a key has absorbed `warmup` scores its estimate is too noisy to trust, and it is judged
     against the calibrated global threshold instead. Afterwards its threshold is
-    ``mean + sensitivity * std``, floored at ``floor_factor x global_threshold``.
+    ``mean + sensitivity * std``, floored at ``floor_factor x global_threshold`` (0 by default).
     """
 
     SLOT_FIELDS = ("mean", "var", "count")

@@ -129,8 +129,9 @@ class KeyNormalizer(SlotArrays):
         statistics after each event.
 
         Once a slot holds ``clip_after`` events, outliers (beyond ``clip_sigma`` x the slot's
-        own std) are tamed as `_robust` says (when clip_sigma > 0). Once a slot holds ``horizon`` events, each new one replaces 1/horizon of the past
-        (the old summary's weight is shrunk, never its mean), so a level shift is re-learned.
+        own std) are tamed as `_robust` says (when clip_sigma > 0). Once a slot holds
+        ``horizon`` events, each new one replaces 1/horizon of the past (the old summary's
+        weight is shrunk, never its mean), so a level shift is re-learned.
 
         ``record``: positions among the N events after which the statistics are wanted (the
         last events of due windows); returns their (mean [R, F], std [R, F]) float32, with the

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from stream_detector.evaluation.metrics import overlaps
+
 if TYPE_CHECKING:
     from stream_detector.evaluation.datasets import LabelledDataset
     from stream_detector.evaluation.trace import MethodTrace
@@ -46,11 +48,6 @@ class FeedLabels:
     sample_span_s: float = 0.0
 
 
-def _overlap(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """[len(a), len(b)]: time intervals (rows of [start, end]) that share an instant."""
-    return (a[:, None, 0] <= b[None, :, 1]) & (b[None, :, 0] <= a[:, None, 1])
-
-
 def alert_times(dataset: LabelledDataset, trace: MethodTrace, sample_span_s: float) -> np.ndarray:
     """When each episode of `trace` opened, as the event-time interval [start, end] of the
     sample that opened it (float64 [E, 2])."""
@@ -74,9 +71,9 @@ def score_feed(dataset: LabelledDataset, trace: MethodTrace, labels: FeedLabels)
         [(s.start_ts, s.end_ts) for s in labels.spans if s.attack], dtype=np.float64
     ).reshape(-1, 2)
     benign_times = np.array([(s.start_ts, s.end_ts) for s in benign]).reshape(-1, 2)
-    detected = _overlap(attack_times, episodes).any(axis=1)
-    true_episode = _overlap(episodes, all_attacks).any(axis=1)
-    in_benign = ~true_episode & _overlap(episodes, benign_times).any(axis=1)
+    detected = overlaps(attack_times, episodes).any(axis=1)
+    true_episode = overlaps(episodes, all_attacks).any(axis=1)
+    in_benign = ~true_episode & overlaps(episodes, benign_times).any(axis=1)
     by_kind: dict[str, dict[str, int]] = {}
     for span, hit in zip(attacks, detected.tolist(), strict=True):
         entry = by_kind.setdefault(span.kind, {"detected": 0, "spans": 0})

@@ -111,15 +111,16 @@ def point_adjust(predicted: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return pred | ranges_to_mask(ranges[hit], len(pred))
 
 
-def _overlaps(label: np.ndarray, alerts: np.ndarray) -> np.ndarray:
-    """[R, A] boolean: labelled range r and alert range a share at least one index."""
+def overlaps(label: np.ndarray, alerts: np.ndarray) -> np.ndarray:
+    """[R, A] boolean: range r and range a (rows of inclusive [start, end], indices or times)
+    share at least one point."""
     return (label[:, None, 0] <= alerts[None, :, 1]) & (alerts[None, :, 0] <= label[:, None, 1])
 
 
 def eventwise_counts(label: np.ndarray, alerts: np.ndarray) -> Counts:
     label = np.asarray(label, dtype=np.int64).reshape(-1, 2)
     alerts = np.asarray(alerts, dtype=np.int64).reshape(-1, 2)
-    overlap = _overlaps(label, alerts)
+    overlap = overlaps(label, alerts)
     detected = overlap.any(axis=1)
     return Counts(
         tp=int(np.count_nonzero(detected)),
@@ -138,7 +139,7 @@ def detection_delays(
     """
     label = np.asarray(label, dtype=np.int64).reshape(-1, 2)
     alerts = np.asarray(alerts, dtype=np.int64).reshape(-1, 2)
-    overlap = _overlaps(label, alerts)
+    overlap = overlaps(label, alerts)
     detected = overlap.any(axis=1)
     # Earliest-starting overlapping alert per range: mask the others with a start past any index.
     starts = np.where(overlap, alerts[None, :, 0], np.iinfo(np.int64).max)

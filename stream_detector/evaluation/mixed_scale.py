@@ -41,15 +41,16 @@ def load_mixed_scale() -> LabelledDataset:
     keys_tick = np.stack(keys)  # [ticks, devices]
     ts_tick = np.stack(ts)
     values_tick = np.stack(values)  # [ticks, devices, sensors]
+    # Labels belong to a device and its times, the same in every decade: computed once each.
+    labels_tick = generator.label(keys_tick.reshape(-1), ts_tick.reshape(-1))
+    labels_tick = labels_tick.reshape(ts_tick.shape).astype(np.int8)
+    cut = _TRAIN_TICKS
     channels = []
     for decade in DECADES:
         for device in range(_FEED.devices):
             key = str(keys_tick[0, device])
-            device_ts = ts_tick[:, device]
+            device_ts, labels = ts_tick[:, device], labels_tick[:, device]
             device_values = (values_tick[:, device, :] * 10.0**decade).astype(np.float32)
-            labels = generator.label(np.full(len(device_ts), key, dtype=object), device_ts)
-            labels = labels.astype(np.int8)
-            cut = _TRAIN_TICKS
             channels.append(
                 Channel(f"{key}@1e{decade:+d}", f"1e{decade:+d}",
                         device_ts[:cut], device_values[:cut], labels[:cut],

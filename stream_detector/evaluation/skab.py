@@ -48,8 +48,12 @@ def is_skab(path: Path) -> bool:
     if first is None:
         return False
     with gzip.open(first, "rt") as handle:
-        header = handle.readline().strip().split(";")
-    return "datetime" in header and all(c in header for c in SKAB_FEATURES)
+        return not _missing_columns(handle.readline().strip().split(";"))
+
+
+def _missing_columns(header: list[str]) -> list[str]:
+    """The columns SKAB's files have that `header` lacks (the labels are optional)."""
+    return [c for c in ("datetime", *SKAB_FEATURES) if c not in header]
 
 
 def read_experiment(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -61,8 +65,7 @@ def read_experiment(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     with opener(path, "rt") as handle:
         header = handle.readline().strip().split(";")
         rows = [line.rstrip("\n").split(";") for line in handle if line.strip()]
-    missing = [c for c in ("datetime", *SKAB_FEATURES) if c not in header]
-    if missing:
+    if missing := _missing_columns(header):
         raise ValueError(f"{path}: not a SKAB file, no column {missing[0]!r} in its header")
     table = np.array(rows, dtype=object).reshape(len(rows), len(header))
     ts = table[:, header.index("datetime")].astype("datetime64[ms]").astype(np.int64) / 1000.0

@@ -37,7 +37,7 @@ started=$SECONDS
 say() { echo "deploy-test [$((SECONDS - started))s]: $*" >&2; }
 
 free_port() {
-    "$PYTHON" -c 'from stream_detector.kafka.broker import free_port; print(free_port())'
+    "$PYTHON" -c 'from stream_detector.demo.broker import free_port; print(free_port())'
 }
 
 compose() {
@@ -70,13 +70,13 @@ bash scripts/start-docker.sh
 bash deploy/base/build-base.sh
 
 # -- 2. the broker image -------------------------------------------------------------------------
-SD_TANSU_VERSION="$("$PYTHON" -c 'from stream_detector.kafka.broker import tansu_version; print(tansu_version())')"
+SD_TANSU_VERSION="$("$PYTHON" -c 'from stream_detector.demo.broker import tansu_version; print(tansu_version())')"
 export SD_TANSU_VERSION
 tansu_image="stream-detector/tansu:$SD_TANSU_VERSION"
 if ! docker image inspect "$tansu_image" >/dev/null 2>&1; then
     say "building $tansu_image"
     mkdir "$workdir/tansu"
-    cp "$("$PYTHON" -c 'from stream_detector.kafka.broker import tansu_binary; print(tansu_binary())')" "$workdir/tansu/tansu"
+    cp "$("$PYTHON" -c 'from stream_detector.demo.broker import tansu_binary; print(tansu_binary())')" "$workdir/tansu/tansu"
     cp deploy/broker/Dockerfile "$workdir/tansu/Dockerfile"
     docker build --quiet --network none -t "$tansu_image" "$workdir/tansu" >/dev/null
 fi

@@ -15,7 +15,7 @@ from typing import Any
 import structlog
 
 from stream_detector import __version__
-from stream_detector.artefact import ArtefactError
+from stream_detector.detector.artefact import ArtefactError
 from stream_detector.config import ConfigError, Settings, deep_merge, load_settings
 from stream_detector.logs import configure_logging
 
@@ -112,9 +112,9 @@ def _progress_printer(total_epochs: int) -> Callable[[dict[str, Any]], None]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from stream_detector.aggregate.decode import decoder_for
-    from stream_detector.sources import read_batches
-    from stream_detector.training import train
+    from stream_detector.aggregate.decoder import decoder_for
+    from stream_detector.detector.sources import read_batches
+    from stream_detector.detector.training import train
 
     settings = _settings(
         args, {"train": {"epochs": args.epochs, "seed": args.seed}}
@@ -142,8 +142,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _load_detector(settings: Settings, model_dir: Path | None):  # noqa: ANN202 - lazy imports
-    from stream_detector.artefact import load_artefact
-    from stream_detector.engine.detector import Detector
+    from stream_detector.detector.artefact import load_artefact
+    from stream_detector.detector.facade import Detector
     from stream_detector.engine.model import select_device
 
     path = model_dir or settings.model.path
@@ -164,7 +164,7 @@ def _make_parent(path: Path) -> None:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from stream_detector.replay import replay
+    from stream_detector.detector.replay import replay
 
     settings = _settings(args)
     if not args.input.exists():

@@ -30,7 +30,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from stream_detector.kafka.limits import RECORD_FRAMING_BYTES
+from stream_detector.limits import RECORD_FRAMING_BYTES
 
 
 class ConfigError(Exception):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from stream_detector.config import Settings, load_settings
 from stream_detector.demo.topics import ensure_topics
-from stream_detector.kafka.broker import wait_for_metadata
+from stream_detector.demo.broker import wait_for_metadata
 from stream_detector.logs import configure_logging
 
 

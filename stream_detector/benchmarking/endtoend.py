@@ -30,7 +30,7 @@ from confluent_kafka import Consumer
 from stream_detector.benchmarking.kafka_io import beginning_of
 from stream_detector.benchmarking.pacer import PacePlan, start_pacer
 from stream_detector.benchmarking.progress import ProgressClock
-from stream_detector.benchmarking.report import Throughput
+from stream_detector.benchmarking.results import Throughput
 from stream_detector.config import Settings
 from stream_detector.kafka.service import run_service
 from stream_detector.kafka.settings import consumer_config, producer_config

@@ -16,11 +16,11 @@ from typing import Any
 
 import structlog
 
-from stream_detector.artefact import load_artefact
-from stream_detector.benchmarking.report import Throughput
+from stream_detector.detector.artefact import load_artefact
+from stream_detector.benchmarking.results import Throughput
 from stream_detector.benchmarking.workload import bench_settings, tick_stream
 from stream_detector.config import Settings
-from stream_detector.engine.detector import Detector
+from stream_detector.detector.facade import Detector
 from stream_detector.engine.model import select_device
 
 log = structlog.get_logger(__name__)

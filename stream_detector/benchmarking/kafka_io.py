@@ -14,7 +14,7 @@ import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from stream_detector.benchmarking.report import Throughput
+from stream_detector.benchmarking.results import Throughput
 from stream_detector.config import KafkaConfig
 from stream_detector.kafka.settings import admin_config, consumer_config, producer_config
 

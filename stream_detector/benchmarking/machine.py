@@ -55,7 +55,7 @@ def machine_facts(device: torch.device) -> dict[str, Any]:
     import confluent_kafka
 
     from stream_detector import __version__
-    from stream_detector.kafka.broker import tansu_version
+    from stream_detector.demo.broker import tansu_version
 
     usable = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
     return {

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import structlog
 
-from stream_detector.benchmarking.report import Throughput
+from stream_detector.benchmarking.results import Throughput
 from stream_detector.benchmarking.workload import FEATURES, tick_stream
 
 log = structlog.get_logger(__name__)

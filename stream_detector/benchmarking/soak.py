@@ -38,11 +38,11 @@ import numpy as np
 import orjson
 import torch
 
-from stream_detector.artefact import load_artefact
+from stream_detector.detector.artefact import load_artefact
 from stream_detector.config import Settings
-from stream_detector.demo.generator import TelemetryGenerator
+from stream_detector.scenarios.telemetry import TelemetryGenerator
 from stream_detector.demo.scenario import BUNDLED_MODEL_DIR, demo_settings, generator_config
-from stream_detector.engine.detector import Detector
+from stream_detector.detector.facade import Detector
 from stream_detector.engine.model import WindowScorer, select_device
 from stream_detector.engine.types import Decoded, EventBatch
 from stream_detector.logs import configure_logging

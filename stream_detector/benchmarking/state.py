@@ -18,11 +18,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from stream_detector.artefact import load_artefact
-from stream_detector.benchmarking.report import Row, keys_label, state_id
+from stream_detector.detector.artefact import load_artefact
+from stream_detector.benchmarking.results import Row, keys_label, state_id
 from stream_detector.benchmarking.workload import bench_settings, tick_stream
-from stream_detector.engine.detector import Detector
-from stream_detector.state.snapshot import decode, encode, make_checkpoint
+from stream_detector.detector.facade import Detector
+from stream_detector.detector.snapshot import decode, encode, make_checkpoint
 
 _STRIDE = 8
 _REPEATS = 3  # best of: the machine is shared, the minimum is the least disturbed

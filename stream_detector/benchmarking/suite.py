@@ -33,7 +33,7 @@ import structlog
 
 from stream_detector.benchmarking import aggregate, endtoend, inprocess, kafka_io, memory, peer, state
 from stream_detector.benchmarking.machine import load_average, machine_facts
-from stream_detector.benchmarking.report import (
+from stream_detector.benchmarking.results import (
     CEILING,
     MEMORY,
     RAW_CEILING,
@@ -55,7 +55,7 @@ from stream_detector.benchmarking.workload import (
 )
 from stream_detector.config import KafkaConfig
 from stream_detector.engine.model import select_device
-from stream_detector.kafka.broker import EmbeddedBroker, free_port
+from stream_detector.demo.broker import EmbeddedBroker, free_port
 
 log = structlog.get_logger(__name__)
 

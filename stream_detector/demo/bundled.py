@@ -21,7 +21,7 @@ from typing import Final
 
 import orjson
 
-from stream_detector.artefact import ModelArtefact
+from stream_detector.detector.artefact import ModelArtefact
 from stream_detector.demo.scenario import (
     BUNDLED_MODEL_DIR,
     TRAINING_SEED,
@@ -38,7 +38,7 @@ from stream_detector.demo.network_scenario import (
     training_feed,
 )
 from stream_detector.demo.scoreboard import Score
-from stream_detector.demo.training import score_offline, train_from_feed
+from stream_detector.demo.offline import score_offline, train_from_feed
 from stream_detector.logs import configure_logging
 
 # One full daily cycle of every device, so the model has seen each phase of it.
@@ -63,7 +63,7 @@ def train_bundled_network(out_dir: Path = NETWORK_MODEL_DIR) -> ModelArtefact:
 
 
 def _check(scenario: str, out: Path, check_only: bool) -> tuple[ModelArtefact, Score]:
-    from stream_detector.artefact import load_artefact
+    from stream_detector.detector.artefact import load_artefact
 
     cpu = {"model": {"device": "cpu"}}
     if scenario == "network":

@@ -16,11 +16,11 @@ import structlog
 
 from stream_detector.config import ConfigError, KafkaConfig
 from stream_detector.demo.feed import FeedPlan, FeedProducer
-from stream_detector.demo.generator import GeneratorConfig, write_jsonl, write_labels
+from stream_detector.scenarios.telemetry import GeneratorConfig, write_jsonl, write_labels
 from stream_detector.demo.scenario import DEMO_SEED, generator_config
 from stream_detector.demo.signals import StopSignals, children_shielded
 from stream_detector.demo.topics import ensure_topics
-from stream_detector.kafka.broker import EmbeddedBroker, listening
+from stream_detector.demo.broker import EmbeddedBroker, listening
 
 log = structlog.get_logger(__name__)
 

@@ -21,7 +21,7 @@ import structlog
 from confluent_kafka import KafkaError, Message, Producer
 
 from stream_detector.config import KafkaConfig
-from stream_detector.demo.generator import (
+from stream_detector.scenarios.telemetry import (
     GeneratorConfig,
     InjectedAnomaly,
     TelemetryGenerator,

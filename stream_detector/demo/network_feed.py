@@ -22,7 +22,7 @@ from confluent_kafka import Producer
 
 from stream_detector.config import KafkaConfig
 from stream_detector.demo.feed import PacedProducer
-from stream_detector.demo.network import NetworkConfig, generate
+from stream_detector.scenarios.flows import NetworkConfig, generate
 
 _IDLE_S: Final = 0.01
 _CHUNK: Final = 5000  # flows encoded and handed to the producer at a time

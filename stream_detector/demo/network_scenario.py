@@ -1,8 +1,8 @@
 """`demo --scenario network`: the flow feed, its compressed clock, and the detector that suits it.
 
-The detector reads the flows in aggregate mode with the mapping of demo/network.py (10 s buckets
+The detector reads the flows in aggregate mode with the mapping of scenarios/flows.py (10 s buckets
 per source host: flows, bytes, packets, distinct ports and hosts) and the settings the network
-evaluation was tuned with (evaluation/network.py), so the live demo shows what the evaluation
+evaluation was tuned with (evaluation/raw_events.py), so the live demo shows what the evaluation
 measures. A small model for them is bundled (`demo/network_model/`, trained by
 `python -m stream_detector.demo.bundled --scenario network`); `--train` fits one on the feed's
 backlog instead.
@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from stream_detector.aggregate.decode import AggregatingDecoder
-from stream_detector.artefact import ModelArtefact
+from stream_detector.aggregate.decoder import AggregatingDecoder
+from stream_detector.detector.artefact import ModelArtefact
 from stream_detector.config import KafkaConfig, Settings, deep_merge, load_settings
-from stream_detector.demo.network import (
+from stream_detector.scenarios.flows import (
     NETWORK_ANOMALY_KINDS,
     NetworkConfig,
     generate,
@@ -32,9 +32,9 @@ from stream_detector.demo.network import (
 )
 from stream_detector.demo.network_feed import NetworkFeedProducer
 from stream_detector.demo.scoreboard import Score, Scoreboard
-from stream_detector.engine.detector import Detector
-from stream_detector.evaluation.network import EVALUATION_SECTIONS
-from stream_detector.training import train
+from stream_detector.detector.facade import Detector
+from stream_detector.evaluation.raw_events import EVALUATION_SECTIONS
+from stream_detector.detector.training import train
 
 NETWORK_MODEL_DIR: Final = Path(__file__).resolve().parent / "network_model"
 DEFAULT_HOSTS: Final = 40

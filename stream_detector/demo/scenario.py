@@ -18,7 +18,7 @@ from typing import Any, Final, Protocol
 
 from stream_detector.config import KafkaConfig, Settings, deep_merge, load_settings
 from stream_detector.demo.feed import PacedProducer
-from stream_detector.demo.generator import GeneratorConfig, mapping_for
+from stream_detector.scenarios.telemetry import GeneratorConfig, mapping_for
 
 BUNDLED_MODEL_DIR: Final = Path(__file__).resolve().parent / "model"
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from stream_detector.demo.generator import ANOMALY_KINDS, InjectedAnomaly
+from stream_detector.scenarios.telemetry import ANOMALY_KINDS, InjectedAnomaly
 
 
 @dataclass(frozen=True)

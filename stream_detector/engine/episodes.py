@@ -34,7 +34,7 @@ from stream_detector.engine.alerts import (
     top_contributions,
 )
 from stream_detector.engine.types import ScoredWindows
-from stream_detector.state.slots import SlotArrays
+from stream_detector.engine.slots import SlotArrays
 
 log = structlog.get_logger(__name__)
 

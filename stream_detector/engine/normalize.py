@@ -31,7 +31,7 @@ import numpy as np
 import structlog
 
 from stream_detector.engine.scan import rank_steps
-from stream_detector.state.slots import SlotArrays
+from stream_detector.engine.slots import SlotArrays
 
 if TYPE_CHECKING:
     from torch import Tensor

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from stream_detector.engine.staging import HostToDevice
+from stream_detector.engine.transfer import HostToDevice
 
 
 class HostRing:

@@ -36,7 +36,7 @@ import numpy as np
 
 from stream_detector.config import ThresholdConfig
 from stream_detector.engine.scan import rank_steps
-from stream_detector.state.slots import SlotArrays
+from stream_detector.engine.slots import SlotArrays
 
 def _grow(array: np.ndarray, capacity: int) -> np.ndarray:
     grown = np.zeros(capacity, dtype=array.dtype)

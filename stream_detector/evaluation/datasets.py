@@ -22,8 +22,8 @@ import structlog
 from stream_detector.config import Settings
 from stream_detector.engine.decode import Decoder
 from stream_detector.engine.types import Decoded, EventBatch
-from stream_detector.evaluation.feedwide import FeedLabels
-from stream_detector.sources import read_batches
+from stream_detector.evaluation.feed_labels import FeedLabels
+from stream_detector.detector.sources import read_batches
 
 log = structlog.get_logger(__name__)
 

@@ -1,4 +1,4 @@
-"""Labels that hold for a whole feed, not one key: a network-wide attack span and who caught it.
+"""Scoring against labels that hold for a whole feed (feed_labels.py): who caught each span.
 
 In a network capture an attack is an interval of time (`BAD-SSH-START` .. `BAD-SSH-END` in an
 injection log), not a range of one key's events: the attacker's address, its target's and a
@@ -13,39 +13,13 @@ are the false alerts an operator would resent most.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from stream_detector.evaluation.datasets import LabelledDataset
 from stream_detector.evaluation.metrics import overlaps
-
-if TYPE_CHECKING:
-    from stream_detector.evaluation.datasets import LabelledDataset
-    from stream_detector.evaluation.trace import MethodTrace
-
-
-@dataclass(frozen=True)
-class FeedSpan:
-    """One labelled interval of the feed's event time, both ends inclusive."""
-
-    kind: str
-    start_ts: float
-    end_ts: float
-    attack: bool  # False: a benign event that must not alert
-
-
-@dataclass(frozen=True)
-class FeedLabels:
-    """The feed's labelled spans; only spans ending at or after `test_from_ts` are scored.
-
-    `sample_span_s`: how much event time each sample covers up to its timestamp (a bucket's
-    width), so an episode is taken to begin where the bucket that opened it began.
-    """
-
-    spans: tuple[FeedSpan, ...]
-    test_from_ts: float
-    sample_span_s: float = 0.0
+from stream_detector.evaluation.trace import MethodTrace
 
 
 def alert_times(dataset: LabelledDataset, trace: MethodTrace, sample_span_s: float) -> np.ndarray:

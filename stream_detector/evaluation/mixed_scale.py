@@ -16,7 +16,7 @@ from typing import Any, Final
 import numpy as np
 import structlog
 
-from stream_detector.demo.generator import GeneratorConfig, TelemetryGenerator, mapping_for
+from stream_detector.scenarios.telemetry import GeneratorConfig, TelemetryGenerator, mapping_for
 from stream_detector.evaluation.datasets import Channel, LabelledDataset
 
 log = structlog.get_logger(__name__)

@@ -17,9 +17,9 @@ from typing import Any
 import orjson
 import structlog
 
-from stream_detector.artefact import ModelArtefact, load_artefact
+from stream_detector.detector.artefact import ModelArtefact, load_artefact
 from stream_detector.config import ConfigError, Settings, settings_to_dict
-from stream_detector.engine.detector import Detector
+from stream_detector.detector.facade import Detector
 from stream_detector.evaluation.baseline_detector import BaselineDetector, calibrate
 from stream_detector.evaluation.baselines import (
     EventScorer,
@@ -27,7 +27,7 @@ from stream_detector.evaluation.baselines import (
     RollingZScore,
     river_available,
 )
-from stream_detector.demo.network import SCENARIOS, labels_path_for
+from stream_detector.scenarios.flows import SCENARIOS, labels_path_for
 from stream_detector.evaluation.datasets import (
     SMAP_MSL_LABELS,
     LabelledDataset,
@@ -36,7 +36,7 @@ from stream_detector.evaluation.datasets import (
     load_labelled_file,
     load_smap_msl,
 )
-from stream_detector.evaluation.network import (
+from stream_detector.evaluation.raw_events import (
     SCENARIO_TRAIN_FRACTION,
     load_raw_event_file,
     load_scenario,
@@ -52,7 +52,7 @@ from stream_detector.evaluation.mixed_scale import (
 from stream_detector.evaluation.skab import SKAB_FEATURES, is_skab, load_skab
 from stream_detector.evaluation.westermo import SIDES, load_westermo, westermo_sections
 from stream_detector.evaluation.trace import MethodTrace, TraceRecorder
-from stream_detector.training import train
+from stream_detector.detector.training import train
 
 log = structlog.get_logger(__name__)
 

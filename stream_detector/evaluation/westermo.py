@@ -23,13 +23,13 @@ from typing import Any, Final
 import numpy as np
 import structlog
 
-from stream_detector.aggregate.decode import AggregatingDecoder
+from stream_detector.aggregate.decoder import AggregatingDecoder
 from stream_detector.config import Settings, deep_merge
-from stream_detector.demo.network import flow_sections
+from stream_detector.scenarios.flows import flow_sections
 from stream_detector.engine.types import EventBatch
 from stream_detector.evaluation.datasets import Channel, LabelledDataset
-from stream_detector.evaluation.feedwide import FeedLabels, FeedSpan
-from stream_detector.evaluation.network import EVALUATION_SECTIONS
+from stream_detector.evaluation.feed_labels import FeedLabels, FeedSpan
+from stream_detector.evaluation.raw_events import EVALUATION_SECTIONS
 
 log = structlog.get_logger(__name__)
 

@@ -16,7 +16,7 @@ from stream_detector.aggregate.streams import partition_stream
 from stream_detector.engine.alerts import Alert
 from stream_detector.engine.types import Reject
 from stream_detector.kafka.delivery import OutRecord, Partition
-from stream_detector.kafka.limits import Header, fit_record
+from stream_detector.limits import Header, fit_record
 
 ALERT_CONTENT_TYPE = b"application/cloudevents+json; charset=utf-8"
 INPUT_HEADER_PREFIX = "input."

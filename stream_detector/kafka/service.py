@@ -37,13 +37,13 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient, ConfigResource
 
-from stream_detector.artefact import ArtefactError, load_artefact
+from stream_detector.detector.artefact import ArtefactError, load_artefact
 from stream_detector.config import ConfigError, Settings
-from stream_detector.engine.detector import Detector
+from stream_detector.detector.facade import Detector
 from stream_detector.kafka.delivery import DeliveryFailed, DeliveryTracker, OutRecord, Partition
 from stream_detector.kafka.errors import HandshakeWatch, accepting_servers, fatal_message
 from stream_detector.kafka.health import HealthState, StatusServer
-from stream_detector.kafka.metrics import ServiceMetrics
+from stream_detector.kafka.telemetry import ServiceMetrics
 from stream_detector.kafka.records import ConsumedBatch, alert_record, dead_letter_record
 from stream_detector.kafka.settings import (
     admin_config,
@@ -53,8 +53,8 @@ from stream_detector.kafka.settings import (
     redact,
     transactional_id,
 )
-from stream_detector.state.changelog import KafkaChangelogStore
-from stream_detector.state.partitions import EncodedCheckpoints, open_partition_state
+from stream_detector.kafka.changelog import KafkaChangelogStore
+from stream_detector.kafka.partitions import EncodedCheckpoints, open_partition_state
 
 log = structlog.get_logger(__name__)
 

@@ -11,7 +11,7 @@ import os
 import socket
 
 from stream_detector.config import ConfigError, KafkaConfig
-from stream_detector.kafka.limits import FETCH_RESPONSE_FRAMING_BYTES
+from stream_detector.limits import FETCH_RESPONSE_FRAMING_BYTES
 
 ClientConfig = dict[str, str | int | float | bool]
 

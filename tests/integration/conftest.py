@@ -39,7 +39,7 @@ from kafka_harness import (
     tansu_image,
     write_config,
 )
-from stream_detector.kafka.broker import EmbeddedBroker, free_port, tansu_args
+from stream_detector.demo.broker import EmbeddedBroker, free_port, tansu_args
 
 IMAGE_ENV = "SD_TEST_KAFKA_IMAGE"
 
@@ -146,7 +146,7 @@ def model_dir(
 ) -> Path:
     """A tiny LSTM autoencoder trained on the normal feed, saved like `stream-detector train`."""
     from stream_detector.config import load_settings
-    from stream_detector.training import train
+    from stream_detector.detector.training import train
 
     settings = load_settings(None, trained_sections)
     events = sine_feed(20, 300, seed=1)

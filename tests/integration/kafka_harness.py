@@ -27,7 +27,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartiti
 from confluent_kafka.admin import AdminClient, NewTopic
 from prometheus_client.parser import text_string_to_metric_families
 
-from stream_detector.kafka.broker import free_port, tansu_binary, tansu_version, wait_for_metadata
+from stream_detector.demo.broker import free_port, tansu_binary, tansu_version, wait_for_metadata
 
 REPO = Path(__file__).resolve().parents[2]
 T0 = 1_700_000_000.0  # feed start, epoch seconds

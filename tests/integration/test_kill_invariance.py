@@ -41,9 +41,9 @@ from kafka_harness import (
     sine_feed,
     wait_until,
 )
-from stream_detector.artefact import load_artefact
+from stream_detector.detector.artefact import load_artefact
 from stream_detector.config import KafkaConfig, StateConfig, load_settings
-from stream_detector.engine.detector import Detector
+from stream_detector.detector.facade import Detector
 from test_service import _alerts
 
 pytestmark = pytest.mark.integration

@@ -26,9 +26,9 @@ from kafka_harness import (
     sine_feed,
     wait_until,
 )
-from stream_detector.artefact import load_artefact
+from stream_detector.detector.artefact import load_artefact
 from stream_detector.config import load_settings
-from stream_detector.engine.detector import Detector
+from stream_detector.detector.facade import Detector
 from stream_detector.engine.types import REJECT_REASONS
 
 pytestmark = pytest.mark.integration
@@ -314,7 +314,7 @@ def test_broker_restart_under_the_service(
 
 
 def test_unreachable_broker_is_retried_until_stopped(start_service) -> None:
-    from stream_detector.kafka.broker import free_port
+    from stream_detector.demo.broker import free_port
 
     service = start_service(wait=False, kafka={"bootstrap_servers": f"127.0.0.1:{free_port()}"})
     wait_until(

@@ -18,7 +18,7 @@ from confluent_kafka import KafkaError, Producer
 
 from kafka_harness import T0, committed_offsets, sine_feed, wait_until
 from stream_detector.config import InputConfig, KafkaConfig
-from stream_detector.kafka.limits import record_size
+from stream_detector.limits import record_size
 
 pytestmark = pytest.mark.integration
 

@@ -28,19 +28,19 @@ from kafka_harness import (
     sine_feed,
     wait_until,
 )
-from stream_detector.artefact import load_artefact
+from stream_detector.detector.artefact import load_artefact
 from stream_detector.config import KafkaConfig, load_settings
-from stream_detector.engine.detector import Detector
+from stream_detector.detector.facade import Detector
 from stream_detector.kafka.settings import producer_config
-from stream_detector.state.changelog import CHUNK_BYTES, KafkaChangelogStore
-from stream_detector.state.snapshot import (
+from stream_detector.kafka.changelog import CHUNK_BYTES, KafkaChangelogStore
+from stream_detector.detector.snapshot import (
     EngineSnapshot,
     encode,
     make_checkpoint,
     read_meta,
     state_fingerprint,
 )
-from stream_detector.state.store import LocalDirStore
+from stream_detector.kafka.store import LocalDirStore
 from test_service import _alerts
 
 pytestmark = pytest.mark.integration

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from stream_detector.benchmarking.aggregate import BUCKET_S, aggregate_row
-from stream_detector.benchmarking.report import aggregate_id
+from stream_detector.benchmarking.results import aggregate_id
 
 
 def test_aggregate_row_times_raw_flows_through_buckets_and_windows() -> None:

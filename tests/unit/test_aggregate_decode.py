@@ -11,12 +11,12 @@ import numpy as np
 import orjson
 import pytest
 
-from stream_detector.aggregate.decode import AggregatingDecoder, decoder_for
+from stream_detector.aggregate.decoder import AggregatingDecoder, decoder_for
 from stream_detector.aggregate.streams import partition_stream, partition_streams
-from stream_detector.artefact import TrainingResult, create_artefact
+from stream_detector.detector.artefact import TrainingResult, create_artefact
 from stream_detector.config import ConfigError, Settings, load_settings
 from stream_detector.engine.decode import Decoder
-from stream_detector.engine.detector import Detector
+from stream_detector.detector.facade import Detector
 from stream_detector.engine.model import LSTMAutoencoder
 
 T0 = 1_700_000_000.0
@@ -254,7 +254,7 @@ def test_flush_closes_the_open_buckets_when_the_input_ends() -> None:
 def test_replay_in_aggregate_mode_writes_bucket_lines_and_closes_the_last_buckets(
     tmp_path: Any,
 ) -> None:
-    from stream_detector.replay import replay
+    from stream_detector.detector.replay import replay
 
     settings = _settings(
         window={"size": 4, "stride": 1},

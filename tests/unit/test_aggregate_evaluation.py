@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from stream_detector.config import deep_merge, load_settings
-from stream_detector.demo.network import (
+from stream_detector.scenarios.flows import (
     NETWORK_ANOMALY_KINDS,
     SCENARIOS,
     NetworkConfig,
@@ -19,7 +19,7 @@ from stream_detector.demo.network import (
     network_sections,
     write_scenario,
 )
-from stream_detector.evaluation.network import NORMAL_GROUP, load_raw_event_file
+from stream_detector.evaluation.raw_events import NORMAL_GROUP, load_raw_event_file
 
 SMALL = NetworkConfig(hosts=12, duration_s=1500, warmup_s=500, anomalies=4, seed=5)
 
@@ -132,7 +132,7 @@ def _rows(table: str) -> set[tuple[str, str]]:
 
 def test_toml_mapping_equals_the_scenario_settings() -> None:
     # The hand-written file above is the real thing: the scenario's mapping and sections.
-    from stream_detector.evaluation.network import scenario_sections
+    from stream_detector.evaluation.raw_events import scenario_sections
 
     expected = load_settings(None, deep_merge(scenario_sections("network"), {"train": {"epochs": 10}}))
     assert load_settings(None, tomllib.loads(NETWORK_TOML)) == expected

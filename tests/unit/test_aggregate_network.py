@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stream_detector.aggregate.decode import AggregatingDecoder
+from stream_detector.aggregate.decoder import AggregatingDecoder
 from stream_detector.config import load_settings
-from stream_detector.demo.network import (
+from stream_detector.scenarios.flows import (
     NETWORK_ANOMALY_KINDS,
     NetworkConfig,
     NetworkFeed,

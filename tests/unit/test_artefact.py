@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from stream_detector.artefact import (
+from stream_detector.detector.artefact import (
     ARTEFACT_FORMAT,
     METADATA_FILE,
     WEIGHTS_FILE,

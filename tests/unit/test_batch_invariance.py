@@ -16,11 +16,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stream_detector.aggregate.decode import decoder_for
-from stream_detector.artefact import ModelArtefact
+from stream_detector.aggregate.decoder import decoder_for
+from stream_detector.detector.artefact import ModelArtefact
 from stream_detector.config import Settings, load_settings
-from stream_detector.engine.detector import DetectionResult, Detector
-from stream_detector.training import train
+from stream_detector.detector.facade import DetectionResult, Detector
+from stream_detector.detector.training import train
 
 T0 = 1_700_000_000.0
 N_KEYS = 6

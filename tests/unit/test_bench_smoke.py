@@ -15,7 +15,7 @@ import orjson
 import pytest
 import torch
 
-from stream_detector.benchmarking.report import (
+from stream_detector.benchmarking.results import (
     CEILING,
     MEMORY,
     RAW_CEILING,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from stream_detector.kafka.broker import listening, parent_death_guard
+from stream_detector.demo.broker import listening, parent_death_guard
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="PR_SET_PDEATHSIG is Linux-only")
 
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="PR_SET_PDEATHSI
 _PARENT = """
 import sys
 from stream_detector.demo.signals import children_shielded
-from stream_detector.kafka.broker import EmbeddedBroker
+from stream_detector.demo.broker import EmbeddedBroker
 
 broker = EmbeddedBroker()
 with children_shielded():

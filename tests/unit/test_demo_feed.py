@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stream_detector.demo.feed import feed_horizon
-from stream_detector.demo.generator import GeneratorConfig, TelemetryGenerator
+from stream_detector.scenarios.telemetry import GeneratorConfig, TelemetryGenerator
 
 
 @settings(max_examples=30, deadline=None)

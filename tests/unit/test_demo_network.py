@@ -10,11 +10,11 @@ import numpy as np
 import orjson
 import pytest
 
-from stream_detector.artefact import load_artefact
+from stream_detector.detector.artefact import load_artefact
 from stream_detector.cli import main
 from stream_detector.config import KafkaConfig
 from stream_detector.demo import runner
-from stream_detector.demo.network import NETWORK_ANOMALY_KINDS, generate
+from stream_detector.scenarios.flows import NETWORK_ANOMALY_KINDS, generate
 from stream_detector.demo.network_feed import NetworkFeedProducer
 from stream_detector.demo.network_scenario import (
     BACKLOG_S,

@@ -7,7 +7,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stream_detector.demo.generator import ANOMALY_KINDS, InjectedAnomaly
+from stream_detector.scenarios.telemetry import ANOMALY_KINDS, InjectedAnomaly
 from stream_detector.demo.scoreboard import Score, Scoreboard
 
 SLACK = 5.0

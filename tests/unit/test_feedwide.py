@@ -10,7 +10,8 @@ import pytest
 
 from stream_detector.config import Settings
 from stream_detector.evaluation.datasets import Channel, LabelledDataset
-from stream_detector.evaluation.feedwide import FeedLabels, FeedSpan, score_feed
+from stream_detector.evaluation.feed_labels import FeedLabels, FeedSpan
+from stream_detector.evaluation.feedwide import score_feed
 from stream_detector.evaluation.trace import MethodTrace
 from stream_detector.evaluation.westermo import (
     CLOCK_SHIFT_S,

@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stream_detector.config import InputConfig
-from stream_detector.demo.generator import (
+from stream_detector.scenarios.telemetry import (
     ANOMALY_KINDS,
     GeneratorConfig,
     InjectedAnomaly,

@@ -8,7 +8,7 @@ import socket
 import pytest
 from confluent_kafka import KafkaError
 
-from stream_detector.kafka.broker import free_port
+from stream_detector.demo.broker import free_port
 from stream_detector.kafka.errors import HandshakeWatch, accepting_servers, fatal_message
 
 

@@ -13,7 +13,7 @@ from stream_detector.aggregate.buckets import AggregatorState
 from stream_detector.aggregate.partials import Partials
 from stream_detector.aggregate.streams import partition_stream
 from stream_detector.config import load_settings
-from stream_detector.state.snapshot import (
+from stream_detector.detector.snapshot import (
     FORMAT_VERSION,
     EngineSnapshot,
     SnapshotError,

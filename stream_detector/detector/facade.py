@@ -16,9 +16,9 @@ import numpy as np
 import structlog
 import torch
 
-from stream_detector.aggregate.decode import AggregatingDecoder, decoder_for
+from stream_detector.aggregate.decoder import AggregatingDecoder, decoder_for
 from stream_detector.aggregate.streams import SINGLE_STREAM, StreamAggregators
-from stream_detector.artefact import ModelArtefact
+from stream_detector.detector.artefact import ModelArtefact
 from stream_detector.config import Settings
 from stream_detector.engine.alerts import Alert
 from stream_detector.engine.episodes import EpisodeTracker
@@ -26,8 +26,8 @@ from stream_detector.engine.model import WindowScorer, ring_device, select_devic
 from stream_detector.engine.threshold import AdaptiveThreshold
 from stream_detector.engine.stage import StagedWindows, WindowStage
 from stream_detector.engine.types import Decoded, ScoredWindows
-from stream_detector.state.slots import SlotArrays
-from stream_detector.state.snapshot import EngineSnapshot
+from stream_detector.engine.slots import SlotArrays
+from stream_detector.detector.snapshot import EngineSnapshot
 
 log = structlog.get_logger(__name__)
 

@@ -22,9 +22,9 @@ import structlog
 
 from stream_detector.aggregate.streams import partition_stream
 from stream_detector.config import Settings
-from stream_detector.engine.detector import Detector
-from stream_detector.state.changelog import KafkaChangelogStore
-from stream_detector.state.snapshot import (
+from stream_detector.detector.facade import Detector
+from stream_detector.kafka.changelog import KafkaChangelogStore
+from stream_detector.detector.snapshot import (
     EngineSnapshot,
     SnapshotError,
     check_compatible,
@@ -33,7 +33,7 @@ from stream_detector.state.snapshot import (
     make_checkpoint,
     state_fingerprint,
 )
-from stream_detector.state.store import LocalDirStore, Partition, StateStore, StateStoreError
+from stream_detector.kafka.store import LocalDirStore, Partition, StateStore, StateStoreError
 
 log = structlog.get_logger(__name__)
 

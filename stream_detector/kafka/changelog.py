@@ -35,7 +35,7 @@ from confluent_kafka import (
 
 from stream_detector.config import KafkaConfig
 from stream_detector.kafka.settings import common_config
-from stream_detector.state.store import Partition, StateStoreError
+from stream_detector.kafka.store import Partition, StateStoreError
 
 log = structlog.get_logger(__name__)
 

@@ -20,9 +20,9 @@ from typing import IO, Any
 import numpy as np
 import orjson
 
-from stream_detector.aggregate.decode import AggregatingDecoder
-from stream_detector.engine.detector import DetectionResult, Detector
-from stream_detector.sources import read_batches
+from stream_detector.aggregate.decoder import AggregatingDecoder
+from stream_detector.detector.facade import DetectionResult, Detector
+from stream_detector.detector.sources import read_batches
 
 
 @dataclass

@@ -12,7 +12,7 @@ from collections import Counter as Tally
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from stream_detector.aggregate.streams import StreamAggregators
-from stream_detector.engine.detector import DetectionResult, Detector
+from stream_detector.detector.facade import DetectionResult, Detector
 from stream_detector.engine.types import REJECT_REASONS
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)

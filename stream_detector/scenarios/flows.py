@@ -30,7 +30,7 @@ import numpy as np
 import orjson
 import structlog
 
-from stream_detector.demo.generator import InjectedAnomaly, write_labels
+from stream_detector.scenarios.telemetry import InjectedAnomaly, write_labels
 
 log = structlog.get_logger(__name__)
 

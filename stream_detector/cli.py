@@ -15,8 +15,8 @@ from typing import Any
 import structlog
 
 from stream_detector import __version__
-from stream_detector.detector.artefact import ArtefactError
 from stream_detector.config import ConfigError, Settings, deep_merge, load_settings
+from stream_detector.detector.artefact import ArtefactError
 from stream_detector.logs import configure_logging
 
 log = structlog.get_logger("stream_detector.cli")
@@ -141,18 +141,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_detector(settings: Settings, model_dir: Path | None):  # noqa: ANN202 - lazy imports
-    from stream_detector.detector.artefact import load_artefact
-    from stream_detector.detector.facade import Detector
-    from stream_detector.engine.model import select_device
-
-    path = model_dir or settings.model.path
-    if path is None:
-        raise CliError("no model given: pass --model DIR or set model.path in the config")
-    device = select_device(settings.model.device)
-    return Detector(settings, load_artefact(Path(path), settings, device), device)
-
-
 def _make_parent(path: Path) -> None:
     """Create the folder an output file goes in, as `train` creates its --out directory."""
     try:
@@ -164,6 +152,7 @@ def _make_parent(path: Path) -> None:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
+    from stream_detector.detector.facade import load_detector
     from stream_detector.detector.replay import replay
 
     settings = _settings(args)
@@ -173,7 +162,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if not to_stdout:
         # Before the model loads, so a bad --out fails at once rather than after the slow part.
         _make_parent(args.out)
-    detector = _load_detector(settings, args.model)
+    detector = load_detector(settings, args.model)
     try:
         out_stream = sys.stdout.buffer if to_stdout else args.out.open("wb")
     except OSError as exc:

@@ -27,7 +27,12 @@ from typing import Final
 
 import numpy as np
 
-from stream_detector.aggregate.buckets import AggregatorState, BucketAggregator, BucketStep, TimedEvents
+from stream_detector.aggregate.buckets import (
+    AggregatorState,
+    BucketAggregator,
+    BucketStep,
+    TimedEvents,
+)
 from stream_detector.aggregate.features import FeaturePlan
 
 SINGLE_STREAM: Final = 0

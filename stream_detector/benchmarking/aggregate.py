@@ -23,11 +23,11 @@ import orjson
 import structlog
 import torch
 
-from stream_detector.detector.artefact import TrainingResult, create_artefact
 from stream_detector.benchmarking.inprocess import EngineRun, time_batches
 from stream_detector.benchmarking.results import Row, aggregate_id, keys_label
 from stream_detector.benchmarking.workload import WINDOW
 from stream_detector.config import Settings
+from stream_detector.detector.artefact import TrainingResult, create_artefact
 from stream_detector.detector.facade import Detector
 from stream_detector.engine.model import LSTMAutoencoder, select_device
 from stream_detector.engine.types import Decoded, EventBatch

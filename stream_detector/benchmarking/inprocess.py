@@ -16,12 +16,10 @@ from typing import Any
 
 import structlog
 
-from stream_detector.detector.artefact import load_artefact
 from stream_detector.benchmarking.results import Throughput
 from stream_detector.benchmarking.workload import bench_settings, tick_stream
 from stream_detector.config import Settings
-from stream_detector.detector.facade import Detector
-from stream_detector.engine.model import select_device
+from stream_detector.detector.facade import Detector, load_detector
 
 log = structlog.get_logger(__name__)
 
@@ -61,8 +59,7 @@ def warmed_detector(
     Warm-up skips JSON (it is not timed) and runs in big batches.
     """
     settings = bench_settings(stride, device=device)
-    chosen = select_device(device)
-    detector = Detector(settings, load_artefact(artefact_dir, settings, chosen), chosen)
+    detector = load_detector(settings, artefact_dir)
     ticks = warm_ticks(settings, stride)
     warm = tick_stream(n_keys, 0, ticks, seed=seed, stagger=stride)
     for start in range(0, len(warm), _WARM_CHUNK):

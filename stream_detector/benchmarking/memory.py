@@ -32,8 +32,8 @@ from pathlib import Path
 import numpy as np
 import structlog
 
-from stream_detector.detector.artefact import load_artefact
 from stream_detector.benchmarking.workload import FEATURES, WINDOW, bench_settings, tick_stream
+from stream_detector.detector.artefact import load_artefact
 from stream_detector.detector.facade import Detector
 from stream_detector.engine.model import select_device
 

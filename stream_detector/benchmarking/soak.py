@@ -38,14 +38,14 @@ import numpy as np
 import orjson
 import torch
 
-from stream_detector.detector.artefact import load_artefact
 from stream_detector.config import Settings
-from stream_detector.scenarios.telemetry import TelemetryGenerator
 from stream_detector.demo.scenario import BUNDLED_MODEL_DIR, demo_settings, generator_config
-from stream_detector.detector.facade import Detector
+from stream_detector.detector.artefact import load_artefact
+from stream_detector.detector.facade import load_detector
 from stream_detector.engine.model import WindowScorer, select_device
 from stream_detector.engine.types import Decoded, EventBatch
 from stream_detector.logs import configure_logging
+from stream_detector.scenarios.telemetry import TelemetryGenerator
 
 _PAGE_BYTES: Final = os.sysconf("SC_PAGE_SIZE")
 _MB: Final = 1024 * 1024
@@ -276,8 +276,7 @@ class SoakOptions:
 def soak_detector(options: SoakOptions) -> dict[str, Any]:
     """The whole engine under key churn and random batch sizes (see the module docstring)."""
     settings = options.settings()
-    device = select_device(options.device)
-    detector = Detector(settings, load_artefact(options.model_dir, settings, device), device)
+    detector = load_detector(settings, options.model_dir)
     feed = ChurningFeed(options.keys, options.churn, options.seed, settings.window.stride)
     tracked_max = alerts = 0
 

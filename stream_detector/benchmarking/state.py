@@ -18,9 +18,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from stream_detector.detector.artefact import load_artefact
 from stream_detector.benchmarking.results import Row, keys_label, state_id
 from stream_detector.benchmarking.workload import bench_settings, tick_stream
+from stream_detector.detector.artefact import load_artefact
 from stream_detector.detector.facade import Detector
 from stream_detector.detector.snapshot import decode, encode, make_checkpoint
 

@@ -31,7 +31,15 @@ from typing import Any
 import orjson
 import structlog
 
-from stream_detector.benchmarking import aggregate, endtoend, inprocess, kafka_io, memory, peer, state
+from stream_detector.benchmarking import (
+    aggregate,
+    endtoend,
+    inprocess,
+    kafka_io,
+    memory,
+    peer,
+    state,
+)
 from stream_detector.benchmarking.machine import load_average, machine_facts
 from stream_detector.benchmarking.results import (
     CEILING,
@@ -54,8 +62,8 @@ from stream_detector.benchmarking.workload import (
     untrained_artefact,
 )
 from stream_detector.config import KafkaConfig
-from stream_detector.engine.model import select_device
 from stream_detector.demo.broker import EmbeddedBroker, free_port
+from stream_detector.engine.model import select_device
 
 log = structlog.get_logger(__name__)
 

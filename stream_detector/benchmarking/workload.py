@@ -17,8 +17,8 @@ import numpy as np
 import orjson
 import torch
 
-from stream_detector.detector.artefact import ModelArtefact, TrainingResult, save_artefact
 from stream_detector.config import Settings
+from stream_detector.detector.artefact import ModelArtefact, TrainingResult, save_artefact
 from stream_detector.engine.model import LSTMAutoencoder, WindowScorer
 from stream_detector.engine.types import Decoded, EventBatch
 

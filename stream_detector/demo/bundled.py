@@ -21,14 +21,6 @@ from typing import Final
 
 import orjson
 
-from stream_detector.detector.artefact import ModelArtefact
-from stream_detector.demo.scenario import (
-    BUNDLED_MODEL_DIR,
-    TRAINING_SEED,
-    WARMUP_TICKS,
-    demo_settings,
-    generator_config,
-)
 from stream_detector.demo.network_scenario import (
     NETWORK_MODEL_DIR,
     network_feed_config,
@@ -37,8 +29,16 @@ from stream_detector.demo.network_scenario import (
     train_on_flows,
     training_feed,
 )
-from stream_detector.demo.scoreboard import Score
 from stream_detector.demo.offline import score_offline, train_from_feed
+from stream_detector.demo.scenario import (
+    BUNDLED_MODEL_DIR,
+    TRAINING_SEED,
+    WARMUP_TICKS,
+    demo_settings,
+    generator_config,
+)
+from stream_detector.demo.scoreboard import Score
+from stream_detector.detector.artefact import ModelArtefact
 from stream_detector.logs import configure_logging
 
 # One full daily cycle of every device, so the model has seen each phase of it.

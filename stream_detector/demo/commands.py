@@ -15,12 +15,12 @@ from typing import Final
 import structlog
 
 from stream_detector.config import ConfigError, KafkaConfig
+from stream_detector.demo.broker import EmbeddedBroker, listening
 from stream_detector.demo.feed import FeedPlan, FeedProducer
-from stream_detector.scenarios.telemetry import GeneratorConfig, write_jsonl, write_labels
 from stream_detector.demo.scenario import DEMO_SEED, generator_config
 from stream_detector.demo.signals import StopSignals, children_shielded
 from stream_detector.demo.topics import ensure_topics
-from stream_detector.demo.broker import EmbeddedBroker, listening
+from stream_detector.scenarios.telemetry import GeneratorConfig, write_jsonl, write_labels
 
 log = structlog.get_logger(__name__)
 

@@ -21,13 +21,13 @@ import structlog
 from confluent_kafka import KafkaError, Message, Producer
 
 from stream_detector.config import KafkaConfig
+from stream_detector.kafka.settings import producer_config
 from stream_detector.scenarios.telemetry import (
     GeneratorConfig,
     InjectedAnomaly,
     TelemetryGenerator,
     mapping_for,
 )
-from stream_detector.kafka.settings import producer_config
 
 log = structlog.get_logger(__name__)
 

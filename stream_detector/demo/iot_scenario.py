@@ -9,7 +9,7 @@ from typing import Any, Final
 
 from stream_detector.config import KafkaConfig, Settings, deep_merge
 from stream_detector.demo.feed import FeedPlan, FeedProducer
-from stream_detector.scenarios.telemetry import ANOMALY_KINDS, GeneratorConfig
+from stream_detector.demo.offline import train_from_feed
 from stream_detector.demo.scenario import (
     BUNDLED_MODEL_DIR,
     DEMO_SEED,
@@ -19,7 +19,7 @@ from stream_detector.demo.scenario import (
     generator_config,
     slack_s,
 )
-from stream_detector.demo.offline import train_from_feed
+from stream_detector.scenarios.telemetry import ANOMALY_KINDS, GeneratorConfig
 
 DEFAULT_DEVICES: Final = 200
 DEFAULT_RATE: Final = 2000.0

@@ -22,19 +22,19 @@ from pathlib import Path
 from typing import Any, Final
 
 from stream_detector.aggregate.decoder import AggregatingDecoder
-from stream_detector.detector.artefact import ModelArtefact
 from stream_detector.config import KafkaConfig, Settings, deep_merge, load_settings
+from stream_detector.demo.network_feed import NetworkFeedProducer
+from stream_detector.demo.scoreboard import Score, Scoreboard
+from stream_detector.detector.artefact import ModelArtefact
+from stream_detector.detector.facade import Detector
+from stream_detector.detector.training import train
+from stream_detector.evaluation.raw_events import EVALUATION_SECTIONS
 from stream_detector.scenarios.flows import (
     NETWORK_ANOMALY_KINDS,
     NetworkConfig,
     generate,
     network_sections,
 )
-from stream_detector.demo.network_feed import NetworkFeedProducer
-from stream_detector.demo.scoreboard import Score, Scoreboard
-from stream_detector.detector.facade import Detector
-from stream_detector.evaluation.raw_events import EVALUATION_SECTIONS
-from stream_detector.detector.training import train
 
 NETWORK_MODEL_DIR: Final = Path(__file__).resolve().parent / "network_model"
 DEFAULT_HOSTS: Final = 40

@@ -13,15 +13,15 @@ from typing import Any
 
 import structlog
 
-from stream_detector.detector.artefact import ModelArtefact
 from stream_detector.config import Settings
-from stream_detector.scenarios.telemetry import GeneratorConfig, TelemetryGenerator
-from stream_detector.demo.scoreboard import Score, Scoreboard
 from stream_detector.demo.scenario import slack_s
-from stream_detector.engine.decode import Decoder
+from stream_detector.demo.scoreboard import Score, Scoreboard
+from stream_detector.detector.artefact import ModelArtefact
 from stream_detector.detector.facade import Detector
-from stream_detector.engine.types import Decoded
 from stream_detector.detector.training import train
+from stream_detector.engine.decode import Decoder
+from stream_detector.engine.types import Decoded
+from stream_detector.scenarios.telemetry import GeneratorConfig, TelemetryGenerator
 
 log = structlog.get_logger(__name__)
 

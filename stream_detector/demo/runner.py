@@ -24,8 +24,8 @@ from typing import Any, Final
 import structlog
 import torch
 
-from stream_detector.detector.artefact import ArtefactError, load_artefact
 from stream_detector.config import ConfigError, Settings, deep_merge
+from stream_detector.demo.broker import EmbeddedBroker, free_port
 from stream_detector.demo.feed import PacedProducer
 from stream_detector.demo.iot_scenario import DEFAULT_DEVICES, DEFAULT_RATE, IotScenario
 from stream_detector.demo.monitor import AlertReader, MetricsProbe, ServiceNumbers
@@ -43,7 +43,7 @@ from stream_detector.demo.view import (
     make_view,
     wants_live_view,
 )
-from stream_detector.demo.broker import EmbeddedBroker, free_port
+from stream_detector.detector.artefact import ArtefactError, load_artefact
 from stream_detector.kafka.service import run_service
 from stream_detector.logs import configure_logging
 

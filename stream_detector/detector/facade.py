@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import structlog
@@ -18,16 +19,16 @@ import torch
 
 from stream_detector.aggregate.decoder import AggregatingDecoder, decoder_for
 from stream_detector.aggregate.streams import SINGLE_STREAM, StreamAggregators
-from stream_detector.detector.artefact import ModelArtefact
-from stream_detector.config import Settings
+from stream_detector.config import ConfigError, Settings
+from stream_detector.detector.artefact import ModelArtefact, load_artefact
+from stream_detector.detector.snapshot import EngineSnapshot
 from stream_detector.engine.alerts import Alert
 from stream_detector.engine.episodes import EpisodeTracker
 from stream_detector.engine.model import WindowScorer, ring_device, select_device
-from stream_detector.engine.threshold import AdaptiveThreshold
-from stream_detector.engine.stage import StagedWindows, WindowStage
-from stream_detector.engine.types import Decoded, ScoredWindows
 from stream_detector.engine.slots import SlotArrays
-from stream_detector.detector.snapshot import EngineSnapshot
+from stream_detector.engine.stage import StagedWindows, WindowStage
+from stream_detector.engine.threshold import AdaptiveThreshold
+from stream_detector.engine.types import Decoded, ScoredWindows
 
 log = structlog.get_logger(__name__)
 
@@ -283,3 +284,20 @@ def _concat(parts: list[ScoredWindows]) -> ScoredWindows:
             for name in ScoredWindows.__dataclass_fields__
         }
     )
+
+
+def load_detector(
+    settings: Settings, model_dir: Path | None = None, device: torch.device | None = None
+) -> Detector:
+    """The detector every front door serves with: the artefact at `model_dir` (or `model.path`),
+    verified against `settings`, on `device` (or the one `model.device` selects, chosen once and
+    logged). Raises ConfigError when no model is named, ArtefactError when it does not fit."""
+    path = model_dir if model_dir is not None else settings.model.path
+    if path is None:
+        raise ConfigError(
+            "no model given: train one with `stream-detector train --out DIR`, then pass "
+            "--model DIR or set [model] path = DIR in the config file"
+        )
+    chosen = device if device is not None else select_device(settings.model.device)
+    return Detector(settings, load_artefact(Path(path), settings, chosen), chosen)
+

@@ -19,8 +19,13 @@ import structlog
 import torch
 from torch.nn import functional
 
-from stream_detector.detector.artefact import ModelArtefact, TrainingResult, create_artefact, save_artefact
 from stream_detector.config import Settings
+from stream_detector.detector.artefact import (
+    ModelArtefact,
+    TrainingResult,
+    create_artefact,
+    save_artefact,
+)
 from stream_detector.engine.model import LSTMAutoencoder, WindowScorer, select_device
 from stream_detector.engine.stage import WindowStage
 from stream_detector.engine.types import Decoded

@@ -33,8 +33,8 @@ from stream_detector.engine.alerts import (
     severity_for,
     top_contributions,
 )
-from stream_detector.engine.types import ScoredWindows
 from stream_detector.engine.slots import SlotArrays
+from stream_detector.engine.types import ScoredWindows
 
 log = structlog.get_logger(__name__)
 

@@ -38,6 +38,7 @@ from stream_detector.config import ThresholdConfig
 from stream_detector.engine.scan import rank_steps
 from stream_detector.engine.slots import SlotArrays
 
+
 def _grow(array: np.ndarray, capacity: int) -> np.ndarray:
     grown = np.zeros(capacity, dtype=array.dtype)
     grown[: array.shape[0]] = array

@@ -39,8 +39,8 @@ import torch
 
 from stream_detector.engine.decode import out_of_order
 from stream_detector.engine.ring import RingValues, ring_values
-from stream_detector.engine.types import DueWindows, EventBatch, IngestReport
 from stream_detector.engine.slots import SlotArrays
+from stream_detector.engine.types import DueWindows, EventBatch, IngestReport
 
 log = structlog.get_logger(__name__)
 

@@ -14,7 +14,6 @@ import numpy as np
 
 from stream_detector.evaluation.history import KeyedHistory
 
-
 # Smallest relative mass; River reports exactly 1.0 for a point in an empty region.
 _MIN_MASS = 1e-6
 

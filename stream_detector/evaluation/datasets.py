@@ -20,10 +20,10 @@ import numpy as np
 import structlog
 
 from stream_detector.config import Settings
+from stream_detector.detector.sources import read_batches
 from stream_detector.engine.decode import Decoder
 from stream_detector.engine.types import Decoded, EventBatch
 from stream_detector.evaluation.feed_labels import FeedLabels
-from stream_detector.detector.sources import read_batches
 
 log = structlog.get_logger(__name__)
 

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from stream_detector.evaluation.datasets import LabelledDataset
+from stream_detector.evaluation.feed_labels import FeedLabels
 from stream_detector.evaluation.metrics import overlaps
 from stream_detector.evaluation.trace import MethodTrace
 

@@ -16,8 +16,8 @@ from typing import Any, Final
 import numpy as np
 import structlog
 
-from stream_detector.scenarios.telemetry import GeneratorConfig, TelemetryGenerator, mapping_for
 from stream_detector.evaluation.datasets import Channel, LabelledDataset
+from stream_detector.scenarios.telemetry import GeneratorConfig, TelemetryGenerator, mapping_for
 
 log = structlog.get_logger(__name__)
 

@@ -23,14 +23,14 @@ import structlog
 
 from stream_detector.aggregate.decoder import AggregatingDecoder
 from stream_detector.config import Settings, deep_merge
+from stream_detector.detector.sources import read_batches
+from stream_detector.evaluation.datasets import Channel, LabelledDataset
 from stream_detector.scenarios.flows import (
     SCENARIOS,
     labels_path_for,
     network_sections,
     write_scenario,
 )
-from stream_detector.evaluation.datasets import Channel, LabelledDataset
-from stream_detector.detector.sources import read_batches
 
 log = structlog.get_logger(__name__)
 

@@ -17,9 +17,10 @@ from typing import Any
 import orjson
 import structlog
 
-from stream_detector.detector.artefact import ModelArtefact, load_artefact
 from stream_detector.config import ConfigError, Settings, settings_to_dict
+from stream_detector.detector.artefact import ModelArtefact, load_artefact
 from stream_detector.detector.facade import Detector
+from stream_detector.detector.training import train
 from stream_detector.evaluation.baseline_detector import BaselineDetector, calibrate
 from stream_detector.evaluation.baselines import (
     EventScorer,
@@ -27,7 +28,6 @@ from stream_detector.evaluation.baselines import (
     RollingZScore,
     river_available,
 )
-from stream_detector.scenarios.flows import SCENARIOS, labels_path_for
 from stream_detector.evaluation.datasets import (
     SMAP_MSL_LABELS,
     LabelledDataset,
@@ -36,23 +36,23 @@ from stream_detector.evaluation.datasets import (
     load_labelled_file,
     load_smap_msl,
 )
+from stream_detector.evaluation.mixed_scale import (
+    MIXED_SCALE,
+    load_mixed_scale,
+    mixed_scale_sections,
+)
+from stream_detector.evaluation.plots import matplotlib_available, plot_key
 from stream_detector.evaluation.raw_events import (
     SCENARIO_TRAIN_FRACTION,
     load_raw_event_file,
     load_scenario,
     scenario_sections,
 )
-from stream_detector.evaluation.plots import matplotlib_available, plot_key
 from stream_detector.evaluation.report import build_report, format_table
-from stream_detector.evaluation.mixed_scale import (
-    MIXED_SCALE,
-    load_mixed_scale,
-    mixed_scale_sections,
-)
 from stream_detector.evaluation.skab import SKAB_FEATURES, is_skab, load_skab
-from stream_detector.evaluation.westermo import SIDES, load_westermo, westermo_sections
 from stream_detector.evaluation.trace import MethodTrace, TraceRecorder
-from stream_detector.detector.training import train
+from stream_detector.evaluation.westermo import SIDES, load_westermo, westermo_sections
+from stream_detector.scenarios.flows import SCENARIOS, labels_path_for
 
 log = structlog.get_logger(__name__)
 

@@ -25,11 +25,11 @@ import structlog
 
 from stream_detector.aggregate.decoder import AggregatingDecoder
 from stream_detector.config import Settings, deep_merge
-from stream_detector.scenarios.flows import flow_sections
 from stream_detector.engine.types import EventBatch
 from stream_detector.evaluation.datasets import Channel, LabelledDataset
 from stream_detector.evaluation.feed_labels import FeedLabels, FeedSpan
 from stream_detector.evaluation.raw_events import EVALUATION_SECTIONS
+from stream_detector.scenarios.flows import flow_sections
 
 log = structlog.get_logger(__name__)
 

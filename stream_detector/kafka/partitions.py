@@ -23,7 +23,6 @@ import structlog
 from stream_detector.aggregate.streams import partition_stream
 from stream_detector.config import Settings
 from stream_detector.detector.facade import Detector
-from stream_detector.kafka.changelog import KafkaChangelogStore
 from stream_detector.detector.snapshot import (
     EngineSnapshot,
     SnapshotError,
@@ -33,6 +32,7 @@ from stream_detector.detector.snapshot import (
     make_checkpoint,
     state_fingerprint,
 )
+from stream_detector.kafka.changelog import KafkaChangelogStore
 from stream_detector.kafka.store import LocalDirStore, Partition, StateStore, StateStoreError
 
 log = structlog.get_logger(__name__)

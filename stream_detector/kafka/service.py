@@ -37,13 +37,14 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient, ConfigResource
 
-from stream_detector.detector.artefact import ArtefactError, load_artefact
 from stream_detector.config import ConfigError, Settings
-from stream_detector.detector.facade import Detector
+from stream_detector.detector.artefact import ArtefactError
+from stream_detector.detector.facade import load_detector
+from stream_detector.kafka.changelog import KafkaChangelogStore
 from stream_detector.kafka.delivery import DeliveryFailed, DeliveryTracker, OutRecord, Partition
 from stream_detector.kafka.errors import HandshakeWatch, accepting_servers, fatal_message
 from stream_detector.kafka.health import HealthState, StatusServer
-from stream_detector.kafka.telemetry import ServiceMetrics
+from stream_detector.kafka.partitions import EncodedCheckpoints, open_partition_state
 from stream_detector.kafka.records import ConsumedBatch, alert_record, dead_letter_record
 from stream_detector.kafka.settings import (
     admin_config,
@@ -53,8 +54,7 @@ from stream_detector.kafka.settings import (
     redact,
     transactional_id,
 )
-from stream_detector.kafka.changelog import KafkaChangelogStore
-from stream_detector.kafka.partitions import EncodedCheckpoints, open_partition_state
+from stream_detector.kafka.telemetry import ServiceMetrics
 
 log = structlog.get_logger(__name__)
 
@@ -131,15 +131,6 @@ def _create_client(factory: Callable[[dict[str, Any]], _Client], conf: dict[str,
         ) from None
 
 
-def _load_detector(settings: Settings) -> Detector:
-    if settings.model.path is None:
-        raise ConfigError(
-            "model.path is not set: train a model with `stream-detector train --out DIR`, then set "
-            "[model] path = DIR in the config file (or pass --model DIR)"
-        )
-    return Detector(settings, load_artefact(settings.model.path, settings))
-
-
 class KafkaService:
     """One consumer-group member: owns the consumer, the producer and the detector."""
 
@@ -150,7 +141,7 @@ class KafkaService:
         self.metrics = ServiceMetrics()
         self.health = HealthState()
         self.tracker = DeliveryTracker()
-        self.detector = _load_detector(settings)
+        self.detector = load_detector(settings)
         self.health.model_loaded = True
         self.metrics.model_info.labels(model_version=self.detector.model_version).set(1)
         self.source = f"stream-detector/{self.kafka.group_id}"

@@ -21,7 +21,6 @@ from typing import Any
 
 import pytest
 from confluent_kafka import KafkaError, Producer
-
 from kafka_harness import (
     Broker,
     ContainerBroker,
@@ -39,6 +38,7 @@ from kafka_harness import (
     tansu_image,
     write_config,
 )
+
 from stream_detector.demo.broker import EmbeddedBroker, free_port, tansu_args
 
 IMAGE_ENV = "SD_TEST_KAFKA_IMAGE"

@@ -19,7 +19,6 @@ from typing import IO, Any
 
 import orjson
 import pytest
-
 from kafka_harness import read_topic
 
 pytestmark = pytest.mark.integration

@@ -30,7 +30,6 @@ from typing import Any
 import numpy as np
 import pytest
 from confluent_kafka import KafkaError, Producer
-
 from kafka_harness import (
     T0,
     Record,
@@ -41,10 +40,11 @@ from kafka_harness import (
     sine_feed,
     wait_until,
 )
-from stream_detector.detector.artefact import load_artefact
-from stream_detector.config import KafkaConfig, StateConfig, load_settings
-from stream_detector.detector.facade import Detector
 from test_service import _alerts
+
+from stream_detector.config import KafkaConfig, StateConfig, load_settings
+from stream_detector.detector.artefact import load_artefact
+from stream_detector.detector.facade import Detector
 
 pytestmark = pytest.mark.integration
 

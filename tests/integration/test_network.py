@@ -19,15 +19,15 @@ from typing import Any
 import numpy as np
 import orjson
 import pytest
-
 from kafka_harness import committed_offsets, model_settings, wait_until
+
 from stream_detector.aggregate.decoder import AggregatingDecoder
 from stream_detector.aggregate.streams import partition_streams
-from stream_detector.detector.artefact import load_artefact
 from stream_detector.config import Settings, deep_merge, load_settings
-from stream_detector.scenarios.flows import NetworkConfig, NetworkFeed, generate, network_sections
+from stream_detector.detector.artefact import load_artefact
 from stream_detector.detector.facade import Detector
 from stream_detector.detector.training import train
+from stream_detector.scenarios.flows import NetworkConfig, NetworkFeed, generate, network_sections
 
 pytestmark = pytest.mark.integration
 

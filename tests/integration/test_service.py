@@ -17,7 +17,6 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-
 from kafka_harness import (
     ServiceProcess,
     ServiceSetup,
@@ -26,8 +25,9 @@ from kafka_harness import (
     sine_feed,
     wait_until,
 )
-from stream_detector.detector.artefact import load_artefact
+
 from stream_detector.config import load_settings
+from stream_detector.detector.artefact import load_artefact
 from stream_detector.detector.facade import Detector
 from stream_detector.engine.types import REJECT_REASONS
 

@@ -15,8 +15,8 @@ from typing import Any
 import orjson
 import pytest
 from confluent_kafka import KafkaError, Producer
-
 from kafka_harness import T0, committed_offsets, sine_feed, wait_until
+
 from stream_detector.config import InputConfig, KafkaConfig
 from stream_detector.limits import record_size
 

@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 import pytest
 from confluent_kafka import Producer
-
 from kafka_harness import (
     T0,
     ServiceSetup,
@@ -28,11 +27,11 @@ from kafka_harness import (
     sine_feed,
     wait_until,
 )
-from stream_detector.detector.artefact import load_artefact
+from test_service import _alerts
+
 from stream_detector.config import KafkaConfig, load_settings
+from stream_detector.detector.artefact import load_artefact
 from stream_detector.detector.facade import Detector
-from stream_detector.kafka.settings import producer_config
-from stream_detector.kafka.changelog import CHUNK_BYTES, KafkaChangelogStore
 from stream_detector.detector.snapshot import (
     EngineSnapshot,
     encode,
@@ -40,8 +39,9 @@ from stream_detector.detector.snapshot import (
     read_meta,
     state_fingerprint,
 )
+from stream_detector.kafka.changelog import CHUNK_BYTES, KafkaChangelogStore
+from stream_detector.kafka.settings import producer_config
 from stream_detector.kafka.store import LocalDirStore
-from test_service import _alerts
 
 pytestmark = pytest.mark.integration
 

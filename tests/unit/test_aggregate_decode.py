@@ -13,10 +13,10 @@ import pytest
 
 from stream_detector.aggregate.decoder import AggregatingDecoder, decoder_for
 from stream_detector.aggregate.streams import partition_stream, partition_streams
-from stream_detector.detector.artefact import TrainingResult, create_artefact
 from stream_detector.config import ConfigError, Settings, load_settings
-from stream_detector.engine.decode import Decoder
+from stream_detector.detector.artefact import TrainingResult, create_artefact
 from stream_detector.detector.facade import Detector
+from stream_detector.engine.decode import Decoder
 from stream_detector.engine.model import LSTMAutoencoder
 
 T0 = 1_700_000_000.0

@@ -11,6 +11,7 @@ import orjson
 import pytest
 
 from stream_detector.config import deep_merge, load_settings
+from stream_detector.evaluation.raw_events import NORMAL_GROUP, load_raw_event_file
 from stream_detector.scenarios.flows import (
     NETWORK_ANOMALY_KINDS,
     SCENARIOS,
@@ -19,7 +20,6 @@ from stream_detector.scenarios.flows import (
     network_sections,
     write_scenario,
 )
-from stream_detector.evaluation.raw_events import NORMAL_GROUP, load_raw_event_file
 
 SMALL = NetworkConfig(hosts=12, duration_s=1500, warmup_s=500, anomalies=4, seed=5)
 

@@ -15,6 +15,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from stream_detector.config import Settings, fingerprint_of
 from stream_detector.detector.artefact import (
     ARTEFACT_FORMAT,
     METADATA_FILE,
@@ -26,7 +27,6 @@ from stream_detector.detector.artefact import (
     model_version_of,
     save_artefact,
 )
-from stream_detector.config import Settings, fingerprint_of
 from stream_detector.engine.model import LSTMAutoencoder, WindowScorer
 
 CPU = torch.device("cpu")

@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stream_detector.config import Settings
-from stream_detector.engine.types import Decoded, EventBatch
 from stream_detector.engine.stage import WindowStage
+from stream_detector.engine.types import Decoded, EventBatch
 from stream_detector.evaluation.baseline_detector import (
     BaselineDetector,
     WindowedScorer,

@@ -17,8 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from stream_detector.aggregate.decoder import decoder_for
-from stream_detector.detector.artefact import ModelArtefact
 from stream_detector.config import Settings, load_settings
+from stream_detector.detector.artefact import ModelArtefact
 from stream_detector.detector.facade import DetectionResult, Detector
 from stream_detector.detector.training import train
 

@@ -8,9 +8,9 @@ import orjson
 import pytest
 import torch
 
-from stream_detector.detector.artefact import TrainingResult, save_artefact
 from stream_detector.cli import main
 from stream_detector.config import load_settings
+from stream_detector.detector.artefact import TrainingResult, save_artefact
 from stream_detector.engine.model import LSTMAutoencoder
 
 CONFIG = """

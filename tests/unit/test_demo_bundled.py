@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from stream_detector.detector.artefact import load_artefact
+from stream_detector.demo.offline import score_offline, train_from_feed
 from stream_detector.demo.scenario import (
     BUNDLED_MODEL_DIR,
     WARMUP_TICKS,
     demo_settings,
     generator_config,
 )
-from stream_detector.demo.offline import score_offline, train_from_feed
+from stream_detector.detector.artefact import load_artefact
 
 
 def test_bundled_model_is_small_and_fits_the_demo_settings() -> None:

@@ -14,11 +14,10 @@ import pytest
 
 from stream_detector.cli import main
 from stream_detector.config import InputConfig
-from stream_detector.scenarios.telemetry import mapping_for
 from stream_detector.demo.scenario import generator_config
 from stream_detector.demo.signals import StopSignals, children_shielded
 from stream_detector.engine.decode import Decoder
-
+from stream_detector.scenarios.telemetry import mapping_for
 
 pytestmark = pytest.mark.usefixtures("logging_left_as_found")
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import generate_latest
 
-from stream_detector.demo.monitor import MetricsProbe, ServiceNumbers, parse_metrics
 from stream_detector.demo.broker import free_port
+from stream_detector.demo.monitor import MetricsProbe, ServiceNumbers, parse_metrics
 from stream_detector.kafka.telemetry import ServiceMetrics
 
 

@@ -10,11 +10,9 @@ import numpy as np
 import orjson
 import pytest
 
-from stream_detector.detector.artefact import load_artefact
 from stream_detector.cli import main
 from stream_detector.config import KafkaConfig
 from stream_detector.demo import runner
-from stream_detector.scenarios.flows import NETWORK_ANOMALY_KINDS, generate
 from stream_detector.demo.network_feed import NetworkFeedProducer
 from stream_detector.demo.network_scenario import (
     BACKLOG_S,
@@ -27,6 +25,8 @@ from stream_detector.demo.network_scenario import (
 )
 from stream_detector.demo.runner import DemoOptions
 from stream_detector.demo.scoreboard import Scoreboard
+from stream_detector.detector.artefact import load_artefact
+from stream_detector.scenarios.flows import NETWORK_ANOMALY_KINDS, generate
 
 
 class _RecordingProducer:

@@ -7,8 +7,8 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stream_detector.scenarios.telemetry import ANOMALY_KINDS, InjectedAnomaly
 from stream_detector.demo.scoreboard import Score, Scoreboard
+from stream_detector.scenarios.telemetry import ANOMALY_KINDS, InjectedAnomaly
 
 SLACK = 5.0
 

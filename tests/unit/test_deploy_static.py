@@ -30,13 +30,13 @@ from typing import Any
 import pytest
 import torch
 
-from stream_detector.detector.artefact import load_artefact
 from stream_detector.cli import build_parser
 from stream_detector.config import Settings, load_settings
-from stream_detector.scenarios.telemetry import GeneratorConfig, TelemetryGenerator, mapping_for
-from stream_detector.demo.scenario import BUNDLED_MODEL_DIR, DEMO_SECTIONS
-from stream_detector.engine.decode import Decoder
 from stream_detector.demo.broker import tansu_version
+from stream_detector.demo.scenario import BUNDLED_MODEL_DIR, DEMO_SECTIONS
+from stream_detector.detector.artefact import load_artefact
+from stream_detector.engine.decode import Decoder
+from stream_detector.scenarios.telemetry import GeneratorConfig, TelemetryGenerator, mapping_for
 
 try:  # declared in the test extras; absent only on a stale environment
     import jsonschema

@@ -9,12 +9,12 @@ import numpy as np
 import orjson
 import pytest
 
-from stream_detector.detector.artefact import ModelArtefact
 from stream_detector.config import Settings, load_settings
-from stream_detector.engine.decode import Decoder
+from stream_detector.detector.artefact import ModelArtefact
 from stream_detector.detector.facade import Detector
 from stream_detector.detector.replay import replay
 from stream_detector.detector.training import train
+from stream_detector.engine.decode import Decoder
 
 # Event times in 2023, above input.min_timestamp's floor.
 T0 = 1_700_000_000.0

@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 import torch
 
-from stream_detector.detector.artefact import ModelArtefact, load_artefact
 from stream_detector.benchmarking.workload import untrained_artefact
 from stream_detector.config import Settings
+from stream_detector.detector.artefact import ModelArtefact, load_artefact
 from stream_detector.detector.facade import Detector
+from stream_detector.detector.snapshot import EngineSnapshot
 from stream_detector.engine.ring import DeviceRing, HostRing
 from stream_detector.engine.types import Decoded, EventBatch
-from stream_detector.detector.snapshot import EngineSnapshot
 
 FEATURES = ["a", "b"]
 WINDOW = 6

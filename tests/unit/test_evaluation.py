@@ -16,9 +16,9 @@ from stream_detector.engine.alerts import Alert
 from stream_detector.engine.types import ScoredWindows
 from stream_detector.evaluation.baselines import river_available
 from stream_detector.evaluation.datasets import Channel, LabelledDataset, build_stream
+from stream_detector.evaluation.mixed_scale import load_mixed_scale
 from stream_detector.evaluation.plots import matplotlib_available
 from stream_detector.evaluation.runner import evaluation_defaults, load_dataset, run_evaluation
-from stream_detector.evaluation.mixed_scale import load_mixed_scale
 from stream_detector.evaluation.skab import SKAB_FEATURES, is_skab, load_skab
 from stream_detector.evaluation.trace import TraceRecorder
 

@@ -15,16 +15,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Counter
 
+from stream_detector.aggregate.streams import partition_stream
 from stream_detector.config import KafkaConfig
+from stream_detector.engine.types import Reject
 from stream_detector.kafka.delivery import (
     MAX_DELIVERY_ATTEMPTS,
     DeliveryFailed,
     DeliveryTracker,
     OutRecord,
 )
-from stream_detector.engine.types import Reject
 from stream_detector.kafka.health import HealthState, StatusServer
-from stream_detector.aggregate.streams import partition_stream
 from stream_detector.kafka.records import ConsumedBatch, dead_letter_record
 from stream_detector.kafka.settings import consumer_config, producer_config, redact
 

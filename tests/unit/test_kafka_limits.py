@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 
 from stream_detector.config import ConfigError, KafkaConfig, load_settings
 from stream_detector.engine.types import Reject
-from stream_detector.limits import record_size
 from stream_detector.kafka.records import INPUT_HEADER_PREFIX, dead_letter_record
 from stream_detector.kafka.settings import check_topic_limits, consumer_config, producer_config
+from stream_detector.limits import record_size
 
 LIMIT = KafkaConfig().max_message_bytes
 REJECT = Reject(0, "not_json", "not valid JSON")

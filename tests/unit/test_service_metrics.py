@@ -8,8 +8,8 @@ import numpy as np
 import orjson
 import pytest
 
-from stream_detector.detector.artefact import TrainingResult, create_artefact
 from stream_detector.config import load_settings
+from stream_detector.detector.artefact import TrainingResult, create_artefact
 from stream_detector.detector.facade import Detector
 from stream_detector.engine.model import LSTMAutoencoder
 from stream_detector.kafka.telemetry import ServiceMetrics

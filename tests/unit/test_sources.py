@@ -10,9 +10,9 @@ import orjson
 import pytest
 
 from stream_detector.config import InputConfig
+from stream_detector.detector.sources import read_batches
 from stream_detector.engine.decode import Decoder
 from stream_detector.engine.types import Decoded
-from stream_detector.detector.sources import read_batches
 
 T0 = 1_714_564_800.0
 

@@ -11,15 +11,17 @@ from __future__ import annotations
 import numpy as np
 import orjson
 import pytest
-from hypothesis import HealthCheck, given, settings as hyp_settings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hyp_settings
+from hypothesis import strategies as st
 
-from stream_detector.detector.artefact import ModelArtefact, TrainingResult, create_artefact
 from stream_detector.config import Settings, load_settings
-from stream_detector.engine.decode import Decoder
+from stream_detector.detector.artefact import ModelArtefact, TrainingResult, create_artefact
 from stream_detector.detector.facade import DetectionResult, Detector
-from stream_detector.engine.model import LSTMAutoencoder
 from stream_detector.detector.snapshot import EngineSnapshot, decode, encode, make_checkpoint
 from stream_detector.detector.training import train
+from stream_detector.engine.decode import Decoder
+from stream_detector.engine.model import LSTMAutoencoder
 
 N_KEYS = 6
 

@@ -7,7 +7,8 @@ import io
 import numpy as np
 import orjson
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from stream_detector.aggregate.buckets import AggregatorState
 from stream_detector.aggregate.partials import Partials

@@ -13,21 +13,22 @@ import numpy as np
 import orjson
 import pytest
 import structlog
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
-from stream_detector.detector.artefact import ModelArtefact
 from stream_detector.config import load_settings
-from stream_detector.engine.decode import Decoder
+from stream_detector.detector.artefact import ModelArtefact
 from stream_detector.detector.facade import Detector
+from stream_detector.detector.snapshot import encode, make_checkpoint, state_fingerprint
+from stream_detector.engine.decode import Decoder
 from stream_detector.kafka import changelog
 from stream_detector.kafka.changelog import ChangelogRecord, chunk_records, latest_checkpoints
 from stream_detector.kafka.partitions import PartitionState
-from stream_detector.detector.snapshot import encode, make_checkpoint, state_fingerprint
 
 # Event times in 2023, above input.min_timestamp's floor.
 T0 = 1_700_000_000.0
-from stream_detector.kafka.store import LocalDirStore, Partition, StateStoreError
 from stream_detector.detector.training import train
+from stream_detector.kafka.store import LocalDirStore, Partition, StateStoreError
 
 # -- local directory ---------------------------------------------------------------------------
 

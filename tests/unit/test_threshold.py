@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from stream_detector.config import ThresholdConfig
 from stream_detector.engine.threshold import AdaptiveThreshold
 
+
 def welford(mean: float, var: float, count: int, x: float) -> tuple[float, float]:
     """Textbook running mean and population variance after one more value."""
     n = count + 1

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from stream_detector.detector.artefact import load_artefact
 from stream_detector.config import Settings
+from stream_detector.detector.artefact import load_artefact
+from stream_detector.detector.training import MIN_TRAINING_WINDOWS, collect_training_windows, train
 from stream_detector.engine.model import WindowScorer
 from stream_detector.engine.types import Decoded, EventBatch
-from stream_detector.detector.training import MIN_TRAINING_WINDOWS, collect_training_windows, train
 
 CPU = torch.device("cpu")
 WINDOW = 8

@@ -28,13 +28,13 @@ from stream_detector.demo.scoreboard import Score, Scoreboard
 from stream_detector.detector.artefact import ModelArtefact
 from stream_detector.detector.facade import Detector
 from stream_detector.detector.training import train
-from stream_detector.evaluation.raw_events import EVALUATION_SECTIONS
 from stream_detector.scenarios.flows import (
     NETWORK_ANOMALY_KINDS,
     NetworkConfig,
     generate,
     network_sections,
 )
+from stream_detector.scenarios.presets import preset
 
 NETWORK_MODEL_DIR: Final = Path(__file__).resolve().parent / "network_model"
 DEFAULT_HOSTS: Final = 40
@@ -52,23 +52,6 @@ TRAINING_S: Final = 5400
 # Flows per Detector call in the offline check: about what a consume() takes at x30.
 _OFFLINE_BATCH: Final = 2000
 
-# The evaluation's settings, on whatever device there is, tuned for the demo's own feed (a demo's
-# false alarms and misses are what a newcomer remembers): a wider threshold band, x1.5 on the
-# global threshold while a host's own warms up, high scores learnt capped (a port scan ramps
-# up), and each host's statistics following its diurnal load freely (its warm-up is four
-# minutes, far short of a day). Chosen with
-# `python -m stream_detector.demo.bundled --scenario network --check-only` and 30 s demo runs;
-# the evaluation's figures (README) are at the defaults instead.
-NETWORK_DEMO_SECTIONS: Final = deep_merge(
-    EVALUATION_SECTIONS,
-    {
-        "model": {"device": "auto"},
-        "normalize": {"clip_sigma": 0.0},
-        "threshold": {"sensitivity": 12.0, "absorb_sigma": 3.0, "global_factor": 1.5},
-    },
-)
-
-
 def network_feed_config(
     hosts: int = DEFAULT_HOSTS, seed: int = 0, live_s: float = 60.0 * DEFAULT_SPEED
 ) -> NetworkConfig:
@@ -82,7 +65,7 @@ def network_feed_config(
 
 def network_settings(feed: NetworkConfig, overrides: dict[str, Any] | None = None) -> Settings:
     """Settings for serving (or training on) `feed`; `overrides` (nested, like --set) win."""
-    sections = deep_merge(network_sections(feed), NETWORK_DEMO_SECTIONS)
+    sections = deep_merge(network_sections(feed), preset("network_demo"))
     return load_settings(None, deep_merge(sections, overrides or {}))
 
 

@@ -18,6 +18,7 @@ from typing import Any, Final, Protocol
 
 from stream_detector.config import KafkaConfig, Settings, deep_merge, load_settings
 from stream_detector.demo.feed import PacedProducer
+from stream_detector.scenarios.presets import preset
 from stream_detector.scenarios.telemetry import GeneratorConfig, mapping_for
 
 BUNDLED_MODEL_DIR: Final = Path(__file__).resolve().parent / "model"
@@ -35,27 +36,6 @@ TRAIN_WARMUP_TICKS: Final = 600
 DEMO_SEED: Final = 0
 TRAINING_SEED: Final = 7
 
-# Measured with `python -m stream_detector.demo.bundled --check-only` and variants of it: the
-# thresholds favour precision (a demo's false alarms are what a newcomer remembers), keeping the
-# global threshold x1.5 while a key's own threshold warms up.
-DEMO_SECTIONS: Final[dict[str, dict[str, Any]]] = {
-    "window": {"size": 32, "stride": 4},
-    "normalize": {"warmup": 32},
-    "model": {"hidden_size": 32, "latent_size": 8, "num_layers": 1},
-    "train": {
-        "epochs": 20,
-        "batch_size": 256,
-        "learning_rate": 3e-3,
-        "patience": 3,
-        "stride": 2,
-        "max_windows": 40_000,
-        "seed": 0,
-    },
-    "threshold": {"warmup": 96, "sensitivity": 5.0, "global_factor": 1.5},
-    "episodes": {"min_consecutive": 2, "cooldown": 4, "top_features": 3},
-}
-
-
 def generator_config(
     devices: int = 200, seed: int = DEMO_SEED, warmup_ticks: int = WARMUP_TICKS
 ) -> GeneratorConfig:
@@ -71,7 +51,7 @@ def demo_settings(
 
     The environment (SD_*) still applies beneath the overrides, as for every command.
     """
-    sections: dict[str, Any] = {"input": mapping_for(feed), **DEMO_SECTIONS}
+    sections: dict[str, Any] = {"input": mapping_for(feed), **preset("iot_demo")}
     return load_settings(None, deep_merge(sections, overrides or {}))
 
 

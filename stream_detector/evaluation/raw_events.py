@@ -31,6 +31,7 @@ from stream_detector.scenarios.flows import (
     network_sections,
     write_scenario,
 )
+from stream_detector.scenarios.presets import preset
 
 log = structlog.get_logger(__name__)
 
@@ -38,19 +39,6 @@ NORMAL_GROUP: Final = "normal"
 # The scenarios' first 3000 of 7200 s are attack-free; 40% of each host's buckets (2880 s) keeps
 # the train parts inside that stretch.
 SCENARIO_TRAIN_FRACTION: Final = 0.4
-
-# Detector settings for the network scenarios beside the feed mapping: 10 s buckets, so a window
-# of 12 is two minutes and the shortest attack (one minute) fills half of one; warm-ups scaled to
-# that cadence. The threshold and episode rules are the defaults. CPU keeps the figures
-# reproducible exactly.
-EVALUATION_SECTIONS: Final[dict[str, dict[str, Any]]] = {
-    "window": {"size": 12, "stride": 1, "idle_ttl_s": 900.0},
-    "normalize": {"warmup": 24},
-    "model": {"hidden_size": 16, "latent_size": 4, "device": "cpu"},
-    "train": {"epochs": 20, "batch_size": 128, "learning_rate": 3e-3, "patience": 4, "seed": 0},
-    "threshold": {"warmup": 24},
-}
-
 
 def load_raw_event_file(
     path: Path,
@@ -153,9 +141,9 @@ def _bucket_labels(
 
 
 def scenario_sections(name: str) -> dict[str, dict[str, Any]]:
-    """Settings that scenario `name` brings: its feed mapping plus EVALUATION_SECTIONS (nested like
+    """Settings that scenario `name` brings: its feed mapping plus the "flows" preset (nested like
     --set, so the user's --set goes on top)."""
-    return deep_merge(network_sections(SCENARIOS[name]), EVALUATION_SECTIONS)
+    return deep_merge(network_sections(SCENARIOS[name]), preset("flows"))
 
 
 def load_scenario(

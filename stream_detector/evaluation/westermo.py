@@ -28,8 +28,8 @@ from stream_detector.config import Settings, deep_merge
 from stream_detector.engine.types import EventBatch
 from stream_detector.evaluation.datasets import Channel, LabelledDataset
 from stream_detector.evaluation.feed_labels import FeedLabels, FeedSpan
-from stream_detector.evaluation.raw_events import EVALUATION_SECTIONS
 from stream_detector.scenarios.flows import flow_sections
+from stream_detector.scenarios.presets import preset
 
 log = structlog.get_logger(__name__)
 
@@ -55,7 +55,7 @@ def westermo_sections() -> dict[str, dict[str, Any]]:
     """The mapping of the flow records (nested like --set): key = source address, 10 s buckets
     of flow counts, packets each way, bytes out, distinct peers and protocols; the rest as the
     network scenarios run (windows and warm-ups for a 10 s cadence, default thresholds)."""
-    return deep_merge(EVALUATION_SECTIONS, flow_sections("sAddress", _FEATURES))
+    return deep_merge(preset("flows"), flow_sections("sAddress", _FEATURES))
 
 
 def read_spans(path: Path) -> list[FeedSpan]:

@@ -33,9 +33,10 @@ import torch
 from stream_detector.cli import build_parser
 from stream_detector.config import Settings, load_settings
 from stream_detector.demo.broker import tansu_version
-from stream_detector.demo.scenario import BUNDLED_MODEL_DIR, DEMO_SECTIONS
+from stream_detector.demo.scenario import BUNDLED_MODEL_DIR
 from stream_detector.detector.artefact import load_artefact
 from stream_detector.engine.decode import Decoder
+from stream_detector.scenarios.presets import preset
 from stream_detector.scenarios.telemetry import GeneratorConfig, TelemetryGenerator, mapping_for
 
 try:  # declared in the test extras; absent only on a stale environment
@@ -130,7 +131,7 @@ def test_deployed_config_serves_with_the_demo_tuning(
     which: str, request: pytest.FixtureRequest
 ) -> None:
     settings: Settings = request.getfixturevalue(which)
-    for section, values in DEMO_SECTIONS.items():
+    for section, values in preset("iot_demo").items():
         if section == "train":  # the bundled model is trained already
             continue
         assert {name: getattr(getattr(settings, section), name) for name in values} == values

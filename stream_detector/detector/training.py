@@ -19,7 +19,7 @@ import structlog
 import torch
 from torch.nn import functional
 
-from stream_detector.config import Settings
+from stream_detector.config import Settings, TrainConfig
 from stream_detector.detector.artefact import (
     ModelArtefact,
     TrainingResult,
@@ -41,7 +41,9 @@ CALIBRATION_QUANTILES = (0.5, 0.9, 0.99, 0.995, 0.999)
 
 
 @dataclass(frozen=True)
-class _Collected:
+class CollectedWindows:
+    """Training windows cut and normalised as serving would, and the global statistics."""
+
     windows: np.ndarray
     mean: np.ndarray
     std: np.ndarray
@@ -49,19 +51,10 @@ class _Collected:
     n_keys: int
 
 
-def collect_training_windows(
-    batches: Iterable[Decoded], settings: Settings
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Cut and normalise training windows exactly as serving would.
-
-    Returns (windows float32 [N, W, F] normalised, global_mean [F], global_std [F]). Raises
-    ValueError, saying what was seen, when the data yields fewer than MIN_TRAINING_WINDOWS windows.
-    """
-    collected = _collect(batches, settings)
-    return collected.windows, collected.mean, collected.std
-
-
-def _collect(batches: Iterable[Decoded], settings: Settings) -> _Collected:
+def collect_windows(batches: Iterable[Decoded], settings: Settings) -> CollectedWindows:
+    """Cut and normalise training windows exactly as serving would (float32 [N, W, F]), with the
+    global mean and std [F]. Raises ValueError, saying what was seen, when the data yields fewer
+    than MIN_TRAINING_WINDOWS windows."""
     decoded = [d.batch for d in batches if len(d.batch)]
     n_features = len(settings.input.value_fields)
     size = settings.window.size
@@ -101,7 +94,7 @@ def _collect(batches: Iterable[Decoded], settings: Settings) -> _Collected:
         keep = np.sort(rng.choice(n_windows, cap, replace=False))
         windows = windows[keep]
         log.info("training windows subsampled", available=n_windows, kept=cap)
-    return _Collected(windows=windows, mean=mean, std=std, n_events=n_events, n_keys=n_keys)
+    return CollectedWindows(windows=windows, mean=mean, std=std, n_events=n_events, n_keys=n_keys)
 
 
 def train(
@@ -110,111 +103,52 @@ def train(
     out_dir: Path | None,
     progress: Callable[[dict[str, Any]], None] | None = None,
 ) -> ModelArtefact:
-    """Fit, early-stop on validation loss, calibrate, and (if out_dir is given) save an artefact.
+    """Collect windows, split them, fit with early stopping on validation loss, calibrate the
+    global threshold, and (if out_dir is given) save the artefact.
 
     Seeded end to end: the same data, settings and seed give identical weights on CPU.
     """
     started = time.perf_counter()
     cfg = settings.train
-    collected = _collect(batches, settings)
-    windows = collected.windows
-    n = len(windows)
+    collected = collect_windows(batches, settings)
     device = select_device(settings.model.device)
-
     rng = np.random.default_rng(cfg.seed)
     torch.manual_seed(cfg.seed)
-    order = rng.permutation(n)
-    n_val = min(max(1, round(n * cfg.validation_fraction)), n - 1)
-    val_windows = windows[order[:n_val]]
-    train_x = torch.from_numpy(windows[order[n_val:]]).to(device)
-    n_train = len(train_x)
-
+    split = _split(collected.windows, cfg.validation_fraction, rng, device)
     model = LSTMAutoencoder(
-        n_features=windows.shape[2],
-        window=windows.shape[1],
+        n_features=collected.windows.shape[2],
+        window=collected.windows.shape[1],
         hidden_size=settings.model.hidden_size,
         num_layers=settings.model.num_layers,
         latent_size=settings.model.latent_size,
     ).to(device)
     scorer = WindowScorer(model, device, settings.model.batch_size)
-    optimiser = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
     log.info(
         "training started",
-        windows=n,
-        train_windows=n_train,
-        val_windows=n_val,
+        windows=len(collected.windows),
+        train_windows=len(split.train_x),
+        val_windows=len(split.val_windows),
         events=collected.n_events,
         keys=collected.n_keys,
         device=str(device),
     )
-
-    train_history: list[float] = []
-    val_history: list[float] = []
-    best_loss, best_epoch, stale = math.inf, 0, 0
-    best_state: dict[str, torch.Tensor] = {}  # filled by epoch 1: a finite loss beats inf
-    for epoch in range(1, cfg.epochs + 1):
-        train_loss = _train_epoch(model, optimiser, train_x, cfg.batch_size, rng)
-        # Validation loss is the mean window score, measured the way serving measures it.
-        val_loss = float(np.mean(scorer.score(val_windows).scores, dtype=np.float64))
-        if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
-            raise ValueError(
-                f"training diverged at epoch {epoch} (train loss {train_loss}, validation loss "
-                f"{val_loss}); lower train.learning_rate (now {cfg.learning_rate})"
-            )
-        train_history.append(train_loss)
-        val_history.append(val_loss)
-        improved = val_loss < best_loss
-        if improved:
-            best_loss, best_epoch, stale = val_loss, epoch, 0
-            best_state = _snapshot(model)
-        else:
-            stale += 1
-        log.info(
-            "training epoch",
-            epoch=epoch,
-            epochs=cfg.epochs,
-            train_loss=train_loss,
-            val_loss=val_loss,
-            best=improved,
-        )
-        if progress is not None:
-            progress(
-                {
-                    "epoch": epoch,
-                    "epochs": cfg.epochs,
-                    "train_loss": train_loss,
-                    "val_loss": val_loss,
-                    "best": improved,
-                }
-            )
-        if stale >= cfg.patience:
-            log.info("early stopping", epoch=epoch, best_epoch=best_epoch, patience=cfg.patience)
-            break
-
-    model.load_state_dict(best_state)
-    model.eval()
-    val_scores = scorer.score(val_windows).scores.astype(np.float64)
-    warnings = _small_data_warnings(n, n_val, settings)
-    for warning in warnings:
-        log.warning("training data too small", detail=warning)
-    quantiles = sorted({*CALIBRATION_QUANTILES, cfg.calibration_quantile})
-    values = np.quantile(val_scores, quantiles)
-    calibration = {f"{q:g}": float(v) for q, v in zip(quantiles, values, strict=True)}
+    fit = _fit(model, scorer, split, cfg, rng, progress)
+    calibration, warnings = _calibrate(scorer, split, settings)
     result = TrainingResult(
         norm_mean=tuple(float(v) for v in collected.mean),
         norm_std=tuple(float(v) for v in collected.std),
         calibration_quantiles=calibration,
         global_threshold=calibration[f"{cfg.calibration_quantile:g}"],
         training={
-            "epochs_run": len(val_history),
-            "best_epoch": best_epoch,
-            "best_val_loss": best_loss,
-            "stopped_early": len(val_history) < cfg.epochs,
-            "train_loss": train_history,
-            "val_loss": val_history,
-            "windows": n,
-            "train_windows": n_train,
-            "val_windows": n_val,
+            "epochs_run": len(fit.val_history),
+            "best_epoch": fit.best_epoch,
+            "best_val_loss": fit.best_loss,
+            "stopped_early": len(fit.val_history) < cfg.epochs,
+            "train_loss": fit.train_history,
+            "val_loss": fit.val_history,
+            "windows": len(collected.windows),
+            "train_windows": len(split.train_x),
+            "val_windows": len(split.val_windows),
             "events": collected.n_events,
             "keys": collected.n_keys,
             "seed": cfg.seed,
@@ -231,12 +165,104 @@ def train(
     log.info(
         "training finished",
         model_version=artefact.metadata.model_version,
-        best_epoch=best_epoch,
-        best_val_loss=best_loss,
+        best_epoch=fit.best_epoch,
+        best_val_loss=fit.best_loss,
         global_threshold=result.global_threshold,
         seconds=result.training["seconds"],
     )
     return artefact
+
+
+@dataclass(frozen=True)
+class _Split:
+    train_x: torch.Tensor  # on the training device
+    val_windows: np.ndarray
+
+
+def _split(
+    windows: np.ndarray, validation_fraction: float, rng: np.random.Generator, device: torch.device
+) -> _Split:
+    """A seeded random validation split; each part keeps at least one window."""
+    n = len(windows)
+    order = rng.permutation(n)
+    n_val = min(max(1, round(n * validation_fraction)), n - 1)
+    return _Split(
+        train_x=torch.from_numpy(windows[order[n_val:]]).to(device),
+        val_windows=windows[order[:n_val]],
+    )
+
+
+@dataclass(frozen=True)
+class _Fit:
+    train_history: list[float]
+    val_history: list[float]
+    best_epoch: int
+    best_loss: float
+
+
+def _fit(
+    model: LSTMAutoencoder,
+    scorer: WindowScorer,
+    split: _Split,
+    cfg: TrainConfig,
+    rng: np.random.Generator,
+    progress: Callable[[dict[str, Any]], None] | None,
+) -> _Fit:
+    """Epochs until `cfg.patience` epochs bring no better validation loss; leaves `model` at its
+    best epoch's weights, in eval mode."""
+    optimiser = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
+    train_history: list[float] = []
+    val_history: list[float] = []
+    best_loss, best_epoch, stale = math.inf, 0, 0
+    best_state: dict[str, torch.Tensor] = {}  # filled by epoch 1: a finite loss beats inf
+    for epoch in range(1, cfg.epochs + 1):
+        train_loss = _train_epoch(model, optimiser, split.train_x, cfg.batch_size, rng)
+        # Validation loss is the mean window score, measured the way serving measures it.
+        val_loss = float(np.mean(scorer.score(split.val_windows).scores, dtype=np.float64))
+        if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
+            raise ValueError(
+                f"training diverged at epoch {epoch} (train loss {train_loss}, validation loss "
+                f"{val_loss}); lower train.learning_rate (now {cfg.learning_rate})"
+            )
+        train_history.append(train_loss)
+        val_history.append(val_loss)
+        improved = val_loss < best_loss
+        if improved:
+            best_loss, best_epoch, stale = val_loss, epoch, 0
+            best_state = _snapshot(model)
+        else:
+            stale += 1
+        line = {
+            "epoch": epoch,
+            "epochs": cfg.epochs,
+            "train_loss": train_loss,
+            "val_loss": val_loss,
+            "best": improved,
+        }
+        log.info("training epoch", **line)
+        if progress is not None:
+            progress(line)
+        if stale >= cfg.patience:
+            log.info("early stopping", epoch=epoch, best_epoch=best_epoch, patience=cfg.patience)
+            break
+    model.load_state_dict(best_state)
+    model.eval()
+    return _Fit(train_history, val_history, best_epoch, best_loss)
+
+
+def _calibrate(
+    scorer: WindowScorer, split: _Split, settings: Settings
+) -> tuple[dict[str, float], list[str]]:
+    """The validation scores' quantiles (the configured one is the global threshold), and what
+    the data was too small to estimate well."""
+    val_scores = scorer.score(split.val_windows).scores.astype(np.float64)
+    n_val = len(split.val_windows)
+    warnings = _small_data_warnings(len(split.train_x) + n_val, n_val, settings)
+    for warning in warnings:
+        log.warning("training data too small", detail=warning)
+    quantiles = sorted({*CALIBRATION_QUANTILES, settings.train.calibration_quantile})
+    values = np.quantile(val_scores, quantiles)
+    return {f"{q:g}": float(v) for q, v in zip(quantiles, values, strict=True)}, warnings
 
 
 def _small_data_warnings(n_windows: int, n_val: int, settings: Settings) -> list[str]:

@@ -11,7 +11,7 @@ import torch
 
 from stream_detector.config import Settings
 from stream_detector.detector.artefact import load_artefact
-from stream_detector.detector.training import MIN_TRAINING_WINDOWS, collect_training_windows, train
+from stream_detector.detector.training import MIN_TRAINING_WINDOWS, collect_windows, train
 from stream_detector.engine.model import WindowScorer
 from stream_detector.engine.types import Decoded, EventBatch
 
@@ -28,6 +28,13 @@ def _settings(warmup: int = 0, clip_sigma: float = 4.0, **train: Any) -> Setting
         model={"hidden_size": 8, "latent_size": 4, "device": "cpu", "batch_size": 64},
         train={"epochs": 3, "batch_size": 64, "learning_rate": 1e-2, **train},
     )
+
+
+def _collected(
+    batches: list[Decoded], settings: Settings
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    collected = collect_windows(batches, settings)
+    return collected.windows, collected.mean, collected.std
 
 
 def _batches(
@@ -55,7 +62,7 @@ def _batches(
 
 def test_collected_windows_match_what_the_window_store_emits() -> None:
     settings = _settings(stride=3)
-    windows, mean, std = collect_training_windows(_batches(n_keys=4, per_key=60), settings)
+    windows, mean, std = _collected(_batches(n_keys=4, per_key=60), settings)
     per_key = (60 - WINDOW) // 3 + 1
     assert windows.shape == (4 * per_key, WINDOW, 2)
     assert windows.dtype == np.float32
@@ -71,8 +78,8 @@ def test_keys_in_normalisation_warmup_give_no_windows() -> None:
     # The service does not score a key before normalize.warmup events; training must not
     # learn from such windows either. Batches of 50 interleave 4 keys: ~12 events per key each.
     # No clipping: it starts after the warm-up, so the statistics would differ too.
-    all_windows, _, _ = collect_training_windows(_batches(), _settings(0, clip_sigma=0.0))
-    warm_windows, _, _ = collect_training_windows(_batches(), _settings(40, clip_sigma=0.0))
+    all_windows, _, _ = _collected(_batches(), _settings(0, clip_sigma=0.0))
+    warm_windows, _, _ = _collected(_batches(), _settings(40, clip_sigma=0.0))
     assert 0 < len(warm_windows) < len(all_windows)
     np.testing.assert_array_equal(warm_windows, all_windows[-len(warm_windows) :])
 
@@ -82,15 +89,15 @@ def test_global_std_is_floored_for_a_constant_feature() -> None:
     for d in batches:
         d.batch.values[:, 0] = 5.0
     settings = _settings()
-    _, mean, std = collect_training_windows(batches, settings)
+    _, mean, std = _collected(batches, settings)
     assert mean[0] == pytest.approx(5.0)
     assert std[0] == pytest.approx(settings.normalize.min_std)
 
 
 def test_window_cap_keeps_a_seeded_subset() -> None:
-    full, _, _ = collect_training_windows(_batches(), _settings())
-    first, _, _ = collect_training_windows(_batches(), _settings(max_windows=20))
-    again, _, _ = collect_training_windows(_batches(), _settings(max_windows=20))
+    full, _, _ = _collected(_batches(), _settings())
+    first, _, _ = _collected(_batches(), _settings(max_windows=20))
+    again, _, _ = _collected(_batches(), _settings(max_windows=20))
     assert first.shape == (20, WINDOW, 2)
     np.testing.assert_array_equal(first, again)
     flat_full = {w.tobytes() for w in full}
@@ -99,7 +106,7 @@ def test_window_cap_keeps_a_seeded_subset() -> None:
 
 def test_too_few_events_per_key_is_explained() -> None:
     with pytest.raises(ValueError) as info:
-        collect_training_windows(_batches(n_keys=3, per_key=WINDOW - 1), _settings())
+        _collected(_batches(n_keys=3, per_key=WINDOW - 1), _settings())
     message = str(info.value)
     assert "21 events over 3 keys" in message
     assert f"window.size = {WINDOW}" in message
@@ -168,7 +175,7 @@ def test_calibration_quantiles_are_monotone_and_set_the_threshold() -> None:
 def test_threshold_is_calibrated_on_the_scores_serving_computes() -> None:
     settings = _settings()
     artefact = train(_batches(), settings, None)
-    windows, _, _ = collect_training_windows(_batches(), settings)
+    windows, _, _ = _collected(_batches(), settings)
     scores = WindowScorer(artefact.model, CPU, 64).score(windows).scores
     # The 0.995 quantile of held-out scores sits in the upper tail of all training windows.
     assert np.mean(scores <= artefact.metadata.global_threshold) > 0.9
@@ -179,7 +186,7 @@ def test_out_dir_gets_a_loadable_artefact(tmp_path: Path) -> None:
     trained = train(_batches(), settings, tmp_path / "model")
     loaded = load_artefact(tmp_path / "model", settings, CPU)
     assert loaded.metadata == trained.metadata
-    windows, mean, std = collect_training_windows(_batches(), settings)
+    windows, mean, std = _collected(_batches(), settings)
     np.testing.assert_allclose(loaded.metadata.norm_mean, mean, rtol=1e-6)
     np.testing.assert_allclose(loaded.metadata.norm_std, std, rtol=1e-6)
     scores_trained = WindowScorer(trained.model, CPU, 64).score(windows).scores

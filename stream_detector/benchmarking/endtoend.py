@@ -127,14 +127,7 @@ def service_end_to_end(
     `steady_from`: offset from which every key of the backlog is warm (the timed part starts).
     The service must have its HTTP endpoint on (observability.http_port): it is the clock.
     """
-    if settings.model.path is None or not Path(settings.model.path).is_dir():
-        raise ValueError("settings.model.path must point at a saved model artefact")
-    port = settings.observability.http_port
-    if not port:
-        raise ValueError("observability.http_port must name a port: /metrics is the clock")
-    last_full = backlog - settings.kafka.batch_size
-    if last_full <= steady_from:
-        raise ValueError("the backlog is too short to time: lengthen it or shrink the batch")
+    last_full = _timed_span_end(settings, backlog, steady_from)
     stop = threading.Event()
     exit_code: list[int] = []
     service = threading.Thread(
@@ -142,42 +135,23 @@ def service_end_to_end(
         name="bench-service",
         daemon=True,
     )
-    topic = settings.kafka.input_topics[0]
-    clock = ProgressClock(port).start()
+    clock = ProgressClock(settings.observability.http_port).start()
     alerts: _AlertClock | None = None
     try:
         service.start()
-        if not _reached(clock, backlog, service):
-            raise RuntimeError(
-                f"the service did not work through the backlog (processed {clock.processed():.0f}"
-                f" of {backlog}, exit code {exit_code or 'none: still running'})"
-            )
+        _await_processed(clock, backlog, service, exit_code, "work through the backlog")
         seconds, timed = clock.span(steady_from, last_full)
-        sustained = timed / seconds
         alerts = _AlertClock(settings)
         plan = PacePlan.of(
             producer_config(settings.kafka),
-            topic,
+            settings.kafka.input_topics[0],
             n_keys=n_keys,
             first_tick=backlog_ticks,
-            rate=sustained * rate_share,
+            rate=timed / seconds * rate_share,
             seconds=latency_seconds,
             seed=seed + 1,
         )
-        time.sleep(_SETTLE_S)
-        phase_start = time.time()
-        pacer = start_pacer(plan)
-        pacer.join(plan.events / plan.rate + _DRAIN_TIMEOUT_S)
-        if pacer.exitcode != 0:
-            raise RuntimeError(f"the paced producer failed (exit code {pacer.exitcode})")
-        produced_at = time.monotonic()
-        if not _reached(clock, backlog + plan.events, service):
-            raise RuntimeError(
-                f"the service did not finish the paced phase (processed {clock.processed():.0f}"
-                f" of {backlog + plan.events}, exit code {exit_code or 'none: still running'})"
-            )
-        behind = time.monotonic() - produced_at
-        time.sleep(_TRAILING_S)
+        phase_start, behind = _paced_phase(plan, clock, service, exit_code, backlog)
     finally:
         if alerts is not None:
             alerts.stop()
@@ -196,3 +170,51 @@ def service_end_to_end(
     )
     log.info("service row", **run.as_dict())
     return run
+
+
+def _timed_span_end(settings: Settings, backlog: int, steady_from: int) -> int:
+    """The offset the timed part of the backlog ends at (the last full batch); raises ValueError
+    when the settings cannot be run or timed."""
+    if settings.model.path is None or not Path(settings.model.path).is_dir():
+        raise ValueError("settings.model.path must point at a saved model artefact")
+    if not settings.observability.http_port:
+        raise ValueError("observability.http_port must name a port: /metrics is the clock")
+    last_full = backlog - settings.kafka.batch_size
+    if last_full <= steady_from:
+        raise ValueError("the backlog is too short to time: lengthen it or shrink the batch")
+    return last_full
+
+
+def _await_processed(
+    clock: ProgressClock, target: int, service: threading.Thread, exit_code: list[int], what: str
+) -> None:
+    """Wait until the service has processed `target` events; raises RuntimeError if it stops or
+    stalls first."""
+    if not _reached(clock, target, service):
+        raise RuntimeError(
+            f"the service did not {what} (processed {clock.processed():.0f} of {target}, "
+            f"exit code {exit_code or 'none: still running'})"
+        )
+
+
+def _paced_phase(
+    plan: PacePlan,
+    clock: ProgressClock,
+    service: threading.Thread,
+    exit_code: list[int],
+    backlog: int,
+) -> tuple[float, float]:
+    """Fresh events at the plan's pace once the backlog is done. Returns when the phase started
+    (wall clock, for the alert latencies) and how long after the last event was produced the
+    service had processed it."""
+    time.sleep(_SETTLE_S)
+    phase_start = time.time()
+    pacer = start_pacer(plan)
+    pacer.join(plan.events / plan.rate + _DRAIN_TIMEOUT_S)
+    if pacer.exitcode != 0:
+        raise RuntimeError(f"the paced producer failed (exit code {pacer.exitcode})")
+    produced_at = time.monotonic()
+    _await_processed(clock, backlog + plan.events, service, exit_code, "finish the paced phase")
+    behind = time.monotonic() - produced_at
+    time.sleep(_TRAILING_S)
+    return phase_start, behind

@@ -10,7 +10,7 @@ allocator slack), split by tracemalloc domain into:
 - key objects: the key strings, their dict entries and slot integers, a per-key constant that
   depends on the keys' length, not on the window.
 
-The issue's target reads "2 x W x F x 4 bytes plus a small constant"; the arrays are held to the
+The memory target (benchmarks/README.md) reads "2 x W x F x 4 bytes plus a small constant"; the arrays are held to the
 2x and the key objects are the constant.
 
 Why not RSS: in a process that has already run other rows, the allocator serves the new arrays

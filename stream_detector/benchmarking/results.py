@@ -1,4 +1,4 @@
-"""The suite's results as rows, the issue's targets judged on them, and the printed table.
+"""The suite's results as rows, the performance targets (benchmarks/README.md) judged on them, and the printed table.
 
 Targets are ratios between rows of one run, never absolute numbers: on a shared machine the
 absolute figures move with the neighbours' load, while rows measured minutes apart in one process
@@ -94,7 +94,7 @@ def _rate(rows: dict[str, Row], row_id: str) -> float:
 
 
 def judge(rows: list[Row], *, stream_keys: int) -> list[Target]:
-    """The issue's four targets, each with how far it is from its goal."""
+    """The four performance targets (benchmarks/README.md), each with how far it is from its goal."""
     by_id = {row.id: row for row in rows}
     targets: list[Target] = []
 

@@ -1,4 +1,4 @@
-"""Rows for checkpointed state (issue 8): snapshot size and time, restore time.
+"""Rows for checkpointed state (docs/state.md): snapshot size and time, restore time.
 
 What a checkpoint costs does not depend on how warm the keys are: every key's ring rows are
 allocated whole, so the arrays are as large after one event as after a thousand. The detector is

@@ -42,7 +42,7 @@ def bench_settings(
     http_port: int | None = None,
     state_dir: Path | None = None,
 ) -> Settings:
-    """The issue's engine shape (W=32, F=4) with every other setting at its default.
+    """The benchmark's engine shape (W=32, F=4, benchmarks/README.md) with every other setting at its default.
 
     Built directly rather than through load_settings so SD_* variables in the environment cannot
     silently change what is measured. `state_dir` keeps the service's checkpoints (the default

@@ -209,26 +209,7 @@ def run_evaluation(
         timing["train_s"] = round(time.perf_counter() - t0, 1)
     detector = Detector(settings, artefact)
 
-    runners = []
-    for name in baselines:
-        if name == "half_space_trees" and not river_available():
-            notes.append("half_space_trees skipped: the `river` package is not importable.")
-            continue
-        t0 = time.perf_counter()
-
-        def make(name: str = name) -> EventScorer:
-            return _make_scorer(name, settings, dataset.feature_names)
-
-        try:
-            threshold = calibrate(make, stream.training_batches(batch_size), settings)
-        except ValueError as exc:  # e.g. HalfSpaceTrees scores nothing before 250 events a key
-            notes.append(f"{name} skipped: {exc}.")
-            log.warning("baseline skipped", baseline=name, reason=str(exc))
-            continue
-        runners.append(BaselineDetector(make(), settings, threshold))
-        timing[f"calibrate_{name}_s"] = round(time.perf_counter() - t0, 1)
-        log.info("baseline calibrated", baseline=name, global_threshold=threshold)
-
+    runners = _calibrated_baselines(baselines, settings, dataset, stream, batch_size, notes, timing)
     t0 = time.perf_counter()
     traces = _stream_all(stream, detector, runners, batch_size, progress)
     timing["stream_s"] = round(time.perf_counter() - t0, 1)
@@ -248,13 +229,7 @@ def run_evaluation(
 
     if plots and matplotlib_available():
         t0 = time.perf_counter()
-        plot_dir = out_dir / "plots"
-        plot_dir.mkdir(exist_ok=True)
-        for key_id, channel in enumerate(dataset.channels):
-            name = re.sub(r"[^\w.@+-]", "_", channel.key)  # a key may hold / or :
-            plot_key(plot_dir / f"{name}.png", channel, key_id, traces, MODEL_METHOD)
-            if (key_id + 1) % 20 == 0:
-                log.info("evaluate plots", done=key_id + 1, of=len(dataset.channels))
+        _write_plots(out_dir / "plots", dataset, traces)
         timing["plots_s"] = round(time.perf_counter() - t0, 1)
     elif plots:
         report["notes"].append("plots skipped: matplotlib is not importable.")
@@ -267,6 +242,49 @@ def run_evaluation(
     (out_dir / "table.txt").write_text(format_table(report) + "\n")
     log.info("evaluation written", out_dir=str(out_dir), **timing)
     return report
+
+
+def _calibrated_baselines(
+    names: Sequence[str],
+    settings: Settings,
+    dataset: LabelledDataset,
+    stream: Stream,
+    batch_size: int,
+    notes: list[str],
+    timing: dict[str, float],
+) -> list[BaselineDetector]:
+    """Each baseline with its global threshold calibrated on the training part, as the model's
+    is; one that cannot run or calibrate is skipped with a note instead of failing the run."""
+    runners = []
+    for name in names:
+        if name == "half_space_trees" and not river_available():
+            notes.append("half_space_trees skipped: the `river` package is not importable.")
+            continue
+        t0 = time.perf_counter()
+
+        def make(name: str = name) -> EventScorer:
+            return _make_scorer(name, settings, dataset.feature_names)
+
+        try:
+            threshold = calibrate(make, stream.training_batches(batch_size), settings)
+        except ValueError as exc:  # e.g. HalfSpaceTrees scores nothing before 250 events a key
+            notes.append(f"{name} skipped: {exc}.")
+            log.warning("baseline skipped", baseline=name, reason=str(exc))
+            continue
+        runners.append(BaselineDetector(make(), settings, threshold))
+        timing[f"calibrate_{name}_s"] = round(time.perf_counter() - t0, 1)
+        log.info("baseline calibrated", baseline=name, global_threshold=threshold)
+    return runners
+
+
+def _write_plots(plot_dir: Path, dataset: LabelledDataset, traces: list[MethodTrace]) -> None:
+    """One PNG per key: its values, labels, the model's scores, threshold and alerts."""
+    plot_dir.mkdir(exist_ok=True)
+    for key_id, channel in enumerate(dataset.channels):
+        name = re.sub(r"[^\w.@+-]", "_", channel.key)  # a key may hold / or :
+        plot_key(plot_dir / f"{name}.png", channel, key_id, traces, MODEL_METHOD)
+        if (key_id + 1) % 20 == 0:
+            log.info("evaluate plots", done=key_id + 1, of=len(dataset.channels))
 
 
 EVALUATE_DESCRIPTION = """\

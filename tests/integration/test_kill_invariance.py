@@ -1,4 +1,4 @@
-"""SIGKILL at random points, at the default batching, loses and invents no alert (issue 12, part 1).
+"""SIGKILL at random points, at the default batching, loses and invents no alert.
 
 The engine is batch-invariant: each key's scores, flags, episodes and alert ids are a function of
 that key's own event sequence, whatever the batching and wherever a restart resumed. So the alert

@@ -27,7 +27,7 @@ PRODUCE_LIMIT = KafkaConfig().max_message_bytes
 
 
 def _produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes, list | None]]) -> None:
-    """Records as (key, value, headers) through a producer that allows 6 MB, like the issue's."""
+    """Records as (key, value, headers) through a producer that allows 6 MB, like a producer whose max.message.bytes was raised."""
     producer = Producer({"bootstrap.servers": bootstrap, "message.max.bytes": 6_000_000})
     failures: list[str] = []
 

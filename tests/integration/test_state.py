@@ -1,4 +1,4 @@
-"""State that survives restarts and rebalances, through the real broker (issue 8).
+"""State that survives restarts and rebalances, through the real broker.
 
 The settings make a cold start visible: a key's windows are only scored after `normalize.warmup`
 (100) events, so an anomaly a few events after a cold (re)start cannot alert, while a restored

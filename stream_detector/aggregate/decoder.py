@@ -27,18 +27,15 @@ from stream_detector.aggregate.features import FeaturePlan
 from stream_detector.aggregate.sketch import hash_values
 from stream_detector.aggregate.streams import StreamAggregators
 from stream_detector.config import Settings
-from stream_detector.engine.decode import Decoder
+from stream_detector.engine.decode import Decoder, RecordDecoder
 from stream_detector.engine.types import Decoded, EventBatch, Reject
 
 log = structlog.get_logger(__name__)
 
 
 class AggregatingDecoder:
-    """Decoder for input.mode = "aggregate": stateful, since buckets stay open across batches.
-
-    Offers the Decoder's entry points (decode_messages, decode_columns, feature_names), so the
-    detector, file sources and training take it in the Decoder's place.
-    """
+    """The RecordDecoder of input.mode = "aggregate": stateful, since buckets stay open across
+    batches, so the detector, file sources and training take it in the Decoder's place."""
 
     def __init__(self, settings: Settings, now: Callable[[], float] = time.time) -> None:
         config = settings.aggregate
@@ -145,7 +142,7 @@ class AggregatingDecoder:
         ]
 
 
-def decoder_for(settings: Settings) -> Decoder | AggregatingDecoder:
+def decoder_for(settings: Settings) -> RecordDecoder:
     """The decoder raw messages go through under these settings (one per detector: in aggregate
     mode it holds that detector's open buckets)."""
     if settings.input.mode == "aggregate":

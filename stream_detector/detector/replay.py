@@ -20,7 +20,6 @@ from typing import IO, Any
 import numpy as np
 import orjson
 
-from stream_detector.aggregate.decoder import AggregatingDecoder
 from stream_detector.detector.facade import DetectionResult, Detector
 from stream_detector.detector.sources import read_batches
 
@@ -138,8 +137,9 @@ def replay(
         _count(summary, result)
         if on_batch is not None:
             on_batch(summary)
-    if isinstance(detector.decoder, AggregatingDecoder):
-        result = detector.process(detector.decoder.flush())
+    held = detector.decoder.flush()  # the buckets still open when the file ends
+    if len(held.batch):
+        result = detector.process(held)
         out.writelines(orjson.dumps(line) + b"\n" for line in cursor.lines(result, offset, width))
         _count(summary, result)
     return summary

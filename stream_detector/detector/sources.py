@@ -18,7 +18,7 @@ from typing import IO, Any, Final
 import numpy as np
 import structlog
 
-from stream_detector.engine.decode import Decoder
+from stream_detector.engine.decode import RecordDecoder
 from stream_detector.engine.types import Decoded, Reject
 
 log = structlog.get_logger(__name__)
@@ -28,7 +28,7 @@ _CSV: Final = (".csv",)
 _ACCEPTED: Final = "one of .jsonl, .ndjson, .csv, each optionally compressed as .gz"
 
 
-def read_batches(path: Path, decoder: Decoder, batch_size: int = 4096) -> Iterator[Decoded]:
+def read_batches(path: Path, decoder: RecordDecoder, batch_size: int = 4096) -> Iterator[Decoded]:
     """Decoded batches of up to `batch_size` records, in file order.
 
     Indices in each Decoded are positions within that batch (blank lines do not count), so a
@@ -59,7 +59,9 @@ def _open(path: Path, compressed: bool, text: bool) -> IO[Any]:
     return gzip.open(path, "rb") if compressed else open(path, "rb")
 
 
-def _json_lines(path: Path, compressed: bool, decoder: Decoder, size: int) -> Iterator[Decoded]:
+def _json_lines(
+    path: Path, compressed: bool, decoder: RecordDecoder, size: int
+) -> Iterator[Decoded]:
     """Each non-blank line is one message's bytes, exactly as a producer would have sent it."""
     with _open(path, compressed, text=False) as lines:
         payloads: list[bytes] = []
@@ -74,7 +76,7 @@ def _json_lines(path: Path, compressed: bool, decoder: Decoder, size: int) -> It
             yield decoder.decode_messages(payloads)
 
 
-def _csv_rows(path: Path, compressed: bool, decoder: Decoder, size: int) -> Iterator[Decoded]:
+def _csv_rows(path: Path, compressed: bool, decoder: RecordDecoder, size: int) -> Iterator[Decoded]:
     """A header row names the fields; a row whose shape does not fit it is rejected whole."""
     with _open(path, compressed, text=True) as text:
         reader = csv.reader(text)
@@ -131,7 +133,7 @@ class _RowBatch:
         # REJECT_REASONS has no CSV-specific reason; an unparsable record is what not_json means.
         self._broken.append(Reject(len(self), "not_json", detail))
 
-    def decode(self, decoder: Decoder) -> Decoded:
+    def decode(self, decoder: RecordDecoder) -> Decoded:
         cells = list(zip(*self._rows, strict=True)) if self._rows else [()] * len(self._names)
         decoded = decoder.decode_columns(dict(zip(self._names, cells, strict=True)))
         if not self._broken:

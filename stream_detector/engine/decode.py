@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 from itertools import repeat
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import numpy as np
 import orjson
@@ -111,8 +111,38 @@ class _Verdicts:
         )
 
 
+class RecordDecoder(Protocol):
+    """What the detector, the file sources and training need of a decoder: records in, events out.
+
+    Two implement it: `Decoder` (one event per record, stateless) and the aggregating decoder of
+    input.mode = "aggregate" (closed per-key buckets out, open buckets held between calls).
+    """
+
+    @property
+    def feature_names(self) -> tuple[str, ...]: ...
+
+    def decode_messages(
+        self,
+        payloads: Sequence[bytes],
+        keys: Sequence[bytes | None] | None = None,
+        broker_ts_ms: Sequence[int] | np.ndarray | None = None,
+        streams: Sequence[int] | np.ndarray | None = None,
+    ) -> Decoded:
+        """One consumed batch (Kafka messages, or JSON lines of a file)."""
+        ...
+
+    def decode_columns(self, columns: Mapping[str, Sequence[Any] | np.ndarray]) -> Decoded:
+        """A table of records (a CSV file), a column per field."""
+        ...
+
+    def flush(self) -> Decoded:
+        """The input has ended: whatever the decoder still holds, as events."""
+        ...
+
+
 class Decoder:
-    """Turns Kafka messages or file columns into an EventBatch under one InputConfig."""
+    """Turns Kafka messages or file columns into an EventBatch under one InputConfig (a
+    RecordDecoder)."""
 
     def __init__(self, config: InputConfig, now: Callable[[], float] = time.time) -> None:
         self._config = config
@@ -127,6 +157,10 @@ class Decoder:
     @property
     def feature_names(self) -> tuple[str, ...]:
         return self._config.value_fields
+
+    def flush(self) -> Decoded:
+        """Nothing: each record is decoded on arrival, none is held."""
+        return Decoded(batch=EventBatch.empty(len(self.feature_names)), records=0)
 
     # -- entry points -----------------------------------------------------------------------
 

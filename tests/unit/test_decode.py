@@ -731,3 +731,11 @@ def test_out_of_order_matches_one_event_at_a_time(
         np.array(codes, dtype=np.int64), np.array(ts, dtype=np.float64), np.array(shifted)
     )
     assert flags.tolist() == out_of_order_reference(codes, ts, shifted)
+
+
+def test_flush_at_the_end_of_input_holds_nothing_back() -> None:
+    decoder = Decoder(InputConfig(value_fields=("a", "b")))
+    decoder.decode_messages([orjson.dumps({"key": "k", "ts": 1.0, "a": 1, "b": 2})])
+    held = decoder.flush()
+    assert len(held.batch) == 0 and held.batch.values.shape == (0, 2)
+    assert held.rejects == [] and held.records == 0

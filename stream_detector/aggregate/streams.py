@@ -44,15 +44,6 @@ def partition_stream(topic: str, partition: int) -> int:
     return ((zlib.crc32(topic.encode()) & 0x7FFFFFFF) << _PARTITION_BITS) | int(partition)
 
 
-def partition_streams(topics: np.ndarray, partitions: np.ndarray) -> np.ndarray:
-    """Stream code of each message (int64 [N]) from its topic (object [N]) and partition."""
-    topic_code = {name: partition_stream(name, 0) for name in set(topics.tolist())}
-    if len(topic_code) == 1:  # the usual single input topic: no per-message lookup
-        return partitions.astype(np.int64) | next(iter(topic_code.values()))
-    high = np.fromiter(map(topic_code.__getitem__, topics), dtype=np.int64, count=len(topics))
-    return high | partitions.astype(np.int64)
-
-
 class StreamAggregators:
     """The aggregators of every source stream seen, created on a stream's first event."""
 

@@ -22,7 +22,7 @@ import pytest
 from kafka_harness import committed_offsets, model_settings, wait_until
 
 from stream_detector.aggregate.decoder import AggregatingDecoder
-from stream_detector.aggregate.streams import partition_streams
+from stream_detector.aggregate.streams import partition_stream
 from stream_detector.config import Settings, deep_merge, load_settings
 from stream_detector.detector.artefact import load_artefact
 from stream_detector.detector.facade import Detector
@@ -217,10 +217,7 @@ def test_sigkill_restart_keeps_open_buckets_and_watermarks(
     reference = Detector(settings, load_artefact(network_model, settings))
     expected = reference.process_messages(
         [r.value for r in records],
-        streams=partition_streams(
-            np.array([r.topic for r in records], dtype=object),
-            np.array([r.partition for r in records]),
-        ),
+        streams=[partition_stream(r.topic, r.partition) for r in records],
     )
     want = _alert_facts(orjson.loads(a.to_cloudevent("x"))["data"] for a in expected.alerts)
     assert {key for _, kind, key, _ in want if kind == "open"} == {a.key for a in feed.anomalies}

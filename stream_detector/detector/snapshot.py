@@ -157,11 +157,6 @@ def encode(checkpoint: Checkpoint) -> bytes:
     return buffer.getvalue()
 
 
-def read_meta(data: bytes) -> CheckpointMeta:
-    """Only the metadata: enough to refuse a checkpoint without loading its arrays."""
-    return _meta_of(_open(data))[0]
-
-
 def decode(data: bytes) -> Checkpoint:
     """Parse checkpoint bytes; raises SnapshotError if they are not a readable checkpoint."""
     archive = _open(data)

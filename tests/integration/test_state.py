@@ -34,9 +34,9 @@ from stream_detector.detector.artefact import load_artefact
 from stream_detector.detector.facade import Detector
 from stream_detector.detector.snapshot import (
     EngineSnapshot,
+    decode,
     encode,
     make_checkpoint,
-    read_meta,
     state_fingerprint,
 )
 from stream_detector.kafka.changelog import CHUNK_BYTES, KafkaChangelogStore
@@ -230,7 +230,7 @@ def test_snapshot_of_another_model_is_refused_and_the_service_runs_on(
     def replaced() -> bool:
         blobs = store.load([(service_setup.input_topic, p) for p in range(4)])
         return len(blobs) == 4 and all(
-            read_meta(b).model_version == model_version for b in blobs.values()
+            decode(b).meta.model_version == model_version for b in blobs.values()
         )
 
     wait_until(replaced, 30, "its own checkpoints")
@@ -283,7 +283,7 @@ def test_exactly_once_checkpoints_in_the_transaction_and_hands_over_exactly(
     settings = load_settings(None, _sections(service_setup, state))
     partitions = [(service_setup.input_topic, p) for p in ends]
     saved = KafkaChangelogStore(settings.kafka, changelog).load(partitions)
-    assert {p: read_meta(blob).offset for (_, p), blob in saved.items()} == ends
+    assert {p: decode(blob).meta.offset for (_, p), blob in saved.items()} == ends
 
     second = start_service(kafka=kafka, state=state, **STATEFUL)
     wait_until(

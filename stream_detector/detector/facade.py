@@ -2,8 +2,9 @@
 
 Everything that runs the detector (the Kafka service, replay, evaluate, the demo, tests) goes
 through `Detector.process`, so a score seen in a back-test is the score the service would compute.
-All per-key state is held in arrays indexed by the window store's slot; when the store frees or
-grows slots, the other stages are told here, in one place.
+All per-key state is held in arrays indexed by the window store's slot. The threshold and the
+episodes join the window stage's per-slot stages, so whatever frees or grows slots (an ingest,
+idle keys, `drop`, `restore`) reaches all of them through `WindowStage.sync_slots`.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ from stream_detector.detector.snapshot import EngineSnapshot
 from stream_detector.engine.alerts import Alert
 from stream_detector.engine.episodes import EpisodeTracker
 from stream_detector.engine.model import WindowScorer, ring_device, select_device
-from stream_detector.engine.slots import SlotArrays
 from stream_detector.engine.stage import StagedWindows, WindowStage
 from stream_detector.engine.threshold import AdaptiveThreshold
 from stream_detector.engine.types import Decoded, ScoredWindows
@@ -82,7 +82,6 @@ class Detector:
         )
         self._windows = self._stage.store
         self._normalizer = self._stage.normalizer
-        capacity = self._windows.capacity
         self._scorer = WindowScorer(
             artefact.model.to(self.device),
             self.device,
@@ -90,13 +89,13 @@ class Detector:
             settings.model.cpu_threads,
             settings.model.cuda_graph,
         )
-        self._threshold = AdaptiveThreshold(
-            settings.threshold, meta.global_threshold, capacity=capacity
-        )
+        # No slots of their own: the stage sizes them to the store and keeps them in step.
+        self._threshold = AdaptiveThreshold(settings.threshold, meta.global_threshold, capacity=0)
         self._episodes = EpisodeTracker(
-            settings.episodes, self.feature_names, self.model_version, capacity=capacity
+            settings.episodes, self.feature_names, self.model_version, capacity=0
         )
-        self._capacity = capacity
+        self._stage.add_slot_stage("threshold", self._threshold)
+        self._stage.add_slot_stage("episodes", self._episodes)
         self._n_features = n_features
         log.info(
             "detector ready",
@@ -143,7 +142,11 @@ class Detector:
 
     def process(self, decoded: Decoded) -> DetectionResult:
         """Run a decoded batch through the engine; the result is the same for any cut of the
-        stream into batches (see `WindowStage.pieces`)."""
+        stream into batches.
+
+        The batch is taken in the steps `WindowStage.pieces` would take (as few as give the same
+        result as one event at a time), each finished before the next; within a step, the open
+        episodes of the keys it evicted are resolved before their slots are reset."""
         batch = decoded.batch
         if len(batch) == 0:
             return DetectionResult(decoded, _empty_scored(self._n_features), [], 0.0)
@@ -151,16 +154,19 @@ class Detector:
         alerts: list[Alert] = []
         model_seconds = 0.0
         offset = 0
-        for staged in self._stage.pieces(batch):
-            alerts += self._sync_slots(staged.report.freed_slots, staged.report.freed_keys)
+        while len(batch):
+            cut = self._stage.cut(batch)
+            alerts += self._evict(cut.report.freed_slots, cut.report.freed_keys)
+            staged = self._stage.normalise(cut)
             started = time.perf_counter()
             scored = self._score(staged, offset)
             model_seconds += time.perf_counter() - started
             if len(scored):
                 alerts += self._episodes.update(scored)
                 scored_parts.append(scored)
-            alerts += self._sync_slots(*self._stage.release_silent())
-            offset += staged.report.taken
+            alerts += self._evict(*self._windows.release_silent())
+            offset += cut.report.taken
+            batch = batch.rows(cut.report.taken)
         scored = _concat(scored_parts) if scored_parts else _empty_scored(self._n_features)
         return DetectionResult(decoded, scored, alerts, model_seconds)
 
@@ -171,10 +177,10 @@ class Detector:
 
         The arrays are copies, so the detector can go on while the snapshot is written out.
         """
-        tracked, slots = self._windows.tracked(np.asarray(list(keys), dtype=object))
+        tracked, slots = self._windows.registry.tracked(np.asarray(list(keys), dtype=object))
         arrays = {
             f"{prefix}.{name}": array
-            for prefix, stage in self._slot_stages()
+            for prefix, stage in self._stage.slot_stages.items()
             for name, array in stage.export_slots(slots).items()
         }
         watermark, seq = self._windows.clock
@@ -191,21 +197,23 @@ class Detector:
             raise ValueError("snapshot and detector disagree on input.mode (bucket state)")
         if aggregators is not None and snapshot.buckets is not None:
             aggregators.check_state(snapshot.buckets)
-        parts: dict[str, dict[str, np.ndarray]] = {prefix: {} for prefix, _ in self._slot_stages()}
+        stages = self._stage.slot_stages
+        parts: dict[str, dict[str, np.ndarray]] = {prefix: {} for prefix in stages}
         for name, array in snapshot.arrays.items():
             prefix, _, field = name.partition(".")
             if prefix not in parts:
                 raise ValueError(f"snapshot array {name!r} belongs to no engine stage")
             parts[prefix][field] = array
-        for prefix, stage in self._slot_stages():
+        for prefix, stage in stages.items():
             stage.check_import(parts[prefix], len(snapshot))
         rows, slots = self._windows.import_keys(
-            snapshot.keys, parts["windows"], (snapshot.watermark, snapshot.seq)
+            snapshot.keys, parts.pop("windows"), (snapshot.watermark, snapshot.seq)
         )
-        self._sync_slots(np.empty(0, dtype=np.int64), np.empty(0, dtype=object))
-        self._normalizer.ensure_capacity(self._windows.capacity)
-        for prefix, stage in self._slot_stages()[1:]:
-            stage.import_slots(slots, {name: array[rows] for name, array in parts[prefix].items()})
+        # New keys may have grown the store: the other stages grow with it before their rows
+        # are written. Nothing was freed (a key tracked here is overwritten in its own slot).
+        self._stage.sync_slots(np.empty(0, dtype=np.int64))
+        for prefix, state in parts.items():
+            stages[prefix].import_slots(slots, {name: array[rows] for name, array in state.items()})
         if aggregators is not None and snapshot.buckets is not None:
             aggregators.import_state(snapshot.stream, snapshot.buckets)
         return len(rows)
@@ -216,8 +224,7 @@ class Detector:
         tracked. Their open episodes end without a resolve alert here: the new owner restores
         them from the checkpoint and resolves them."""
         freed = self._windows.release_keys(np.asarray(list(keys), dtype=object))
-        for stage in (self._normalizer, self._threshold, self._episodes):
-            stage.reset(freed)
+        self._stage.sync_slots(freed)
         aggregators = self.aggregators()
         if aggregators is not None:
             aggregators.drop(streams)
@@ -227,27 +234,12 @@ class Detector:
         """Aggregate mode's per-stream bucket aggregators (state that precedes the windows)."""
         return self.decoder.aggregator if isinstance(self.decoder, AggregatingDecoder) else None
 
-    def _slot_stages(self) -> tuple[tuple[str, SlotArrays], ...]:
-        """Every stage with per-slot state, the window store (which owns the slots) first."""
-        return (
-            ("windows", self._windows),
-            ("normalizer", self._normalizer),
-            ("threshold", self._threshold),
-            ("episodes", self._episodes),
-        )
-
-    def _sync_slots(self, freed: np.ndarray, freed_keys: np.ndarray) -> list[Alert]:
-        """Grow the stages to the window store's capacity and reset the slots it freed;
-        returns the resolve alerts of episodes open on the evicted keys."""
-        capacity = self._windows.capacity
-        if capacity != self._capacity:
-            self._threshold.ensure_capacity(capacity)
-            self._episodes.ensure_capacity(capacity)
-            self._capacity = capacity
-        if len(freed) == 0:
-            return []
-        self._threshold.reset(freed)
-        return self._episodes.evict(freed, freed_keys)
+    def _evict(self, freed: np.ndarray, freed_keys: np.ndarray) -> list[Alert]:
+        """Bring the per-slot stages in step with the store after evictions (and growth), and
+        return the resolve alerts of the episodes open on the evicted keys, read first."""
+        alerts = self._episodes.resolve_evicted(freed, freed_keys)
+        self._stage.sync_slots(freed)
+        return alerts
 
     def _score(self, staged: StagedWindows, offset: int) -> ScoredWindows:
         """Score, and judge, the staged windows; event indices count from the whole batch's

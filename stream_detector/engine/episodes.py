@@ -33,16 +33,10 @@ from stream_detector.engine.alerts import (
     severity_for,
     top_contributions,
 )
-from stream_detector.engine.slots import SlotArrays
+from stream_detector.engine.slots import SlotArrays, slot_fields
 from stream_detector.engine.types import ScoredWindows
 
 log = structlog.get_logger(__name__)
-
-
-def _grow(array: np.ndarray, capacity: int) -> np.ndarray:
-    grown = np.zeros((capacity, *array.shape[1:]), dtype=array.dtype)
-    grown[: array.shape[0]] = array
-    return grown
 
 
 @dataclass(slots=True)
@@ -70,12 +64,20 @@ class EpisodeTracker(SlotArrays):
                     per-feature errors / actual / expected needed to explain it at resolve time)
     last_start/end: start and end time of the key's latest scored window (what a resolve alert
                     for an evicted key reports)
+
+    A reset slot has no run and no open episode: a key whose partition moved elsewhere ends its
+    episode here without an alert (the new owner restores and ends it), and an evicted key's
+    episode was resolved first (`resolve_evicted`).
     """
 
     SLOT_FIELDS = (
-        "run", "open", "calm", "windows_over", "episode_start", "peak",
-        "peak_threshold", "peak_errors", "peak_actual", "peak_expected",
-        "last_start", "last_end",
+        *slot_fields("run", "open", "calm", "windows_over"),
+        # Each is written before it is read (the peak when a run starts, the start when the
+        # episode opens, the last times by every scored window), so a reset leaves them be.
+        *slot_fields(
+            "episode_start", "peak", "peak_threshold", "peak_errors", "peak_actual",
+            "peak_expected", "last_start", "last_end", reset=False,
+        ),
     )
 
     def __init__(
@@ -91,51 +93,32 @@ class EpisodeTracker(SlotArrays):
         self._names = tuple(feature_names)
         self._model_version = model_version
         n_features = len(self._names)
-        self._run = np.zeros(capacity, dtype=np.int64)
-        self._open = np.zeros(capacity, dtype=bool)
-        self._calm = np.zeros(capacity, dtype=np.int64)
-        self._windows_over = np.zeros(capacity, dtype=np.int64)
-        self._episode_start = np.zeros(capacity, dtype=np.float64)
-        self._peak = np.zeros(capacity, dtype=np.float64)
-        self._peak_threshold = np.zeros(capacity, dtype=np.float64)
-        self._peak_errors = np.zeros((capacity, n_features), dtype=np.float32)
-        self._peak_actual = np.zeros((capacity, n_features), dtype=np.float32)
-        self._peak_expected = np.zeros((capacity, n_features), dtype=np.float32)
-        self._last_start = np.zeros(capacity, dtype=np.float64)
-        self._last_end = np.zeros(capacity, dtype=np.float64)
-
-    @property
-    def capacity(self) -> int:
-        return int(self._run.shape[0])
+        self._run = np.empty(0, dtype=np.int64)
+        self._open = np.empty(0, dtype=bool)
+        self._calm = np.empty(0, dtype=np.int64)
+        self._windows_over = np.empty(0, dtype=np.int64)
+        self._episode_start = np.empty(0, dtype=np.float64)
+        self._peak = np.empty(0, dtype=np.float64)
+        self._peak_threshold = np.empty(0, dtype=np.float64)
+        self._peak_errors = np.empty((0, n_features), dtype=np.float32)
+        self._peak_actual = np.empty((0, n_features), dtype=np.float32)
+        self._peak_expected = np.empty((0, n_features), dtype=np.float32)
+        self._last_start = np.empty(0, dtype=np.float64)
+        self._last_end = np.empty(0, dtype=np.float64)
+        self.ensure_capacity(capacity)
 
     @property
     def open_episodes(self) -> int:
         return int(np.count_nonzero(self._open))
 
-    def ensure_capacity(self, capacity: int) -> None:
-        """Grow to at least `capacity` slots, keeping every existing key's state."""
-        if capacity <= self.capacity:
-            return
-        for name in self.SLOT_FIELDS:
-            setattr(self, "_" + name, _grow(getattr(self, "_" + name), capacity))
-
-    def reset(self, slots: np.ndarray) -> None:
-        """Forget slots whose keys moved elsewhere (partitions handed to another instance):
-        any open episode ends here without an alert, as the new owner restores and ends it."""
-        slots = np.asarray(slots, dtype=np.int64)
-        self._run[slots] = 0
-        self._open[slots] = False
-        self._calm[slots] = 0
-        self._windows_over[slots] = 0
-
-    def evict(self, slots: np.ndarray, keys: np.ndarray) -> list[Alert]:
-        """Forget evicted keys (``keys[i]`` held ``slots[i]``), resolving their open episodes.
+    def resolve_evicted(self, slots: np.ndarray, keys: np.ndarray) -> list[Alert]:
+        """Resolve alerts for the open episodes of evicted keys (``keys[i]`` held ``slots[i]``),
+        read before the slots are reset with every other stage's.
 
         No further window of such a key will be seen, so without this resolve its alert would
         fire downstream forever; the alert says ``reason = "evicted"`` and reports the key's last
         scored window, and its id is the episode's usual resolve id.
         """
-        slots = np.asarray(slots, dtype=np.int64)
         alerts = []
         for row in np.flatnonzero(self._open[slots]).tolist():
             slot = int(slots[row])
@@ -143,7 +126,6 @@ class EpisodeTracker(SlotArrays):
             alerts.append(self._resolve(slot, self._load(slot), str(keys[row]), window, "evicted"))
         if alerts:
             log.info("open episodes resolved with evicted keys", resolved=len(alerts))
-        self.reset(slots)
         return alerts
 
     def update(self, scored: ScoredWindows) -> list[Alert]:

@@ -28,15 +28,12 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import structlog
 
 from stream_detector.engine.scan import rank_steps
-from stream_detector.engine.slots import SlotArrays
+from stream_detector.engine.slots import SlotArrays, slot_fields
 
 if TYPE_CHECKING:
     from torch import Tensor
-
-log = structlog.get_logger(__name__)
 
 
 def _merge(
@@ -57,9 +54,10 @@ def _merge(
 
 
 class KeyNormalizer(SlotArrays):
-    """Running per-slot statistics with a global prior; the detector keeps it in step with slots."""
+    """Running per-slot statistics with a global prior; the window stage keeps it in step with
+    the slots. A reset slot has no history: a key that takes it starts from the global stats."""
 
-    SLOT_FIELDS = ("n", "mean", "m2")
+    SLOT_FIELDS = slot_fields("n", "mean", "m2")
 
     def __init__(
         self,
@@ -95,31 +93,10 @@ class KeyNormalizer(SlotArrays):
         self._global_mean = global_mean
         self._global_var = global_std**2
         # float64: M2 of a long-lived key grows large, and float32 would lose its small updates.
-        self._n = np.zeros(capacity, dtype=np.float64)
-        self._mean = np.zeros((capacity, n_features), dtype=np.float64)
-        self._m2 = np.zeros((capacity, n_features), dtype=np.float64)
-
-    @property
-    def capacity(self) -> int:
-        return int(self._n.shape[0])
-
-    def ensure_capacity(self, capacity: int) -> None:
-        """Grow to ``capacity`` slots (new ones empty); never shrinks."""
-        old = self.capacity
-        if capacity <= old:
-            return
-        n = np.zeros(capacity, dtype=np.float64)
-        mean = np.zeros((capacity, self.n_features), dtype=np.float64)
-        m2 = np.zeros_like(mean)
-        n[:old], mean[:old], m2[:old] = self._n, self._mean, self._m2
-        self._n, self._mean, self._m2 = n, mean, m2
-        log.debug("normalizer grown", capacity=capacity, previous=old)
-
-    def reset(self, slots: np.ndarray) -> None:
-        """Forget the slots' history: a key that (re)takes a slot starts from the global stats."""
-        self._n[slots] = 0.0
-        self._mean[slots] = 0.0
-        self._m2[slots] = 0.0
+        self._n = np.empty(0, dtype=np.float64)
+        self._mean = np.empty((0, n_features), dtype=np.float64)
+        self._m2 = np.empty((0, n_features), dtype=np.float64)
+        self.ensure_capacity(capacity)
 
     def update(
         self, slots: np.ndarray, values: np.ndarray, record: np.ndarray | None = None

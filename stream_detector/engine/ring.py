@@ -10,9 +10,10 @@ drives either placement through the same few calls, so every line of its bookkee
 * ``cut(ring_slots, staged, index)``: windows gathered from (the rows of ``ring_slots``, flat,
   followed by the staged batch values) by an index [B, W];
 * ``write(flat, staged, rows)``: one scatter of staged rows into positions ``slot * W + pos``;
-* ``grow(capacity)``;
+* ``grow(capacity)``: a ring starts with no rows and grows with the store's other per-slot
+  arrays (`slots.SlotArrays.ensure_capacity`), new rows zero;
 * ``ring[slots]`` / ``ring[slots] = rows``: host numpy rows out and in, one gather and one copy
-  per call, which is how snapshots export and import them (`SlotArrays` indexes ``_values``).
+  per call, which is how snapshots export and import them (`slots.GrowingRows`).
 """
 
 from __future__ import annotations
@@ -21,14 +22,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from stream_detector.engine.slots import grown
 from stream_detector.engine.transfer import HostToDevice
 
 
 class HostRing:
     """Ring values in a numpy array: the CPU default, and what training cuts its windows from."""
 
-    def __init__(self, capacity: int, window: int, n_features: int) -> None:
-        self._data = np.zeros((capacity, window, n_features), dtype=np.float32)
+    def __init__(self, window: int, n_features: int) -> None:
+        self._data = np.zeros((0, window, n_features), dtype=np.float32)
         self.positions = np.arange(window, dtype=np.int64)
 
     @property
@@ -46,9 +48,7 @@ class HostRing:
         self._data.reshape(-1, self._data.shape[2])[flat] = staged[rows]
 
     def grow(self, capacity: int) -> None:
-        bigger = np.zeros((capacity, *self._data.shape[1:]), dtype=np.float32)
-        bigger[: self._data.shape[0]] = self._data
-        self._data = bigger
+        self._data = grown(self._data, capacity, 0.0)
 
     def no_windows(self) -> np.ndarray:
         return np.empty((0, *self._data.shape[1:]), dtype=np.float32)
@@ -67,8 +67,8 @@ class DeviceRing:
     before a write reads the values from before it, exactly as on the host.
     """
 
-    def __init__(self, capacity: int, window: int, n_features: int, device: torch.device) -> None:
-        self._data = torch.zeros((capacity, window, n_features), dtype=torch.float32, device=device)
+    def __init__(self, window: int, n_features: int, device: torch.device) -> None:
+        self._data = torch.zeros((0, window, n_features), dtype=torch.float32, device=device)
         self._transfer = HostToDevice(device)
         self.positions = torch.arange(window, dtype=torch.int64, device=device)
 
@@ -106,10 +106,8 @@ class DeviceRing:
 RingValues = HostRing | DeviceRing
 
 
-def ring_values(
-    capacity: int, window: int, n_features: int, device: torch.device | None
-) -> RingValues:
-    """A device ring on ``device``, or a host ring when it is None."""
+def ring_values(window: int, n_features: int, device: torch.device | None) -> RingValues:
+    """A device ring on ``device``, or a host ring when it is None; with no rows yet."""
     if device is None:
-        return HostRing(capacity, window, n_features)
-    return DeviceRing(capacity, window, n_features, device)
+        return HostRing(window, n_features)
+    return DeviceRing(window, n_features, device)

@@ -2,8 +2,13 @@
 
 Training must see exactly the windows the service will later score (same ring buffer, same
 per-key normalisation, each window scaled by its key's statistics right after its last event),
-so both build their windows through `WindowStage.pieces` rather than each wiring WindowStore and
+so both build their windows through `WindowStage` rather than each wiring WindowStore and
 KeyNormalizer.
+
+The stage also owns the slots' lifecycle. Its store holds the key -> slot registry; every other
+stage with per-slot arrays (its normaliser, and the detector's threshold and episodes, added with
+`add_slot_stage`) is grown to the registry's capacity and has the slots it freed reset by
+`sync_slots`, the one place that tells them.
 
 With a ``device`` the ring's values live there and the windows are normalised there too, with
 statistics computed on the host ([B, F], small) and uploaded; training keeps everything in numpy.
@@ -20,8 +25,18 @@ from torch import Tensor
 
 from stream_detector.config import Settings
 from stream_detector.engine.normalize import KeyNormalizer
+from stream_detector.engine.slots import SlotArrays
 from stream_detector.engine.types import DueWindows, EventBatch, IngestReport
 from stream_detector.engine.windows import WindowStore
+
+
+@dataclass(frozen=True)
+class CutWindows:
+    """One step's windows, cut from the ring but not yet normalised."""
+
+    batch: EventBatch  # the events this step took: the whole batch or its first part
+    due: DueWindows
+    report: IngestReport
 
 
 @dataclass(frozen=True)
@@ -69,38 +84,65 @@ class WindowStage:
             z_limit=settings.normalize.z_limit,
             capacity=self.store.capacity,
         )
+        # The per-slot stages that follow the store's slots, by the name their arrays carry in
+        # a snapshot. The store is not among them: it keeps itself in step as slots change.
+        self._followers: dict[str, SlotArrays] = {"normalizer": self.normalizer}
+
+    @property
+    def slot_stages(self) -> dict[str, SlotArrays]:
+        """Every stage with per-slot arrays by snapshot name, the store (owner of the slots)
+        first."""
+        return {"windows": self.store, **self._followers}
+
+    def add_slot_stage(self, name: str, stage: SlotArrays) -> None:
+        """Keep ``stage``'s per-slot arrays in step with the store's slots from now on."""
+        stage.ensure_capacity(self.store.capacity)
+        self._followers[name] = stage
+
+    def sync_slots(self, freed: np.ndarray) -> None:
+        """Tell every per-slot stage what the registry did since the last call: grow it to the
+        registry's capacity, and reset the ``freed`` slots, whose keys are gone (a key that
+        takes one of them afterwards must not inherit anything)."""
+        capacity = self.store.capacity
+        for stage in self._followers.values():
+            stage.ensure_capacity(capacity)
+            stage.reset(freed)
 
     def pieces(self, batch: EventBatch) -> Iterator[StagedWindows]:
         """The batch's windows, cut and normalised, in as few steps as give the same result as
         one event at a time (one step, unless an eviction falls inside the batch).
 
-        A generator: the caller finishes each step's windows (scores, thresholds, episodes)
-        before the next step's evictions reset the per-key state they need.
+        A generator: the caller finishes each step's windows before the next step's evictions
+        reset the per-key state they need.
         """
         while len(batch):
             staged = self.ingest(batch)
             yield staged
             batch = batch.rows(staged.report.taken)
 
-    def release_silent(self) -> tuple[np.ndarray, np.ndarray]:
-        """`WindowStore.release_silent`, with the freed slots' statistics reset."""
-        slots, keys = self.store.release_silent()
-        self.normalizer.reset(slots)
-        return slots, keys
-
     def ingest(self, batch: EventBatch) -> StagedWindows:
-        """One step of `pieces`: the windows of the batch's first ``report.taken`` events."""
+        """One step of `pieces`: the windows of the batch's first ``report.taken`` events, for a
+        caller with nothing to read from the freed slots before they are reset."""
+        cut = self.cut(batch)
+        self.sync_slots(cut.report.freed_slots)
+        return self.normalise(cut)
+
+    def cut(self, batch: EventBatch) -> CutWindows:
+        """The first half of a step: the store takes the batch's first ``report.taken`` events
+        and cuts their due windows. The freed slots still hold their keys' state in the other
+        stages until `sync_slots`, which must come before `normalise`."""
         # Windows of keys still in normalisation warm-up are not scored (nor cut): their
         # statistics are too young. Judged by the key's count at each window's own end, so the
         # same stream gives the same scored windows however it is batched.
         due, report = self.store.ingest(batch, self.stride, min_events=self.warmup)
-        batch = batch.rows(0, report.taken)
-        self.normalizer.ensure_capacity(self.store.capacity)
-        if len(report.freed_slots):
-            self.normalizer.reset(report.freed_slots)
-        # Each window is normalised with its key's statistics right after its own last event.
+        return CutWindows(batch.rows(0, report.taken), due, report)
+
+    def normalise(self, cut: CutWindows) -> StagedWindows:
+        """The second half of a step: fold the events into their keys' statistics and normalise
+        each window with its key's statistics right after its own last event."""
+        report = cut.report
         mean, std = self.normalizer.update(
-            report.event_slots, batch.values, record=due.event_index
+            report.event_slots, cut.batch.values, record=cut.due.event_index
         )
-        normalised = self.normalizer.normalize(due.values, mean, std, self.store.ring.upload)
-        return StagedWindows(batch, due, normalised, report, mean, std)
+        normalised = self.normalizer.normalize(cut.due.values, mean, std, self.store.ring.upload)
+        return StagedWindows(cut.batch, cut.due, normalised, report, mean, std)

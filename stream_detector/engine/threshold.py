@@ -36,13 +36,7 @@ import numpy as np
 
 from stream_detector.config import ThresholdConfig
 from stream_detector.engine.scan import rank_steps
-from stream_detector.engine.slots import SlotArrays
-
-
-def _grow(array: np.ndarray, capacity: int) -> np.ndarray:
-    grown = np.zeros(capacity, dtype=array.dtype)
-    grown[: array.shape[0]] = array
-    return grown
+from stream_detector.engine.slots import SlotArrays, slot_fields
 
 
 class AdaptiveThreshold(SlotArrays):
@@ -52,9 +46,10 @@ class AdaptiveThreshold(SlotArrays):
     Until a key has absorbed `warmup` scores its estimate is too noisy to trust, and it is judged
     against the calibrated global threshold instead. Afterwards its threshold is
     ``mean + sensitivity * std``, floored at ``floor_factor x global_threshold`` (0 by default).
+    A reset slot belongs to a new key, which warms up afresh.
     """
 
-    SLOT_FIELDS = ("mean", "var", "count")
+    SLOT_FIELDS = slot_fields("mean", "var", "count")
 
     def __init__(
         self, config: ThresholdConfig, global_threshold: float, capacity: int = 1024
@@ -65,28 +60,10 @@ class AdaptiveThreshold(SlotArrays):
         self._absorb_sigma = float(config.absorb_sigma)
         self._warmup_threshold = float(global_threshold) * config.global_factor
         self._floor = float(global_threshold) * config.floor_factor
-        self._mean = np.zeros(capacity, dtype=np.float64)
-        self._var = np.zeros(capacity, dtype=np.float64)
-        self._count = np.zeros(capacity, dtype=np.int64)
-
-    @property
-    def capacity(self) -> int:
-        return int(self._mean.shape[0])
-
-    def ensure_capacity(self, capacity: int) -> None:
-        """Grow to at least `capacity` slots, keeping every existing key's state."""
-        if capacity <= self.capacity:
-            return
-        self._mean = _grow(self._mean, capacity)
-        self._var = _grow(self._var, capacity)
-        self._count = _grow(self._count, capacity)
-
-    def reset(self, slots: np.ndarray) -> None:
-        """Forget freed slots: a reused slot belongs to a new key that must warm up afresh."""
-        slots = np.asarray(slots, dtype=np.int64)
-        self._mean[slots] = 0.0
-        self._var[slots] = 0.0
-        self._count[slots] = 0
+        self._mean = np.empty(0, dtype=np.float64)
+        self._var = np.empty(0, dtype=np.float64)
+        self._count = np.empty(0, dtype=np.int64)
+        self.ensure_capacity(capacity)
 
     def apply(self, slots: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Judge B scores (arrival order) against their keys' thresholds; learn from normal ones.

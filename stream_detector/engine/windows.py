@@ -1,12 +1,13 @@
 """Per-key sliding windows held in one preallocated ring buffer.
 
-Every key owns a slot: a row of ``values[slot]`` (float32 [W, F]) and ``ts[slot]`` (float64 [W])
-written round-robin. Per-key state is a handful of numbers in flat arrays, so a key costs
-W*(4F + 8) bytes plus a few scalars and its dict entry, and a whole batch is ingested with array
-operations: no Python object per event or per window.
+Every key owns a slot (handed out by the store's `SlotRegistry`): a row of ``values[slot]``
+(float32 [W, F]) and ``ts[slot]`` (float64 [W]) written round-robin. Per-key state is a handful
+of numbers in flat arrays, so a key costs W*(4F + 8) bytes plus a few scalars and its dict
+entry, and a whole batch is ingested with array operations: no Python object per event or per
+window.
 
-Eviction rules, defined one event at a time (the detector resets per-slot state for every slot
-listed in ``IngestReport.freed_slots``):
+Eviction rules, defined one event at a time (the other per-slot stages reset every slot listed
+in ``IngestReport.freed_slots``, see `WindowStage.sync_slots`):
 
 * Idle: the watermark is the largest event time ingested so far. At each event, every other
   tracked key whose newest event is older than ``watermark - idle_ttl_s`` is freed. The key of
@@ -30,7 +31,6 @@ few index vectors, and the due windows come out as a tensor on that device.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from itertools import repeat
 from typing import TypeVar
 
 import numpy as np
@@ -39,17 +39,10 @@ import torch
 
 from stream_detector.engine.decode import out_of_order
 from stream_detector.engine.ring import RingValues, ring_values
-from stream_detector.engine.slots import SlotArrays
+from stream_detector.engine.slots import SlotArrays, SlotField, SlotRegistry, slot_fields
 from stream_detector.engine.types import DueWindows, EventBatch, IngestReport
 
 log = structlog.get_logger(__name__)
-
-
-def _grown(array: np.ndarray, capacity: int, fill: object) -> np.ndarray:
-    """``array`` with its first axis extended to ``capacity``, new rows set to ``fill``."""
-    bigger = np.full((capacity, *array.shape[1:]), fill, dtype=array.dtype)
-    bigger[: array.shape[0]] = array
-    return bigger
 
 
 # numpy on the host ring, torch tensors on a device ring: the index math is the same.
@@ -100,13 +93,13 @@ class _KeyGroups:
     start: np.ndarray
 
     @staticmethod
-    def of(keys: np.ndarray, slot_by_key: dict[str, int], key_of_slot: np.ndarray) -> _KeyGroups:
-        """Group by slot rather than by key text: a dict lookup per event (run in C by ``map``)
-        and one integer sort cost a fraction of sorting strings. Only keys not tracked yet are
-        sorted as text, so new keys still take free slots in key order."""
+    def of(keys: np.ndarray, registry: SlotRegistry) -> _KeyGroups:
+        """Group by slot rather than by key text: a dict lookup per event and one integer sort
+        cost a fraction of sorting strings. Only keys not tracked yet are sorted as text, so new
+        keys still take free slots in key order."""
         n = len(keys)
-        capacity = len(key_of_slot)
-        codes = np.fromiter(map(slot_by_key.get, keys.tolist(), repeat(-1)), np.int64, n)
+        capacity = registry.capacity
+        codes = registry.slots_of(keys)
         new_rows = np.flatnonzero(codes < 0)
         new_keys = np.empty(0, dtype=object)
         if new_rows.size:
@@ -123,7 +116,7 @@ class _KeyGroups:
         distinct = ordered[start]
         tracked = distinct < capacity
         return _KeyGroups(
-            keys=np.concatenate([key_of_slot[distinct[tracked]], new_keys]),
+            keys=np.concatenate([registry.keys_of(distinct[tracked]), new_keys]),
             slots=np.where(tracked, distinct, -1),
             inverse=inverse,
             order=order,
@@ -143,8 +136,20 @@ class WindowStore(SlotArrays):
     The write position of a key's j-th event (0-based, counted since the key got its slot) is
     ``j % W``, so the write head is ``count % W`` and needs no array of its own.
 
+    The store owns the key -> slot `registry` and keeps its own per-slot arrays in step with it
+    as slots are handed out and freed, since a slot freed and taken again within one ingest
+    must start empty before the batch is written; the other stages follow after the ingest.
+
     ``device``: keep the values in a tensor there (None: in numpy on the host).
     """
+
+    SLOT_FIELDS = (
+        # A ring position past the key's count is never read, and the key writes it first.
+        *slot_fields("values", "ts", reset=False),
+        SlotField("count"),  # events since the key got the slot
+        SlotField("last_ts", empty=-np.inf),  # newest event time of the key
+        SlotField("last_seq", empty=-1),  # global sequence number of its latest event
+    )
 
     def __init__(
         self,
@@ -169,24 +174,15 @@ class WindowStore(SlotArrays):
         # Events earlier than an event of their key that came before them (accepted as they
         # arrive: a window is a key's last W events in arrival order); counted for operators.
         self.out_of_order_total = 0
-        cap = initial_capacity
-        self._values: RingValues = ring_values(cap, window, n_features, device)
-        self._ts = np.zeros((cap, window), dtype=np.float64)
-        self._count = np.zeros(cap, dtype=np.int64)  # events since the key got the slot
-        self._last_ts = np.full(cap, -np.inf)  # newest event time of the key
-        self._last_seq = np.full(cap, -1, dtype=np.int64)  # global sequence of its latest event
-        self._occupied = np.zeros(cap, dtype=bool)
-        self._key_of_slot = np.full(cap, None, dtype=object)
-        self._slot_by_key: dict[str, int] = {}
-        # Free-slot stack, top at the end; reversed so that pops hand out low slots first.
-        self._free = np.arange(cap - 1, -1, -1, dtype=np.int64)
-        self._n_free = cap
+        self.registry = SlotRegistry(initial_capacity, max_keys)
+        self._values: RingValues = ring_values(window, n_features, device)
+        self._ts = np.empty((0, window), dtype=np.float64)
+        self._count = np.empty(0, dtype=np.int64)
+        self._last_ts = np.empty(0, dtype=np.float64)
+        self._last_seq = np.empty(0, dtype=np.int64)
+        self.ensure_capacity(initial_capacity)
         self._watermark = -np.inf
         self._seq = 0
-
-    @property
-    def capacity(self) -> int:
-        return int(self._count.shape[0])
 
     @property
     def ring(self) -> RingValues:
@@ -195,25 +191,12 @@ class WindowStore(SlotArrays):
 
     @property
     def n_keys(self) -> int:
-        return len(self._slot_by_key)
-
-    def slot_of(self, key: str) -> int | None:
-        return self._slot_by_key.get(key)
-
-    # Ring rows are exported as stored: the write head is count % W, so they stay valid in
-    # whatever slot the key gets on restore.
-    SLOT_FIELDS = ("values", "ts", "count", "last_ts", "last_seq")
+        return self.registry.n_keys
 
     @property
     def clock(self) -> tuple[float, int]:
         """(event-time watermark, event sequence number): the store's state beyond its keys."""
         return float(self._watermark), int(self._seq)
-
-    def tracked(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(keys, slots) of the given keys that are tracked, in the given order."""
-        slots = self._slots_of(keys)
-        present = slots >= 0
-        return keys[present], slots[present]
 
     def import_keys(
         self, keys: np.ndarray, state: dict[str, np.ndarray], clock: tuple[float, int]
@@ -226,7 +209,7 @@ class WindowStore(SlotArrays):
         The clock moves forward only, so restored sequence numbers keep their LRU order.
         """
         rows = np.arange(len(keys))
-        existing = self._slots_of(keys)
+        existing = self.registry.slots_of(keys)
         new = np.flatnonzero(existing < 0)
         room = self.max_keys - self.n_keys
         if len(new) > room:
@@ -235,19 +218,16 @@ class WindowStore(SlotArrays):
             log.warning("restored keys over max_keys dropped", dropped=len(dropped))
             rows = np.setdiff1d(rows, dropped)
         slots = existing[rows]
-        self._assign_slots(keys[rows], slots)
+        self._assign(keys[rows], slots)
         self.import_slots(slots, {name: array[rows] for name, array in state.items()})
         watermark, seq = clock
         self._watermark = max(self._watermark, watermark)
         self._seq = max(self._seq, seq)
         return rows, slots
 
-    def _slots_of(self, keys: np.ndarray) -> np.ndarray:
-        return np.fromiter(map(self._slot_by_key.get, keys.tolist(), repeat(-1)), np.int64, len(keys))
-
     def release_keys(self, keys: np.ndarray) -> np.ndarray:
         """Forget the given keys (those tracked); returns the slots freed, for the other stages."""
-        _, slots = self.tracked(keys)
+        _, slots = self.registry.tracked(keys)
         self._release(slots)
         return slots
 
@@ -275,11 +255,11 @@ class WindowStore(SlotArrays):
             return self._no_windows(), IngestReport(
                 none, np.empty(0, dtype=object), 0, 0, none, 0
             )
-        groups = _KeyGroups.of(batch.keys, self._slot_by_key, self._key_of_slot)
+        groups = _KeyGroups.of(batch.keys, self.registry)
         taken, forgotten = self._plan(batch, groups)
         if taken < len(batch):
             batch = batch.rows(0, taken)
-            groups = _KeyGroups.of(batch.keys, self._slot_by_key, self._key_of_slot)
+            groups = _KeyGroups.of(batch.keys, self.registry)
             _, forgotten = self._plan(batch, groups)
         last_row = groups.last_row
         newest_before = np.where(
@@ -293,15 +273,16 @@ class WindowStore(SlotArrays):
         in_batch = np.zeros(self.capacity, dtype=bool)
         in_batch[slots[slots >= 0]] = True
         idle = np.flatnonzero(
-            self._occupied & ~in_batch & (self._last_ts < self._watermark - self.idle_ttl_s)
+            self.registry.occupied
+            & ~in_batch
+            & (self._last_ts < self._watermark - self.idle_ttl_s)
         )
         # Keys of the batch that went silent for idle_ttl_s before their first event here.
         idle = np.concatenate([idle, slots[forgotten]])
         slots[forgotten] = -1
-        freed_keys = self._key_of_slot[idle]
-        self._release(idle)
+        freed_keys = self._release(idle)
         lru_freed, lru_keys = self._make_room(slots, in_batch)
-        self._assign_slots(groups.keys, slots)
+        self._assign(groups.keys, slots)
         due = self._gather_and_write(batch, stride, min_events, groups, slots)
         self._last_seq[slots] = self._seq + last_row
         self._seq += len(batch)
@@ -327,12 +308,11 @@ class WindowStore(SlotArrays):
         (slots, keys). An ingest frees such keys only at its start, so without this a stream's
         final batch would keep them, and their episodes open, until the next one."""
         silent = np.flatnonzero(
-            self._occupied
+            self.registry.occupied
             & (self._last_ts < self._watermark - self.idle_ttl_s)
             & (self._last_seq != self._seq - 1)
         )
-        keys = self._key_of_slot[silent]
-        self._release(silent)
+        keys = self._release(silent)
         self.evicted_idle_total += len(silent)
         return silent, keys
 
@@ -365,7 +345,7 @@ class WindowStore(SlotArrays):
             in_batch[tracked_slots] = True
             room += int(
                 np.count_nonzero(
-                    self._occupied
+                    self.registry.occupied
                     & ~in_batch
                     & (self._last_ts < first_mark - self.idle_ttl_s)
                 )
@@ -427,60 +407,21 @@ class WindowStore(SlotArrays):
         excess = self.n_keys + int(np.count_nonzero(slots < 0)) - self.max_keys
         if excess <= 0:
             return np.empty(0, dtype=np.int64), np.empty(0, dtype=object)
-        others = np.flatnonzero(self._occupied & ~in_batch)
+        others = np.flatnonzero(self.registry.occupied & ~in_batch)
         victims = others[np.argpartition(self._last_seq[others], excess - 1)[:excess]]
-        keys = self._key_of_slot[victims]
-        self._release(victims)
-        return victims, keys
+        return victims, self._release(victims)
 
-    def _release(self, freed: np.ndarray) -> None:
-        """Forget the keys in ``freed`` slots and push the slots on the free stack, empty."""
-        if len(freed) == 0:
-            return
-        for key in self._key_of_slot[freed].tolist():
-            del self._slot_by_key[key]
-        self._key_of_slot[freed] = None
-        self._occupied[freed] = False
-        self._count[freed] = 0
-        self._last_ts[freed] = -np.inf
-        self._last_seq[freed] = -1
-        self._free[self._n_free : self._n_free + len(freed)] = freed
-        self._n_free += len(freed)
+    def _release(self, slots: np.ndarray) -> np.ndarray:
+        """Free ``slots`` in the registry and empty the store's rows there at once (a new key may
+        take them in this very ingest); returns the keys they held."""
+        keys = self.registry.free(slots)
+        self.reset(slots)
+        return keys
 
-    def _assign_slots(self, keys: np.ndarray, slots: np.ndarray) -> None:
-        """Give every new key a free slot (growing first if needed); fills ``slots`` in place."""
-        new = np.flatnonzero(slots < 0)
-        if len(new) == 0:
-            return
-        if len(new) > self._n_free:
-            self._grow(self.n_keys + len(new))
-        top = self._n_free
-        popped = self._free[top - len(new) : top][::-1].copy()
-        self._n_free = top - len(new)
-        slots[new] = popped
-        self._key_of_slot[popped] = keys[new]
-        self._occupied[popped] = True
-        self._slot_by_key.update(zip(keys[new].tolist(), popped.tolist()))
-
-    def _grow(self, needed: int) -> None:
-        """Double capacity (never past max_keys) until ``needed`` keys fit; copies the arrays."""
-        old = self.capacity
-        cap = old
-        while cap < needed:
-            cap = min(cap * 2, self.max_keys)
-        self._values.grow(cap)
-        self._ts = _grown(self._ts, cap, 0.0)
-        self._count = _grown(self._count, cap, 0)
-        self._last_ts = _grown(self._last_ts, cap, -np.inf)
-        self._last_seq = _grown(self._last_seq, cap, -1)
-        self._occupied = _grown(self._occupied, cap, False)
-        self._key_of_slot = _grown(self._key_of_slot, cap, None)
-        free = np.empty(cap, dtype=np.int64)
-        free[: self._n_free] = self._free[: self._n_free]
-        free[self._n_free : self._n_free + cap - old] = np.arange(cap - 1, old - 1, -1)
-        self._free = free
-        self._n_free += cap - old
-        log.info("window store grown", capacity=cap, previous=old, n_keys=self.n_keys)
+    def _assign(self, keys: np.ndarray, slots: np.ndarray) -> None:
+        """`SlotRegistry.assign`, with the store's arrays grown to the registry's capacity."""
+        self.registry.assign(keys, slots)
+        self.ensure_capacity(self.registry.capacity)
 
     def _gather_and_write(
         self,

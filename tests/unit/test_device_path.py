@@ -150,6 +150,9 @@ def test_device_resident_engine_matches_the_numpy_engine(artefact_dir: Path, str
 
     # The stream really exercised the store: growth, both evictions, windows and episodes.
     assert host._windows.capacity == 10
+    # Growth reached every per-slot stage from the one place, the ring on the device included.
+    for detector in (host, resident):
+        assert {stage.capacity for stage in detector._stage.slot_stages.values()} == {10}
     assert host._windows.evicted_lru_total > 0 and host._windows.evicted_idle_total > 0
     assert sum(len(s) for s in host_scored) > 100
     assert {a["key"] for a in host_alerts} & SHIFTED

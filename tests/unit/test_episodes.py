@@ -252,7 +252,9 @@ def test_evicting_a_key_with_an_open_episode_resolves_it() -> None:
     opened = t.update(make_scored([0, 1, 0, 1], [True, False, True, False]))
     assert summary(opened) == [("open", "key-0", 2, 2)]
     assert t.update(make_scored([0], [True], scores=[9.0], first_row=4)) == []
-    resolved = t.evict(np.array([1, 0]), np.array(["key-1", "key-0"], dtype=object))
+    evicted = np.array([1, 0])
+    resolved = t.resolve_evicted(evicted, np.array(["key-1", "key-0"], dtype=object))
+    t.reset(evicted)  # as the window stage does next, with every per-slot stage
     # Only the key with an open episode gets an alert: its episode's usual resolve id, the
     # reason, the key's last window and the episode's peak.
     assert [a.alert_id for a in resolved] == [opened[0].episode_id + "-resolve"]

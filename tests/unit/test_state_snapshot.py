@@ -23,7 +23,6 @@ from stream_detector.detector.snapshot import (
     decode,
     encode,
     make_checkpoint,
-    read_meta,
     state_fingerprint,
 )
 
@@ -56,7 +55,6 @@ def test_round_trip_keeps_keys_arrays_and_metadata(keys: list[str]) -> None:
     meta = checkpoint.meta
     assert (meta.topic, meta.partition, meta.offset, meta.n_keys) == ("events", 3, 987, len(keys))
     assert meta.format_version == FORMAT_VERSION and meta.model_version == "lstm-ae-1"
-    assert read_meta(data) == meta
     engine = checkpoint.engine
     assert engine.keys.tolist() == keys
     assert (engine.watermark, engine.seq) == (1_700_000_000.5, 12345)
@@ -100,12 +98,12 @@ def test_rows_must_match_the_keys() -> None:
 
 
 def test_other_model_config_or_format_is_refused_saying_why() -> None:
-    meta = read_meta(_checkpoint(["a"], model_version="lstm-ae-old"))
-    check_compatible(read_meta(_checkpoint(["a"])), "lstm-ae-1", "fp")
+    meta = decode(_checkpoint(["a"], model_version="lstm-ae-old")).meta
+    check_compatible(decode(_checkpoint(["a"])).meta, "lstm-ae-1", "fp")
     with pytest.raises(SnapshotMismatch, match="lstm-ae-old"):
         check_compatible(meta, "lstm-ae-1", "fp")
     with pytest.raises(SnapshotMismatch, match="fingerprint"):
-        check_compatible(read_meta(_checkpoint(["a"])), "lstm-ae-1", "other")
+        check_compatible(decode(_checkpoint(["a"])).meta, "lstm-ae-1", "other")
     future = type(meta)(**{**meta.__dict__, "format_version": FORMAT_VERSION + 1})
     with pytest.raises(SnapshotMismatch, match="format version"):
         check_compatible(future, "lstm-ae-old", "fp")
@@ -113,8 +111,10 @@ def test_other_model_config_or_format_is_refused_saying_why() -> None:
 
 def test_fingerprint_follows_the_settings_that_shape_the_state() -> None:
     base = load_settings(None, {})
-    assert state_fingerprint(base) == state_fingerprint(load_settings(None, {"window": {"stride": 3}}))
-    assert state_fingerprint(base) != state_fingerprint(load_settings(None, {"window": {"size": 16}}))
+    stride = load_settings(None, {"window": {"stride": 3}})
+    size = load_settings(None, {"window": {"size": 16}})
+    assert state_fingerprint(base) == state_fingerprint(stride)
+    assert state_fingerprint(base) != state_fingerprint(size)
 
 
 def _bucket_state(keys: list[str], groups: int) -> AggregatorState:

@@ -67,6 +67,11 @@ class NaiveStore:
         return windows
 
 
+def slots_of(store: WindowStore, *keys: str) -> list[int]:
+    """The keys' slots in the store's registry, -1 for a key it does not track."""
+    return store.registry.slots_of(np.array(keys, dtype=object)).tolist()
+
+
 def ingest_all(store: WindowStore, batch: EventBatch, stride: int, min_events: int):
     """Hand the store the batch until it has taken all of it, as the stage does: returns the
     pieces' (due windows, report, offset of the piece in the batch)."""
@@ -148,8 +153,7 @@ def test_matches_one_event_at_a_time_reference(
             assert len(report.freed_slots) == len(report.freed_keys)
             assert report.evicted_lru + report.evicted_idle == len(report.freed_slots)
             freed += report.freed_keys.tolist()
-        live = [store.slot_of(f"k{k}") for k in range(10)]
-        live = [s for s in live if s is not None]
+        live = [s for s in slots_of(store, *(f"k{k}" for k in range(10))) if s >= 0]
         assert len(set(live)) == len(live)
         assert all(0 <= s < store.capacity for s in live)
         assert store.capacity <= max(max_keys, initial_capacity)
@@ -157,7 +161,7 @@ def test_matches_one_event_at_a_time_reference(
         assert len(silent) == len(silent_keys)
         freed += silent_keys.tolist()
         # After each batch the store tracks, and has forgotten, exactly the reference's keys.
-        assert all(store.slot_of(key) is not None for key in naive.history)
+        assert all(s >= 0 for s in slots_of(store, *naive.history))
         assert store.n_keys == len(naive.history)
         assert sorted(freed) == sorted(naive.freed)
 
@@ -190,11 +194,11 @@ def test_growth_doubles_up_to_max_keys() -> None:
 def test_freed_slot_reused_in_same_ingest_starts_empty() -> None:
     store = WindowStore(2, 1, initial_capacity=1, max_keys=1)
     store.ingest(make_batch(["a", "a", "a"], [0, 1, 2], [1, 2, 3]), stride=1)
-    slot_a = store.slot_of("a")
+    [slot_a] = slots_of(store, "a")
     due, report = store.ingest(make_batch(["b"], [3.0], [4.0]), stride=1)
     assert report.freed_slots.tolist() == [slot_a]
     assert report.evicted_lru == 1
-    assert store.slot_of("b") == slot_a and store.slot_of("a") is None
+    assert slots_of(store, "b", "a") == [slot_a, -1]
     assert len(due) == 0  # b has one event: nothing of a's ring leaks into its window
     due, _ = store.ingest(make_batch(["b"], [4.0], [5.0]), stride=1)
     np.testing.assert_array_equal(due.values[0, :, 0], [4, 5])
@@ -231,9 +235,9 @@ def test_idle_keys_freed_unless_in_batch() -> None:
     store.ingest(make_batch(["a", "b"], [0.0, 0.0], [0.0, 0.0]), stride=1)
     _, report = store.ingest(make_batch(["a", "c"], [1.0, 50.0], [0.0, 0.0]), stride=1)
     assert report.evicted_idle == 1 and store.evicted_idle_total == 1
-    assert store.slot_of("b") is None and store.slot_of("a") is not None
+    assert slots_of(store, "b")[0] == -1 and slots_of(store, "a")[0] >= 0
     _, report = store.ingest(make_batch(["c"], [51.0], [0.0]), stride=1)
-    assert store.slot_of("a") is None  # its newest event (t=1) is now past the TTL
+    assert slots_of(store, "a") == [-1]  # its newest event (t=1) is now past the TTL
 
 
 def test_empty_batch_is_a_no_op() -> None:

@@ -30,8 +30,6 @@ class ConsumedBatch:
     payloads: list[bytes]
     keys: list[bytes | None]
     broker_ts_ms: np.ndarray  # int64 [N]
-    topics: np.ndarray  # object [N]
-    partitions: np.ndarray  # int64 [N]
     offsets: np.ndarray  # int64 [N]
     # The batch's distinct (topic, partition)s and, per message, the index of its own: the one
     # lookup over topic names that the offsets and the state bookkeeping share.
@@ -54,8 +52,6 @@ class ConsumedBatch:
             payloads=[m.value() or b"" for m in messages],
             keys=[m.key() for m in messages],
             broker_ts_ms=np.fromiter((m.timestamp()[1] for m in messages), np.int64, n),
-            topics=np.array(topics, dtype=object),
-            partitions=partitions,
             offsets=np.fromiter((m.offset() for m in messages), np.int64, n),
             partition_list=partition_list,
             partition_ids=partition_ids,

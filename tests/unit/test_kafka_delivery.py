@@ -1,4 +1,5 @@
-"""The Kafka service's broker-free parts: commit tracking, batch offsets, client settings, HTTP.
+"""The Kafka service's broker-free parts: commit tracking and policy, batch offsets, client
+settings, HTTP.
 
 The delivery tracker and the per-partition offsets are checked with hypothesis against naive
 reference implementations; the rest with concrete cases.
@@ -10,23 +11,31 @@ import urllib.error
 import urllib.request
 
 import pytest
-from confluent_kafka import KafkaError, Message
+from confluent_kafka import KafkaError, Message, TopicPartition
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Counter
 
 from stream_detector.aggregate.streams import partition_stream
-from stream_detector.config import KafkaConfig
+from stream_detector.config import KafkaConfig, load_settings
 from stream_detector.engine.types import Reject
+from stream_detector.kafka.checkpoints import CheckpointInterval
+from stream_detector.kafka.clients import Clients
+from stream_detector.kafka.commit import AtLeastOnce, Transactional, commit_policy
 from stream_detector.kafka.delivery import (
     MAX_DELIVERY_ATTEMPTS,
     DeliveryFailed,
     DeliveryTracker,
     OutRecord,
 )
+from stream_detector.kafka.faults import ClientFaults
 from stream_detector.kafka.health import HealthState, StatusServer
+from stream_detector.kafka.output import Output
+from stream_detector.kafka.ownership import Ownership
 from stream_detector.kafka.records import ConsumedBatch, dead_letter_record
+from stream_detector.kafka.recovery import Recovery
 from stream_detector.kafka.settings import consumer_config, producer_config, redact
+from stream_detector.kafka.telemetry import ServiceMetrics
 
 TIMED_OUT = KafkaError(KafkaError._MSG_TIMED_OUT)
 TOO_LARGE = KafkaError(KafkaError.MSG_SIZE_TOO_LARGE)
@@ -207,6 +216,91 @@ def test_dead_letter_keeps_the_original_bytes_and_says_why_and_where() -> None:
         "source_partition": b"2",
         "source_offset": b"41",
     }
+
+
+# -- the at-least-once commit policy, on fake clients ----------------------------------------------
+
+
+class _FakeProducer:
+    """Accepts every record; poll() acknowledges everything produced so far."""
+
+    def __init__(self) -> None:
+        self.pending: list = []
+
+    def produce(self, topic, value=None, key=None, headers=None, on_delivery=None) -> None:
+        self.pending.append(on_delivery)
+
+    def poll(self, _timeout: float) -> int:
+        pending, self.pending = self.pending, []
+        for on_delivery in pending:
+            on_delivery(None, None)
+        return len(pending)
+
+
+class _FakeConsumer:
+    def __init__(self) -> None:
+        self.commits: list[tuple[dict, bool]] = []
+
+    def commit(self, offsets, asynchronous: bool) -> None:
+        self.commits.append(({(tp.topic, tp.partition): tp.offset for tp in offsets}, asynchronous))
+
+
+def _at_least_once(assigned: set) -> tuple[AtLeastOnce, Recovery, ClientFaults, _FakeConsumer]:
+    """The policy without a state store, and the recovery that hands partitions over."""
+    kafka, tracker, metrics = KafkaConfig(), DeliveryTracker(), ServiceMetrics()
+    faults, clients, ownership = ClientFaults(kafka.bootstrap_servers), Clients(), Ownership()
+    consumer = _FakeConsumer()
+    clients.producer, clients.consumer = _FakeProducer(), consumer
+    ownership.assigned |= assigned
+    output = Output(kafka, clients, tracker, metrics, faults)
+    policy = AtLeastOnce(clients=clients, output=output, tracker=tracker, ownership=ownership,
+                         state=None, interval=CheckpointInterval(30.0), metrics=metrics)
+    recovery = Recovery(kafka, state=None, ownership=ownership, policy=policy, tracker=tracker,
+                        metrics=metrics, health=HealthState(), faults=faults)
+    return policy, recovery, faults, consumer
+
+
+def _consume(policy: AtLeastOnce, offsets: dict, n_records: int) -> None:
+    seq = policy.open_batch(offsets)
+    records = [OutRecord("alerts", b"v", b"k", batch=seq) for _ in range(n_records)]
+    policy.produce_batch(seq, records, offsets)
+
+
+def test_at_least_once_commits_only_acknowledged_output_and_on_revoke_only_the_revoked() -> None:
+    policy, recovery, _faults, consumer = _at_least_once({("in", 0), ("in", 1)})
+    _consume(policy, {("in", 0): 5, ("in", 1): 7}, n_records=1)
+    policy.between_batches()  # produced, not yet acknowledged: nothing to commit
+    assert consumer.commits == []
+    _consume(policy, {("in", 0): 9}, n_records=0)
+    recovery.on_revoke(None, [TopicPartition("in", 1)])  # acks arrive while draining
+    assert consumer.commits == [({("in", 1): 7}, False)]
+    policy.finish()  # leaving: every released offset of the partitions still owned
+    assert consumer.commits[-1] == ({("in", 0): 9}, False)
+
+
+def test_a_failing_service_commits_nothing_for_revoked_partitions() -> None:
+    policy, recovery, faults, consumer = _at_least_once({("in", 0)})
+    _consume(policy, {("in", 0): 5}, n_records=1)
+    faults.failing = True
+    recovery.on_revoke(None, [TopicPartition("in", 0)])
+    assert consumer.commits == []
+    assert recovery.ownership.assigned == set()
+
+
+def test_the_commit_policy_follows_the_processing_guarantee() -> None:
+    for guarantee, kind in (("at_least_once", AtLeastOnce), ("exactly_once", Transactional)):
+        settings = load_settings(
+            overrides={"kafka": {"processing_guarantee": guarantee}, "state": {"store": "none"}}
+        )
+        kafka = settings.kafka
+        clients, tracker, metrics = Clients(), DeliveryTracker(), ServiceMetrics()
+        faults = ClientFaults(kafka.bootstrap_servers)
+        policy = commit_policy(
+            settings, clients=clients, output=Output(kafka, clients, tracker, metrics, faults),
+            tracker=tracker, ownership=Ownership(), state=None, metrics=metrics, faults=faults,
+        )
+        assert isinstance(policy, kind)
+        assert (policy.transactional_id is not None) == (guarantee == "exactly_once")
 
 
 # -- client settings -------------------------------------------------------------------------------

@@ -1,0 +1,103 @@
+"""Before the service starts its clients: wait for the broker, and check its topics.
+
+A broker that is down is waited for (it may be starting too); one that accepts connections but
+fails the handshake or authentication, and topics that are missing or too small for the size
+settings, end the service with a message naming the setting to change.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import structlog
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient, ConfigResource
+
+from stream_detector.config import KafkaConfig, Settings
+from stream_detector.kafka.clients import create_client
+from stream_detector.kafka.errors import HandshakeWatch, accepting_servers
+from stream_detector.kafka.faults import ClientFaults, FatalServiceError
+from stream_detector.kafka.settings import admin_config, check_topic_limits
+
+log = structlog.get_logger(__name__)
+
+_BACKOFF_START_S = 0.5
+_BACKOFF_MAX_S = 30.0
+
+# A broker that accepts connections but fails the handshake this long is mismatched, not down.
+# librdkafka gives up on one SSL handshake after 30 s (socket.connection.setup.timeout.ms).
+_HANDSHAKE_GIVE_UP_S = 30.0
+
+
+def wait_for_broker(settings: Settings, stop: threading.Event, faults: ClientFaults) -> bool:
+    """Retry with backoff until the broker answers and the topics exist; False if stopped.
+
+    A broker that is down is waited for; one that accepts connections but fails the
+    handshake or authentication ends the service (`errors.HandshakeWatch`)."""
+    kafka = settings.kafka
+    admin = create_client(AdminClient, {**admin_config(kafka), "error_cb": faults.on_client_error})
+    handshake = HandshakeWatch(_HANDSHAKE_GIVE_UP_S)
+    delay = _BACKOFF_START_S
+    while not stop.is_set():
+        faults.raise_if_fatal()
+        try:
+            metadata = admin.list_topics(timeout=5.0)
+        except KafkaException as exc:
+            admin.poll(0)  # authentication and SSL errors only reach error_cb from here
+            faults.raise_if_fatal()
+            error = exc.args[0].str()
+            accepting = accepting_servers(kafka.bootstrap_servers)
+            if handshake.failed(bool(accepting)):
+                raise FatalServiceError(handshake.message(kafka.bootstrap_servers, error))
+            log.warning(
+                "kafka broker accepts connections but the handshake failed; retrying"
+                if accepting
+                else "kafka broker unreachable; retrying",
+                bootstrap_servers=kafka.bootstrap_servers,
+                error=error,
+                retry_in_s=delay,
+            )
+            stop.wait(delay)
+            delay = min(delay * 2, _BACKOFF_MAX_S)
+            continue
+        _check_topics(settings, metadata.topics)
+        _check_topic_limits(kafka, admin)
+        return True
+    return False
+
+
+def _check_topics(settings: Settings, present: dict[str, object]) -> None:
+    kafka = settings.kafka
+    wanted = {topic: "kafka.input_topics" for topic in kafka.input_topics}
+    wanted[kafka.alert_topic] = "kafka.alert_topic"
+    wanted[kafka.dead_letter_topic] = "kafka.dead_letter_topic"
+    if settings.state.store == "kafka":
+        wanted[settings.state.changelog_topic] = "state.changelog_topic"
+    missing = [
+        f"{topic!r} ({setting})"
+        for topic, setting in wanted.items()
+        if topic not in present or getattr(present[topic], "error", None) is not None
+    ]
+    if missing:
+        raise FatalServiceError(
+            f"topic(s) {', '.join(missing)} do not exist on {kafka.bootstrap_servers}: "
+            "create them, or point those settings at existing topics"
+        )
+
+
+def _check_topic_limits(kafka: KafkaConfig, admin: AdminClient) -> None:
+    """The dead-letter and input topics' max.message.bytes against the size settings. A
+    broker that does not report them (Tansu reports no topic configs) is not checked."""
+    topics = [kafka.dead_letter_topic, *kafka.input_topics]
+    futures = admin.describe_configs([ConfigResource("topic", topic) for topic in topics])
+    limits: dict[str, int] = {}
+    for resource, future in futures.items():
+        try:
+            entry = future.result(timeout=10.0).get("max.message.bytes")
+        except (KafkaException, TimeoutError) as exc:
+            log.warning("cannot read the topic's max.message.bytes; not checked",
+                        topic=resource.name, error=str(exc))
+            continue
+        if entry is not None and entry.value is not None:
+            limits[resource.name] = int(entry.value)
+    check_topic_limits(kafka, limits)

@@ -2,13 +2,15 @@
 registry and no image build.
 
 - The compose files go through `docker-compose config` (Debian's docker-compose 1.29, or
-  `docker compose`), which parses, merges and validates them as `up` would.
+  `docker compose`), which parses, merges and validates them as `up` would, with and without the
+  `alerting` profile (Prometheus, Alertmanager, the forwarder).
 - The Kubernetes manifests go through kubernetes-validate's bundled (offline) OpenAPI schemas in
   strict mode, so a misspelt field fails; the KEDA ScaledObject, a CRD those schemas lack, through a
   schema of the fields used here.
 - On top, the rules that span files and no schema sees: replicas <= input partitions, a grace
   period longer than the drain timeout, probes on the port the config serves, secrets by reference
-  only, and one model fingerprint for the image, compose and Kubernetes configurations.
+  only, one model fingerprint for the image, compose and Kubernetes configurations, and Prometheus
+  scraping the port the detector serves and alerting to the address Alertmanager listens on.
 
 Locally a missing tool skips its tests; with CI=true it fails them (scripts/validate-deploy.sh
 installs the tools).
@@ -16,6 +18,7 @@ installs the tools).
 
 from __future__ import annotations
 
+import argparse
 import copy
 import importlib.util
 import os
@@ -51,6 +54,9 @@ K8S = REPO / "deploy" / "k8s"
 COMPOSE_CONFIG = REPO / "deploy" / "compose" / "detector.toml"
 BASE_COMPOSE = REPO / "docker-compose.yml"
 TANSU_OVERRIDE = REPO / "deploy" / "compose" / "tansu.override.yml"
+PORTS_OVERRIDE = REPO / "deploy" / "compose" / "ports.override.yml"
+PROMETHEUS_DIR = REPO / "deploy" / "prometheus"
+ALERTMANAGER_CONFIG = REPO / "deploy" / "alertmanager" / "alertmanager.yml"
 DOCKERFILE = REPO / "deploy" / "Dockerfile"
 IN_CI = os.environ.get("CI", "").lower() in ("true", "1")
 # The oldest Kubernetes minor still commonly run, and the newest the schemas know.
@@ -259,6 +265,23 @@ def tansu_compose() -> dict[str, Any]:
     return compose_config(BASE_COMPOSE, TANSU_OVERRIDE)
 
 
+CORE_SERVICES = {"kafka", "topics", "detector", "generator"}
+# A profile of their own: their images come from a registry, so a plain `up` (and
+# scripts/deploy-test.sh, which runs with none) leaves them out.
+ALERTING_SERVICES = {"prometheus", "alertmanager", "forwarder"}
+ALERTING = {"COMPOSE_PROFILES": "alerting"}
+
+
+@pytest.fixture(scope="module")
+def alerting_compose() -> dict[str, Any]:
+    return compose_config(BASE_COMPOSE, env=ALERTING)
+
+
+@pytest.fixture(scope="module")
+def tansu_alerting_compose() -> dict[str, Any]:
+    return compose_config(BASE_COMPOSE, TANSU_OVERRIDE, env=ALERTING)
+
+
 def _env(service: dict[str, Any]) -> dict[str, str]:
     environment = service.get("environment") or {}
     if isinstance(environment, list):  # compose v2 may print KEY=VALUE items
@@ -279,7 +302,9 @@ def test_compose_starts_in_order_with_health_checks(
     stack: str, request: pytest.FixtureRequest
 ) -> None:
     services = request.getfixturevalue(stack)["services"]
-    assert set(services) == {"kafka", "topics", "detector", "generator"}
+    # docker-compose 1.29 prints the services of inactive profiles too; `docker compose` does not.
+    assert {name for name, s in services.items() if not s.get("profiles")} == CORE_SERVICES
+    assert set(services) <= CORE_SERVICES | ALERTING_SERVICES
     _healthcheck_probe(services["kafka"])
     probe = " ".join(_healthcheck_probe(services["detector"]))
     port = _env(services["detector"])["SD_OBSERVABILITY__HTTP_PORT"]
@@ -318,15 +343,17 @@ def test_compose_topic_step_reads_the_detector_config(base_compose: dict[str, An
     assert config_args[config_args.index("--config") + 1] == (
         detector_config[detector_config.index("--config") + 1]
     )
-    bootstrap = {_env(services[n])["SD_KAFKA__BOOTSTRAP_SERVERS"] for n in services if n != "kafka"}
+    clients = [n for n, s in services.items() if s["image"] == services["detector"]["image"]]
+    bootstrap = {_env(services[n])["SD_KAFKA__BOOTSTRAP_SERVERS"] for n in clients}
     assert bootstrap == {"kafka:19092"}
     assert "INTERNAL://kafka:19092" in _env(services["kafka"])["KAFKA_ADVERTISED_LISTENERS"]
 
 
+@pytest.mark.parametrize("stack", ["tansu_compose", "tansu_alerting_compose"])
 def test_tansu_override_runs_everything_locally_on_the_host_network(
-    tansu_compose: dict[str, Any],
+    stack: str, request: pytest.FixtureRequest
 ) -> None:
-    services = tansu_compose["services"]
+    services = request.getfixturevalue(stack)["services"]
     assert {s.get("network_mode") for s in services.values()} == {"host"}
     # `config` accepts published ports with host networking, but `up` refuses to start them.
     assert [name for name, s in services.items() if s.get("ports")] == []
@@ -335,8 +362,13 @@ def test_tansu_override_runs_everything_locally_on_the_host_network(
     listener = command[command.index("--listener-url") + 1]
     assert listener == "tcp://127.0.0.1:9092"
     assert command[command.index("--advertised-listener-url") + 1] == listener
-    for name in ("topics", "detector", "generator"):
-        assert _env(services[name])["SD_KAFKA__BOOTSTRAP_SERVERS"] == "127.0.0.1:9092"
+    for name in ("topics", "detector", "generator", "forwarder"):
+        if name in services:
+            assert _env(services[name])["SD_KAFKA__BOOTSTRAP_SERVERS"] == "127.0.0.1:9092"
+    for name in ("prometheus", "alertmanager"):
+        if name in services:
+            listen = _flag(services[name]["command"], "--web.listen-address")
+            assert listen.startswith("127.0.0.1:"), f"{name} listens on {listen}"
 
 
 def test_tansu_override_ports_follow_the_environment() -> None:
@@ -349,6 +381,131 @@ def test_tansu_override_ports_follow_the_environment() -> None:
     assert _env(detector)["SD_KAFKA__BOOTSTRAP_SERVERS"] == "127.0.0.1:19093"
     assert _env(detector)["SD_OBSERVABILITY__HTTP_PORT"] == "19309"
     assert "127.0.0.1:19309/readyz" in " ".join(_healthcheck_probe(detector))
+
+
+# -- compose: alerting ----------------------------------------------------------------------------
+
+
+def _flag(command: list[str], name: str) -> str:
+    """The value of a `--name=value` argument, given exactly once."""
+    values = [arg.split("=", 1)[1] for arg in command if arg.startswith(f"{name}=")]
+    assert len(values) == 1, f"{name}= not given once in {command}"
+    return values[0]
+
+
+def _port(address: str) -> int:
+    return int(address.rsplit(":", 1)[1])
+
+
+def _mounts(service: dict[str, Any]) -> dict[str, Path]:
+    """Container path -> host path of the bind mounts (compose 1.29 prints the short syntax,
+    `docker compose` the long one)."""
+    mounts = {}
+    for volume in service.get("volumes") or []:
+        if isinstance(volume, str):
+            source, target = volume.split(":")[:2]
+        else:
+            source, target = volume["source"], volume["target"]
+        mounts[target] = Path(source)
+    return mounts
+
+
+@pytest.mark.parametrize("stack", ["alerting_compose", "tansu_alerting_compose"])
+def test_alerting_profile_adds_prometheus_alertmanager_and_the_forwarder(
+    stack: str, request: pytest.FixtureRequest
+) -> None:
+    services = request.getfixturevalue(stack)["services"]
+    assert set(services) == CORE_SERVICES | ALERTING_SERVICES
+    assert all(services[name]["profiles"] == ["alerting"] for name in ALERTING_SERVICES)
+    for name in ("prometheus", "alertmanager"):
+        repository, _, tag = services[name]["image"].partition(":")
+        assert repository == f"prom/{name}"
+        assert re.fullmatch(r"v\d+\.\d+\.\d+", tag), f"{name}: pin a release, not {tag!r}"
+        port = _port(_flag(services[name]["command"], "--web.listen-address"))
+        assert f"http://127.0.0.1:{port}/-/ready" in _healthcheck_probe(services[name])
+    # One Alertmanager, not a cluster: no gossip port taken, no peers looked for.
+    assert _flag(services["alertmanager"]["command"], "--cluster.listen-address") == ""
+    forwarder, detector = services["forwarder"], services["detector"]
+    assert forwarder["image"] == detector["image"] and forwarder.get("init")
+    assert _env(forwarder)["SD_KAFKA__BOOTSTRAP_SERVERS"] == (
+        _env(detector)["SD_KAFKA__BOOTSTRAP_SERVERS"]
+    )
+    assert forwarder["depends_on"]["topics"]["condition"] == "service_completed_successfully"
+    assert forwarder["depends_on"]["alertmanager"]["condition"] == "service_healthy"
+
+
+@pytest.mark.parametrize("stack", ["alerting_compose", "tansu_alerting_compose"])
+def test_prometheus_scrapes_the_detector_and_alerts_where_alertmanager_listens(
+    stack: str, request: pytest.FixtureRequest
+) -> None:
+    services = request.getfixturevalue(stack)["services"]
+    prometheus, alertmanager = services["prometheus"], services["alertmanager"]
+    # On the host network every address is the loopback; on compose's network, a service name.
+    host_network = prometheus.get("network_mode") == "host"
+
+    def address(service: str) -> str:
+        return "127.0.0.1" if host_network else service
+
+    config_path = Path(_flag(prometheus["command"], "--config.file"))
+    mounts = _mounts(prometheus)
+    assert mounts[str(config_path)].parent == PROMETHEUS_DIR
+    config = yaml.safe_load(mounts[str(config_path)].read_text())
+    # Rule files are read relative to the config file: they must be mounted beside it.
+    for rule_file in config["rule_files"]:
+        assert mounts[str(config_path.parent / rule_file)] == PROMETHEUS_DIR / rule_file
+
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    rule_jobs = set(re.findall(r'up\{job="([^"]+)"\}', (PROMETHEUS_DIR / "rules.yml").read_text()))
+    assert rule_jobs == {"stream-detector"} and "stream-detector" in jobs
+    scraped = set()
+    for static in jobs["stream-detector"].get("static_configs", []):
+        scraped |= {(t.rsplit(":", 1)[0], int(t.rsplit(":", 1)[1])) for t in static["targets"]}
+    for dns in jobs["stream-detector"].get("dns_sd_configs", []):
+        scraped |= {(name, dns["port"]) for name in dns["names"]}
+    metrics_port = int(_env(services["detector"])["SD_OBSERVABILITY__HTTP_PORT"])
+    assert scraped == {(address("detector"), metrics_port)}
+
+    alertmanager_port = _port(_flag(alertmanager["command"], "--web.listen-address"))
+    alertmanager_url = f"{address('alertmanager')}:{alertmanager_port}"
+    targets = [
+        target
+        for alertmanagers in config["alerting"]["alertmanagers"]
+        for static in alertmanagers["static_configs"]
+        for target in static["targets"]
+    ]
+    assert targets == [alertmanager_url]
+    assert _mounts(alertmanager)[_flag(alertmanager["command"], "--config.file")] == (
+        ALERTMANAGER_CONFIG
+    )
+    forward = services["forwarder"]["command"]
+    assert forward[forward.index("--url") + 1] == f"http://{alertmanager_url}"
+
+
+def test_forwarder_command_is_one_the_cli_accepts(alerting_compose: dict[str, Any]) -> None:
+    services = alerting_compose["services"]
+    command, detector = services["forwarder"]["command"], services["detector"]["command"]
+    assert command[:2] == ["forward", "alertmanager"]
+    # The same config file as the detector, so the same alert topic.
+    assert command[command.index("--config") + 1] == detector[detector.index("--config") + 1]
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    if "forward" not in commands.choices:
+        pytest.skip("this CLI has no `forward` command yet")
+    assert parser.parse_args(command).command == "forward"
+
+
+def test_ports_override_publishes_the_uis_on_the_loopback_only() -> None:
+    services = compose_config(BASE_COMPOSE, PORTS_OVERRIDE, env=ALERTING)["services"]
+    published = {name: s["ports"] for name, s in services.items() if s.get("ports")}
+    assert set(published) == {"prometheus", "alertmanager"}
+    for name, ports in published.items():
+        listen = _port(_flag(services[name]["command"], "--web.listen-address"))
+        for port in ports:
+            if isinstance(port, str):  # 127.0.0.1:9090:9090/tcp
+                host_ip, _, target = port.split("/")[0].split(":")
+            else:
+                host_ip, target = port["host_ip"], port["target"]
+            assert host_ip == "127.0.0.1" and int(target) == listen, f"{name}: {port}"
 
 
 # -- the topic step --------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ examples:
   stream-detector evaluate --dataset network --out reports/network   # raw flow events
   stream-detector run --config detector.toml            # the Kafka service
   stream-detector run --config detector.toml --set kafka.group_id=blue
+  stream-detector forward alertmanager --config detector.toml --url http://alertmanager:9093
 
 configuration: a TOML file (--config), overridden by SD_* environment variables
 (SD_KAFKA__BOOTSTRAP_SERVERS=host:9092), overridden by --set section.field=value and the
@@ -197,6 +198,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     return run_service(settings)
 
 
+def cmd_forward(args: argparse.Namespace) -> int:
+    from stream_detector.forward.forwarder import run_forwarder
+
+    settings = _settings(
+        args,
+        {
+            "kafka": {"bootstrap_servers": args.bootstrap_servers},
+            "forward": {"url": args.url},
+        },
+    )
+    return run_forwarder(settings)
+
+
 def _require_demo_extra(command: str, *modules: str) -> None:
     """The demo tools (the embedded broker's binary, the live view) are an extra, so that the
     production image does not ship them; say how to get them instead of an ImportError."""
@@ -355,6 +369,58 @@ def _add_run(sub: Subcommands, common: argparse.ArgumentParser) -> None:
     run.set_defaults(func=cmd_run)
 
 
+def _add_forward(sub: Subcommands, common: argparse.ArgumentParser) -> None:
+    """`stream-detector forward` and its arguments."""
+    forward = sub.add_parser(
+        "forward",
+        parents=[common],
+        help="relay the alert topic's episodes to Alertmanager (at-least-once)",
+        description=(
+            "Reads kafka.alert_topic in a consumer group of its own (forward.group_id) and\n"
+            "turns each anomaly episode into one Alertmanager alert, posted to\n"
+            "URL/api/v2/alerts: the open alert starts it firing, the resolve alert of the same\n"
+            "episode ends it (endsAt = the resolve's time). Labels: alertname, key, severity,\n"
+            "model_version, top_feature and episode_id, all taken from the open alert, so the\n"
+            "resolve ends the same alert; annotations: summary, description (top features,\n"
+            "actual vs expected), score, threshold, alert_id, episode_id.\n"
+            "\n"
+            "Firing alerts are posted again every forward.resend_interval_s (60 s), valid for\n"
+            "four intervals, as Prometheus does: a restarted Alertmanager has them back within\n"
+            "one interval. Offsets are committed only after Alertmanager accepted what they\n"
+            "caused; while it is down or answers 5xx the post is retried with back-off and\n"
+            "nothing is committed. A 4xx drops only the alert it refuses (logged), and a record\n"
+            "that is not a stream-detector alert is logged and skipped. On start (and on each\n"
+            "rebalance) the open episodes are rebuilt by reading the partitions up to the\n"
+            "group's committed offsets, then posted. SIGTERM/SIGINT stop it (exit 0)."
+        ),
+        epilog=(
+            "targets:\n"
+            "  alertmanager   Prometheus Alertmanager's HTTP API v2\n"
+            "\n"
+            "settings ([forward] in the TOML file, SD_FORWARD__* or --set forward.NAME=VALUE):\n"
+            "  url, group_id, alertname, resend_interval_s, request_timeout_s, retry_initial_s,\n"
+            "  retry_max_s, link_template (generatorURL, e.g. https://ui/alerts/{alert_id}),\n"
+            "  rebuild_timeout_s; the broker and the topic come from [kafka].\n"
+            "\n"
+            "examples:\n"
+            "  stream-detector forward alertmanager --config detector.toml --url http://am:9093\n"
+            "  stream-detector forward alertmanager --url http://am:9093 \\\n"
+            "      --bootstrap-servers kafka:9092 --set kafka.alert_topic=alerts \\\n"
+            "      --set forward.resend_interval_s=30"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    forward.add_argument(
+        "target", choices=["alertmanager"], help="where the alerts go: alertmanager"
+    )
+    forward.add_argument(
+        "--url",
+        help="Alertmanager's base URL, e.g. http://alertmanager:9093 (overrides forward.url)",
+    )
+    forward.add_argument("--bootstrap-servers", help="override kafka.bootstrap_servers")
+    forward.set_defaults(func=cmd_forward)
+
+
 def _add_demo(sub: Subcommands, common: argparse.ArgumentParser) -> None:
     """`stream-detector demo` and its arguments."""
     demo = sub.add_parser(
@@ -508,6 +574,7 @@ _COMMANDS: Final[tuple[Callable[[Subcommands, argparse.ArgumentParser], None], .
     _add_replay,
     _add_evaluate,
     _add_run,
+    _add_forward,
     _add_demo,
     _add_broker,
     _add_generate,

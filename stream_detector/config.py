@@ -9,9 +9,11 @@ hint on how to fix it, never as a stack trace from deep inside the hot path.
 from __future__ import annotations
 
 import hashlib
+import string
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
+from urllib.parse import urlsplit
 
 import orjson
 from pydantic import (
@@ -436,6 +438,116 @@ class StateConfig(_Section):
     )
 
 
+# What a forward.link_template may name: each is filled in, URL-quoted, from the alert posted.
+LINK_FIELDS: Final = ("alert_id", "episode_id", "key")
+ALERTMANAGER_ALERTS_PATH: Final = "/api/v2/alerts"
+
+
+class ForwardConfig(_Section):
+    """`stream-detector forward alertmanager`: the alert topic's episodes as Alertmanager alerts.
+
+    The forwarder reads kafka.alert_topic (with the [kafka] connection settings) in a consumer
+    group of its own, so it never moves the detector's offsets; README.md, "Forwarding alerts to
+    Alertmanager", has the mapping.
+    """
+
+    url: str | None = Field(
+        None,
+        description="Alertmanager's base URL, e.g. http://alertmanager:9093 (with its route "
+        f"prefix, if any); alerts are posted to {ALERTMANAGER_ALERTS_PATH} under it. The "
+        "command's --url flag overrides it.",
+    )
+    group_id: str = Field(
+        "stream-detector-forward",
+        min_length=1,
+        description="The forwarder's consumer group on kafka.alert_topic: its committed offsets "
+        "say how far Alertmanager has accepted everything. One group per Alertmanager that is "
+        "posted to separately.",
+    )
+    alertname: str = Field(
+        "StreamDetectorAnomaly",
+        min_length=1,
+        description="The alertname label of every alert, what Alertmanager routes are matched on.",
+    )
+    resend_interval_s: float = Field(
+        60.0,
+        gt=0,
+        description="Firing alerts are posted again this often, each valid for 4 intervals "
+        "(endsAt), as Prometheus does: Alertmanager keeps alerts in memory only, so a restarted "
+        "one has them back within one interval, and one that hears nothing more resolves them.",
+    )
+    request_timeout_s: float = Field(
+        10.0, gt=0, description="Longest wait for Alertmanager to answer one POST."
+    )
+    retry_initial_s: float = Field(
+        0.5,
+        gt=0,
+        description="First wait before posting again while Alertmanager is unreachable or "
+        "answers 5xx; doubled after each failure up to retry_max_s, with jitter.",
+    )
+    retry_max_s: float = Field(
+        30.0, gt=0, description="Longest wait between two attempts at one POST."
+    )
+    link_template: str | None = Field(
+        None,
+        description="Each alert's generatorURL (the link Alertmanager and its notifications "
+        "show): a URL naming {alert_id}, {episode_id} or {key}, e.g. "
+        "\"https://grafana.example/d/sd?var-alert={alert_id}\"; unset: no link.",
+    )
+    rebuild_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        description="On assignment, the longest time to read a partition back up to the group's "
+        "committed offset to learn which episodes are still open; what is not read by then "
+        "is not refreshed, and Alertmanager lets it expire.",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _an_http_base_url(cls, url: str | None) -> str | None:
+        if url is None:
+            return None
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("give Alertmanager's http:// or https:// URL, e.g. http://am:9093")
+        if parts.query or parts.fragment:
+            raise ValueError("give Alertmanager's base URL, without a query or fragment")
+        base = url.rstrip("/")
+        if base.endswith(ALERTMANAGER_ALERTS_PATH):
+            raise ValueError(
+                f"give Alertmanager's base URL (e.g. http://am:9093); {ALERTMANAGER_ALERTS_PATH} "
+                "is added to it"
+            )
+        return base
+
+    @field_validator("link_template")
+    @classmethod
+    def _names_only_alert_fields(cls, template: str | None) -> str | None:
+        if template is None:
+            return None
+        try:
+            fields = [name for _, name, _, _ in string.Formatter().parse(template)]
+        except ValueError as exc:  # an unmatched brace
+            raise ValueError(f"link_template is not a valid template: {exc}") from None
+        unknown = sorted({name for name in fields if name is not None} - set(LINK_FIELDS))
+        if unknown:
+            raise ValueError(
+                f"link_template names {', '.join('{' + name + '}' for name in unknown)}; it may "
+                f"name only {', '.join('{' + name + '}' for name in LINK_FIELDS)} ({{{{ and }}}} "
+                "for literal braces)"
+            )
+        return template
+
+    @model_validator(mode="after")
+    def _retry_bounds_in_order(self) -> ForwardConfig:
+        if self.retry_max_s < self.retry_initial_s:
+            raise ValueError(
+                f"forward.retry_max_s = {self.retry_max_s} is below forward.retry_initial_s = "
+                f"{self.retry_initial_s}; the longest wait must be at least the first"
+            )
+        return self
+
+
 class Settings(BaseSettings):
     """The whole configuration; see README.md for an annotated example file."""
 
@@ -454,6 +566,7 @@ class Settings(BaseSettings):
     kafka: KafkaConfig = KafkaConfig()
     observability: ObservabilityConfig = ObservabilityConfig()
     state: StateConfig = StateConfig()
+    forward: ForwardConfig = ForwardConfig()
 
     @model_validator(mode="after")
     def _aggregate_features_are_the_model_features(self) -> Settings:

@@ -1,4 +1,5 @@
-"""Before the service starts its clients: wait for the broker, and check its topics.
+"""Before the service (or the alert forwarder) starts its clients: wait for the broker, and check
+its topics.
 
 A broker that is down is waited for (it may be starting too); one that accepts connections but
 fails the handshake or authentication, and topics that are missing or too small for the size
@@ -8,6 +9,8 @@ settings, end the service with a message naming the setting to change.
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
+from typing import Any
 
 import structlog
 from confluent_kafka import KafkaException
@@ -35,6 +38,31 @@ def wait_for_broker(settings: Settings, stop: threading.Event, faults: ClientFau
     A broker that is down is waited for; one that accepts connections but fails the
     handshake or authentication ends the service (`errors.HandshakeWatch`)."""
     kafka = settings.kafka
+    reached = _reach_broker(kafka, stop, faults)
+    if reached is None:
+        return False
+    admin, present = reached
+    _require_topics(kafka, _service_topics(settings), present)
+    _check_topic_limits(kafka, admin)
+    return True
+
+
+def wait_for_topics(
+    kafka: KafkaConfig, wanted: Mapping[str, str], stop: threading.Event, faults: ClientFaults
+) -> bool:
+    """`wait_for_broker` for a client of a few topics only (the alert forwarder reads one):
+    `wanted` maps each topic to the setting that names it. False if stopped first."""
+    reached = _reach_broker(kafka, stop, faults)
+    if reached is None:
+        return False
+    _require_topics(kafka, wanted, reached[1])
+    return True
+
+
+def _reach_broker(
+    kafka: KafkaConfig, stop: threading.Event, faults: ClientFaults
+) -> tuple[AdminClient, dict[str, Any]] | None:
+    """An admin client and the topics the broker lists, once it answers; None if stopped."""
     admin = create_client(AdminClient, {**admin_config(kafka), "error_cb": faults.on_client_error})
     handshake = HandshakeWatch(_HANDSHAKE_GIVE_UP_S)
     delay = _BACKOFF_START_S
@@ -60,19 +88,25 @@ def wait_for_broker(settings: Settings, stop: threading.Event, faults: ClientFau
             stop.wait(delay)
             delay = min(delay * 2, _BACKOFF_MAX_S)
             continue
-        _check_topics(settings, metadata.topics)
-        _check_topic_limits(kafka, admin)
-        return True
-    return False
+        return admin, metadata.topics
+    return None
 
 
-def _check_topics(settings: Settings, present: dict[str, object]) -> None:
+def _service_topics(settings: Settings) -> dict[str, str]:
+    """Every topic the service reads or writes, with the setting that names it."""
     kafka = settings.kafka
     wanted = {topic: "kafka.input_topics" for topic in kafka.input_topics}
     wanted[kafka.alert_topic] = "kafka.alert_topic"
     wanted[kafka.dead_letter_topic] = "kafka.dead_letter_topic"
     if settings.state.store == "kafka":
         wanted[settings.state.changelog_topic] = "state.changelog_topic"
+    return wanted
+
+
+def _require_topics(
+    kafka: KafkaConfig, wanted: Mapping[str, str], present: Mapping[str, object]
+) -> None:
+    """FatalServiceError naming each wanted topic the broker lacks and the setting naming it."""
     missing = [
         f"{topic!r} ({setting})"
         for topic, setting in wanted.items()

@@ -16,13 +16,10 @@ to the committed offsets (`rebuild`), then its open episodes are posted at once.
 
 from __future__ import annotations
 
-import signal
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from types import FrameType
 from typing import Final
 
 import structlog
@@ -39,6 +36,7 @@ from stream_detector.kafka.clients import create_client
 from stream_detector.kafka.faults import ClientFaults, FatalServiceError
 from stream_detector.kafka.preflight import wait_for_topics
 from stream_detector.kafka.settings import consumer_config, redact
+from stream_detector.stop_signals import stop_on_signals
 
 log = structlog.get_logger(__name__)
 
@@ -68,27 +66,8 @@ def run_forwarder(settings: Settings, *, stop_event: threading.Event | None = No
     Raises ConfigError when forward.url is not set."""
     stop = stop_event if stop_event is not None else threading.Event()
     forwarder = Forwarder(settings, stop)
-    with _stop_on_signals(stop):
+    with stop_on_signals(stop):
         return forwarder.run()
-
-
-@contextmanager
-def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
-    """SIGTERM/SIGINT set `stop`; handlers can only be installed from the main thread."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handle(signum: int, _frame: FrameType | None) -> None:
-        log.info("stop requested", signal=signal.Signals(signum).name)
-        stop.set()
-
-    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 class Forwarder:

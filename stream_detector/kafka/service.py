@@ -20,12 +20,8 @@ the setting to change.
 from __future__ import annotations
 
 import gc
-import signal
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from types import FrameType
 
 import structlog
 from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
@@ -46,6 +42,7 @@ from stream_detector.kafka.records import ConsumedBatch, alert_record, dead_lett
 from stream_detector.kafka.recovery import Recovery
 from stream_detector.kafka.settings import consumer_config, producer_config, redact
 from stream_detector.kafka.telemetry import ServiceMetrics
+from stream_detector.stop_signals import stop_on_signals
 
 log = structlog.get_logger(__name__)
 
@@ -59,7 +56,7 @@ _LAG_EVERY_S = 1.0
 def run_service(settings: Settings, *, stop_event: threading.Event | None = None) -> int:
     """Run until stopped (SIGTERM/SIGINT or `stop_event`); returns the process exit code."""
     stop = stop_event if stop_event is not None else threading.Event()
-    with _stop_on_signals(stop):
+    with stop_on_signals(stop):
         try:
             service = KafkaService(settings, stop)
         except (ConfigError, ArtefactError) as exc:
@@ -77,25 +74,6 @@ def _freeze_startup_objects() -> None:
     (p99 event -> alert 300 ms; 132 ms once frozen, measured by `stream-detector bench`)."""
     gc.collect()  # garbage already there would otherwise be frozen for good
     gc.freeze()
-
-
-@contextmanager
-def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
-    """SIGTERM/SIGINT set `stop`; handlers can only be installed from the main thread."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handle(signum: int, _frame: FrameType | None) -> None:
-        log.info("stop requested", signal=signal.Signals(signum).name)
-        stop.set()
-
-    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 class KafkaService:

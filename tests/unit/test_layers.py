@@ -20,7 +20,7 @@ import stream_detector
 PACKAGE: Final = "stream_detector"
 # Lowest first. A name is a top-level module or sub-package of stream_detector.
 LAYERS: Final[tuple[frozenset[str], ...]] = (
-    frozenset({"__init__", "limits", "logs"}),
+    frozenset({"__init__", "limits", "logs", "stop_signals"}),
     frozenset({"config"}),
     frozenset({"engine"}),
     frozenset({"aggregate"}),

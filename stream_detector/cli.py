@@ -19,6 +19,7 @@ from stream_detector import __version__
 from stream_detector.config import ConfigError, Settings, deep_merge, load_settings
 from stream_detector.detector.artefact import ArtefactError
 from stream_detector.logs import configure_logging
+from stream_detector.scenarios.presets import PRESETS_DIR, preset
 
 log = structlog.get_logger("stream_detector.cli")
 
@@ -32,11 +33,14 @@ examples:
   stream-detector evaluate --dataset network --out reports/network   # raw flow events
   stream-detector run --config detector.toml            # the Kafka service
   stream-detector run --config detector.toml --set kafka.group_id=blue
+  stream-detector run --preset zeek-conn --config site.toml   # a known feed's mapping
   stream-detector forward alertmanager --config detector.toml --url http://alertmanager:9093
 
-configuration: a TOML file (--config), overridden by SD_* environment variables
-(SD_KAFKA__BOOTSTRAP_SERVERS=host:9092), overridden by --set section.field=value and the
-command's own flags. README.md has a complete annotated example file.
+configuration: a named preset (--preset, e.g. zeek-conn, suricata-flow, goflow2,
+telegraf-cpu: README.md, Feeds), overridden by a TOML file (--config), overridden by SD_*
+environment variables (SD_KAFKA__BOOTSTRAP_SERVERS=host:9092), overridden by
+--set section.field=value and the command's own flags. README.md has a complete annotated
+example file.
 """
 
 
@@ -86,12 +90,22 @@ def _settings(
     merged = deep_merge(defaults or {}, _parse_set(args.set or []))
     for section, values in (overrides or {}).items():
         _merge(merged, section, **values)
-    settings = load_settings(args.config, merged)
+    settings = load_settings(args.config, merged, base=_preset(getattr(args, "preset", None)))
     configure_logging(
         args.log_level or settings.observability.log_level,
         settings.observability.log_format,
     )
     return settings
+
+
+def _preset(name: str | None) -> dict[str, Any] | None:
+    """The sections of --preset NAME, the layer beneath --config; None without one."""
+    if name is None:
+        return None
+    try:
+        return preset(name)
+    except ValueError as exc:  # the message lists the known presets
+        raise CliError(f"--preset: {exc}") from None
 
 
 def _progress_printer(total_epochs: int) -> Callable[[dict[str, Any]], None]:
@@ -280,9 +294,20 @@ def cmd_bench(args: argparse.Namespace) -> int:
 Subcommands = argparse._SubParsersAction  # noqa: SLF001 - argparse names no public type for it
 
 
+def _feed_presets() -> list[str]:
+    """The presets named in --help: every preset file, the demo's and evaluation's included."""
+    return sorted(path.stem for path in PRESETS_DIR.glob("*.toml"))
+
+
 def _common_options() -> argparse.ArgumentParser:
-    """--config, --set and --log-level: what every command reading settings accepts."""
+    """--preset, --config, --set and --log-level: what every command reading settings accepts."""
     common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--preset",
+        metavar="NAME",
+        help="settings for a known feed, beneath --config, SD_* and --set: "
+        f"{', '.join(_feed_presets())} (README.md, Feeds)",
+    )
     common.add_argument("--config", type=Path, help="TOML settings file (see README.md)")
     common.add_argument(
         "--set",

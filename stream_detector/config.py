@@ -8,7 +8,9 @@ hint on how to fix it, never as a stack trace from deep inside the hot path.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import re
 import string
 import tomllib
 from pathlib import Path
@@ -41,6 +43,51 @@ class ConfigError(Exception):
 
 MESSAGE_KEY = "@message_key"
 BROKER_TIMESTAMP = "@broker_timestamp"
+CSV_DELIMITERS: Final = ",;\t|"  # what input.csv_delimiter = "auto" chooses among
+
+_PATH_SYNTAX: Final = (
+    "a field path is either dotted ('tags.host': key 'tags', then key 'host') or, when it "
+    "starts with '/', a JSON Pointer (RFC 6901: '/id.orig_h' is the one key 'id.orig_h', "
+    "'/tags/host' is nested; inside a key '~1' stands for '/' and '~0' for '~')"
+)
+_POINTER_ESCAPE: Final = re.compile(r"~(?![01])")
+
+
+@functools.cache
+def path_segments(path: str) -> tuple[str, ...]:
+    """The keys a field path steps through, outermost first; ValueError (naming the path and
+    the syntax) if it is a malformed JSON Pointer. Cached: decoders ask once per batch.
+
+    Dotted paths cannot name a key that itself holds a dot (Zeek's `id.orig_h`), which is why
+    a path starting with '/' is read as a JSON Pointer instead; a dotted path keeps its meaning.
+    """
+    if not path.startswith("/"):
+        return tuple(path.split("."))
+    segments = path[1:].split("/")
+    for segment in segments:
+        if not segment:
+            raise ValueError(f"field path {path!r} names an empty key; {_PATH_SYNTAX}")
+        if _POINTER_ESCAPE.search(segment):
+            raise ValueError(
+                f"field path {path!r} has a '~' not followed by 0 or 1; {_PATH_SYNTAX}"
+            )
+    return tuple(s.replace("~1", "/").replace("~0", "~") for s in segments)
+
+
+def column_name(path: str) -> str:
+    """The CSV column a field path reads: its keys joined by '.'. A CSV row is flat, so a dotted
+    path names the column of its own text and a pointer the column of its keys' text (both
+    '/id.orig_h' and 'id.orig_h' read column `id.orig_h`, '/tags/host' reads `tags.host`)."""
+    return ".".join(path_segments(path))
+
+
+def _checked_path(path: str | None) -> str | None:
+    if path is not None:
+        path_segments(path)
+    return path
+
+
+FilterValue = str | bool | int | float
 
 
 class _Section(BaseModel):
@@ -58,17 +105,32 @@ class InputConfig(_Section):
     )
     key_field: str | None = Field(
         "key",
-        description=f"Dotted path of the entity key; {MESSAGE_KEY!r} uses the Kafka message key.",
+        description="Field path of the entity key (dotted, or a JSON Pointer starting with '/'); "
+        f"{MESSAGE_KEY!r} uses the Kafka message key.",
+    )
+    key_fields: tuple[str, ...] | None = Field(
+        None,
+        min_length=1,
+        description="A composite key instead of key_field: field paths whose values, each as "
+        "text by key_field's rules with '\\' written '\\\\' and '|' written '\\|', are "
+        "joined by '|' (host 'h1', cpu 'cpu0' -> 'h1|cpu0'); a record missing any of them is "
+        "'missing_key'. Do not also set key_field.",
     )
     timestamp_field: str | None = Field(
         "ts",
-        description=f"Dotted path of the event time; {BROKER_TIMESTAMP!r} uses the broker's.",
+        description="Field path of the event time (dotted, or a JSON Pointer); "
+        f"{BROKER_TIMESTAMP!r} uses the broker's.",
     )
     timestamp_unit: Literal["auto", "s", "ms", "us", "ns", "rfc3339"] = Field(
         "auto", description="Unit of numeric timestamps; 'auto' infers from magnitude."
     )
     value_fields: tuple[str, ...] = Field(
-        ("value",), min_length=1, description="Dotted paths of the numeric features, in model order."
+        ("value",),
+        min_length=1,
+        description="Field paths of the numeric features, in model order; a path starting with "
+        "'/' is a JSON Pointer (RFC 6901: '/id.orig_h' is one key, '/tags/host' nested, '~1' "
+        "for '/' and '~0' for '~' in a key), any other is dotted ('tags.host' is nested). A CSV "
+        "file is flat: a path reads the column named by its keys joined with '.'.",
     )
     max_message_bytes: int = Field(
         1_000_000,
@@ -91,6 +153,18 @@ class InputConfig(_Section):
     label_field: str | None = Field(
         None, description="Optional 0/1 label column (evaluate only); ignored by the service."
     )
+    filter: dict[str, FilterValue] = Field(
+        {},
+        description="Decode only records where every field path equals its value (a string, "
+        "number or boolean; 1 equals 1.0 but not true; an absent field never matches). Other "
+        "records are skipped: neither events nor rejects, not dead-lettered, only counted "
+        "(sd_filtered_records_total). For a topic that mixes record types.",
+    )
+    csv_delimiter: str = Field(
+        "auto",
+        description="Field separator of CSV files: one character, or 'auto' to pick ',', ';', "
+        "tab or '|' from the header line (',' when that is undecided).",
+    )
 
     @field_validator("key_field", "timestamp_field", mode="before")
     @classmethod
@@ -98,11 +172,50 @@ class InputConfig(_Section):
         # TOML has no null, so the Kafka message key / timestamp are named by these tokens.
         return None if value in (MESSAGE_KEY, BROKER_TIMESTAMP) else value
 
+    @field_validator("key_field", "timestamp_field", "label_field")
+    @classmethod
+    def _one_path(cls, value: str | None) -> str | None:
+        return _checked_path(value)
+
+    @field_validator("key_fields", "value_fields", "filter")
+    @classmethod
+    def _many_paths(cls, value: Any) -> Any:
+        for path in value or ():
+            path_segments(path)
+        return value
+
+    @field_validator("csv_delimiter")
+    @classmethod
+    def _one_character(cls, value: str) -> str:
+        if value != "auto" and (len(value) != 1 or value in "\r\n\"" or value.isalnum()):
+            raise ValueError(
+                f"csv_delimiter {value!r} must be 'auto' or one character (not a letter, digit, "
+                "quote or line break), e.g. ';' or '\\t'"
+            )
+        return value
+
     @model_validator(mode="after")
     def _distinct_fields(self) -> InputConfig:
         if len(set(self.value_fields)) != len(self.value_fields):
             raise ValueError("value_fields lists a field twice; list each feature once")
+        if self.key_fields is not None and "key_field" in self.model_fields_set:
+            raise ValueError(
+                "key_field and key_fields are both set; a composite key_fields replaces "
+                "key_field, so remove one of them"
+            )
         return self
+
+    def __hash__(self) -> int:
+        # Frozen sections are hashable, like every other; `filter` is the one dict among fields.
+        fields = self.__dict__.items()
+        return hash(tuple((k, tuple(v.items()) if type(v) is dict else v) for k, v in fields))
+
+    @property
+    def key_paths(self) -> tuple[str, ...] | None:
+        """The field paths the key is made of; None when it is the Kafka message key."""
+        if self.key_fields is not None:
+            return self.key_fields
+        return None if self.key_field is None else (self.key_field,)
 
 
 AggregateFunction = Literal["count", "sum", "mean", "min", "max", "distinct"]
@@ -117,8 +230,15 @@ class AggregateFeature(_Section):
         "number of distinct non-null values of a field (HyperLogLog)."
     )
     field: str | None = Field(
-        None, description="Dotted path of the raw field; leave unset for count, set for the rest."
+        None,
+        description="Field path of the raw field (dotted, or a JSON Pointer starting with '/'); "
+        "leave unset for count, set for the rest.",
     )
+
+    @field_validator("field")
+    @classmethod
+    def _path(cls, value: str | None) -> str | None:
+        return _checked_path(value)
 
     @model_validator(mode="after")
     def _field_matches_agg(self) -> AggregateFeature:
@@ -693,12 +813,15 @@ def _describe(error: ValidationError) -> str:
 
 
 def load_settings(
-    path: Path | str | None = None, overrides: dict[str, Any] | None = None
+    path: Path | str | None = None,
+    overrides: dict[str, Any] | None = None,
+    base: dict[str, Any] | None = None,
 ) -> Settings:
     """Build validated settings from an optional TOML file, the environment and CLI overrides.
 
-    ``overrides`` is nested like the file (``{"kafka": {"group_id": "x"}}``) and wins over all.
-    Raises ConfigError with a readable message on any problem.
+    ``overrides`` is nested like the file (``{"kafka": {"group_id": "x"}}``) and wins over all;
+    ``base`` (a named preset) lies beneath the file. Raises ConfigError with a readable message
+    on any problem.
     """
     data: dict[str, Any] = {}
     if path is not None:
@@ -713,7 +836,7 @@ def load_settings(
         env = _env_overrides()
     except Exception as exc:  # pydantic-settings reports JSON errors in complex env values
         raise ConfigError(f"invalid SD_* environment variable: {exc}") from None
-    merged = deep_merge(deep_merge(data, env), overrides or {})
+    merged = deep_merge(deep_merge(deep_merge(base or {}, data), env), overrides or {})
     try:
         return Settings(**merged)
     except ValidationError as exc:

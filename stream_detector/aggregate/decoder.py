@@ -26,7 +26,7 @@ from stream_detector.aggregate.buckets import BucketStep, TimedEvents
 from stream_detector.aggregate.features import FeaturePlan
 from stream_detector.aggregate.sketch import hash_values
 from stream_detector.aggregate.streams import StreamAggregators
-from stream_detector.config import Settings
+from stream_detector.config import Settings, column_name
 from stream_detector.engine.decode import Decoder, RecordDecoder
 from stream_detector.engine.types import Decoded, EventBatch, Reject
 
@@ -55,6 +55,10 @@ class AggregatingDecoder:
     def feature_names(self) -> tuple[str, ...]:
         return self.plan.names
 
+    @property
+    def csv_delimiter(self) -> str:
+        return self._decoder.csv_delimiter
+
     def decode_messages(
         self,
         payloads: Sequence[bytes],
@@ -78,9 +82,10 @@ class AggregatingDecoder:
         decoded = self._decoder.decode_columns(columns)
         rows = decoded.batch.index
         absent = [None] * len(rows)
+        names = [column_name(field) for field in self.plan.distinct_fields]
         distinct = [
-            np.asarray(columns[field], dtype=object)[rows] if field in columns else absent
-            for field in self.plan.distinct_fields
+            np.asarray(columns[name], dtype=object)[rows] if name in columns else absent
+            for name in names
         ]
         return self._bucket(decoded, distinct)
 
@@ -124,7 +129,8 @@ class AggregatingDecoder:
                     key=operator.attrgetter("index"),
                 )
         closed = EventBatch(index=step.index, keys=step.keys, ts=step.end_ts, values=step.values)
-        return Decoded(batch=closed, rejects=rejects, records=n + len(decoded.rejects))
+        records = n + len(decoded.rejects) + decoded.filtered
+        return Decoded(batch=closed, rejects=rejects, records=records, filtered=decoded.filtered)
 
     def _late_rejects(self, batch: EventBatch, step: BucketStep, late: np.ndarray) -> list[Reject]:
         width = self.aggregator.width

@@ -3,6 +3,9 @@
 The output has one JSON line per input record, in input order, so it can be joined back to the
 source by `offset` (the record's position in the file). Rejected records appear too, with their
 reason, because a back-test that silently skipped bad lines would hide a mapping problem.
+Records that input.filter skips get no line (they are no part of what the detector watches, and
+a mixed feed would drown the output in them); they still take their offset, and the summary
+counts them as `filtered`, apart from `rejected`.
 
 In aggregate mode what the detector scores is not a record but a closed bucket of a key's
 records, so a scored line describes a bucket: `bucket_start` and `bucket_end` (event time) and
@@ -28,6 +31,7 @@ from stream_detector.detector.sources import read_batches
 class ReplaySummary:
     records: int = 0
     rejected: int = 0
+    filtered: int = 0
     windows_scored: int = 0
     alerts_opened: int = 0
     alerts_resolved: int = 0
@@ -130,10 +134,11 @@ def replay(
         # In aggregate mode the batch holds buckets, not records: decode counts the records.
         records = decoded.records
         if records is None:
-            records = len(decoded.batch) + len(decoded.rejects)
+            records = len(decoded.batch) + len(decoded.rejects) + decoded.filtered
         offset += records
         summary.records += records
         summary.rejected += len(decoded.rejects)
+        summary.filtered += decoded.filtered
         _count(summary, result)
         if on_batch is not None:
             on_batch(summary)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import gzip
+import itertools
 import operator
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import IO, Any, Final
 import numpy as np
 import structlog
 
+from stream_detector.config import CSV_DELIMITERS
 from stream_detector.engine.decode import RecordDecoder
 from stream_detector.engine.types import Decoded, Reject
 
@@ -79,7 +81,11 @@ def _json_lines(
 def _csv_rows(path: Path, compressed: bool, decoder: RecordDecoder, size: int) -> Iterator[Decoded]:
     """A header row names the fields; a row whose shape does not fit it is rejected whole."""
     with _open(path, compressed, text=True) as text:
-        reader = csv.reader(text)
+        first = text.readline()
+        delimiter = decoder.csv_delimiter
+        if delimiter == "auto":
+            delimiter = sniff_delimiter(first)
+        reader = csv.reader(itertools.chain([first] if first else [], text), delimiter=delimiter)
         header = next(reader, None)
         if header is None:
             log.warning("source_empty", path=str(path))
@@ -107,6 +113,16 @@ def _csv_rows(path: Path, compressed: bool, decoder: RecordDecoder, size: int) -
                 batch = _RowBatch(names)
         if len(batch):
             yield batch.decode(decoder)
+
+
+def sniff_delimiter(header: str) -> str:
+    """The delimiter of a CSV header line among ',', ';', tab and '|' (input.csv_delimiter =
+    "auto"); ',' when the sniffer cannot tell, as for a single column. The header alone decides,
+    so a file is split one way from its first row to its last."""
+    try:
+        return csv.Sniffer().sniff(header, delimiters=CSV_DELIMITERS).delimiter
+    except csv.Error:
+        return ","
 
 
 class _RowBatch:
@@ -142,4 +158,6 @@ class _RowBatch:
         batch = dataclasses.replace(decoded.batch, index=positions[decoded.batch.index])
         moved = [Reject(int(positions[r.index]), r.reason, r.detail) for r in decoded.rejects]
         rejects = sorted(moved + self._broken, key=operator.attrgetter("index"))
-        return Decoded(batch=batch, rejects=rejects, labels=decoded.labels)
+        return Decoded(
+            batch=batch, rejects=rejects, labels=decoded.labels, filtered=decoded.filtered
+        )

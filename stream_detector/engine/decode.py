@@ -28,7 +28,7 @@ import numpy as np
 import orjson
 import structlog
 
-from stream_detector.config import InputConfig
+from stream_detector.config import InputConfig, column_name, path_segments
 from stream_detector.engine.types import Decoded, EventBatch, Reject
 
 log = structlog.get_logger(__name__)
@@ -66,6 +66,15 @@ _TIME_EXPECTED: Final = {
 }
 _TRUE_WORDS: Final = frozenset({"1", "true", "yes"})
 _SHOWN_CHARS: Final = 60
+# What a filter value equals: a bool only a JSON bool, a number any JSON number (1 == 1.0), since
+# Python's True == 1 would let `"/ok" = true` match a count of 1.
+_FILTER_TYPES: Final[dict[type, frozenset[type]]] = {
+    bool: frozenset({bool}),
+    int: frozenset({int, float}),
+    float: frozenset({int, float}),
+    str: frozenset({str}),
+}
+_COMPOSITE_ESCAPES: Final = str.maketrans({"\\": "\\\\", "|": "\\|"})
 _JSON_KINDS: Final = {
     list: "an array",
     str: "a string",
@@ -81,7 +90,7 @@ class _RawRecords:
     """Records reduced to one raw value per field, aligned with `index`, before validation."""
 
     index: np.ndarray  # int64, position of each record in the caller's input
-    keys: Sequence[Any]
+    keys: list[Sequence[Any]]  # one column per key component (one, unless input.key_fields)
     ts: Sequence[Any] | np.ndarray
     ts_unit: str
     values: list[Sequence[Any] | np.ndarray]
@@ -121,6 +130,11 @@ class RecordDecoder(Protocol):
     @property
     def feature_names(self) -> tuple[str, ...]: ...
 
+    @property
+    def csv_delimiter(self) -> str:
+        """input.csv_delimiter, which the file sources split CSV rows by."""
+        ...
+
     def decode_messages(
         self,
         payloads: Sequence[bytes],
@@ -151,12 +165,27 @@ class Decoder:
         # shift the element boundaries by producing this string itself, which it cannot guess.
         self._sentinel = "~" + secrets.token_hex(16)
         self._separator = b',"' + self._sentinel.encode() + b'",'
-        self._value_paths = [field.split(".") for field in config.value_fields]
+        # Paths are parsed here, once, so decoding a batch only walks ready-made key lists.
+        self._value_paths = [path_segments(field) for field in config.value_fields]
         self._value_labels = [f"field '{field}'" for field in config.value_fields]
+        key_paths = config.key_paths or ()
+        self._key_paths = [path_segments(field) for field in key_paths]
+        self._key_labels = [f"key field '{field}'" for field in key_paths]
+        ts_field, label = config.timestamp_field, config.label_field
+        self._ts_path = None if ts_field is None else path_segments(ts_field)
+        self._label_path = None if label is None else path_segments(label)
+        self._filter = [
+            (path_segments(field), value, _FILTER_TYPES[type(value)])
+            for field, value in config.filter.items()
+        ]
 
     @property
     def feature_names(self) -> tuple[str, ...]:
         return self._config.value_fields
+
+    @property
+    def csv_delimiter(self) -> str:
+        return self._config.csv_delimiter
 
     def flush(self) -> Decoded:
         """Nothing: each record is decoded on arrival, none is held."""
@@ -187,7 +216,7 @@ class Decoder:
         broker_ts_ms: Sequence[int] | np.ndarray | None,
         fields: Sequence[str],
     ) -> tuple[Decoded, list[np.ndarray]]:
-        """decode_messages, plus the raw value at each of `fields` (dotted paths) for every
+        """decode_messages, plus the raw value at each of `fields` (field paths) for every
         accepted event: object [len(batch)] per field, None where absent, not validated.
 
         The aggregating decoder reads its distinct-count fields (addresses, ports) this way from
@@ -196,7 +225,7 @@ class Decoder:
         """
         cfg = self._config
         n = len(payloads)
-        if cfg.key_field is None and (keys is None or len(keys) != n):
+        if not self._key_paths and (keys is None or len(keys) != n):
             raise ValueError("input.key_field is null, so one Kafka key per payload is required")
         if cfg.timestamp_field is None and (broker_ts_ms is None or len(broker_ts_ms) != n):
             raise ValueError(
@@ -204,43 +233,50 @@ class Decoder:
             )
         rejects: list[Reject] = []
         positions, objects = self._parse(payloads, rejects)
-        label = cfg.label_field
+        filtered = 0
+        if self._filter:
+            kept = np.flatnonzero(self._matches([_extract(objects, p) for p, _, _ in self._filter]))
+            filtered = len(objects) - kept.size
+            positions, objects = positions[kept], [objects[i] for i in kept.tolist()]
 
-        if cfg.key_field is None:
+        if not self._key_paths:
             assert keys is not None
-            raw_keys: Sequence[Any] = _kafka_keys([keys[i] for i in positions.tolist()])
+            raw_keys = [_kafka_keys([keys[i] for i in positions.tolist()])]
         else:
-            raw_keys = _extract(objects, cfg.key_field.split("."))
-        if cfg.timestamp_field is None:
+            raw_keys = [_extract(objects, path) for path in self._key_paths]
+        if self._ts_path is None:
             assert broker_ts_ms is not None
             raw_ts, unit = _broker_times(np.asarray(broker_ts_ms)[positions]), "ms"
         else:
-            raw_ts, unit = _extract(objects, cfg.timestamp_field.split(".")), cfg.timestamp_unit
+            raw_ts, unit = _extract(objects, self._ts_path), cfg.timestamp_unit
         raw = _RawRecords(
             index=positions,
             keys=raw_keys,
             ts=raw_ts,
             ts_unit=unit,
             values=[_extract(objects, path) for path in self._value_paths],
-            labels=None if label is None else _extract(objects, label.split(".")),
+            labels=None if self._label_path is None else _extract(objects, self._label_path),
         )
-        decoded = self._validate(raw, rejects)
+        decoded = self._validate(raw, rejects, filtered)
         if not fields:
             return decoded, []
         rows = np.searchsorted(positions, decoded.batch.index)
-        extra = [_extract(objects, field.split(".")) for field in fields]
+        extra = [_extract(objects, path_segments(field)) for field in fields]
         # fromiter keeps each value whole: asarray would split equal-length JSON arrays.
-        return decoded, [np.fromiter(column, dtype=object, count=len(column))[rows] for column in extra]
+        return decoded, [
+            np.fromiter(column, dtype=object, count=len(column))[rows] for column in extra
+        ]
 
     def decode_columns(self, columns: Mapping[str, Sequence[Any] | np.ndarray]) -> Decoded:
-        """Decode a table whose column names are the configured field paths, taken literally.
+        """Decode a table whose column names are the configured field paths' `column_name`s.
 
         Text cells (CSV) that read as numbers become numbers and empty cells become missing, so a
         file and a topic carrying the same data decode identically. An absent column makes every
-        row fail on that field rather than raising: a wrong file is a data problem.
+        row fail on that field rather than raising: a wrong file is a data problem. A filter
+        compares these cells too; a filter on true/false also matches the text 'true'/'false'.
         """
         cfg = self._config
-        if cfg.key_field is None or cfg.timestamp_field is None:
+        if not self._key_paths or cfg.timestamp_field is None:
             raise ValueError(
                 "input.key_field and input.timestamp_field must name columns to decode a file;"
                 " null (take them from Kafka) only works for the Kafka service"
@@ -250,23 +286,53 @@ class Decoder:
             raise ValueError(f"columns differ in length: {sorted(lengths)}")
         n = lengths.pop() if lengths else 0
 
-        def column(name: str, text_to_numbers: bool = True) -> Sequence[Any] | np.ndarray:
+        def column(path: str, text_to_numbers: bool = True) -> Sequence[Any] | np.ndarray:
+            name = column_name(path)
             if name not in columns:
                 log.warning("decode_column_absent", column=name, columns=sorted(columns))
                 return [None] * n
             found = columns[name]
             return _numbers_from_text(found) if text_to_numbers else found
 
+        index = np.arange(n, dtype=np.int64)
+        filtered = 0
+        if cfg.filter:
+            cells = [
+                _bools_from_text(column(path)) if type(value) is bool else column(path)
+                for path, value in cfg.filter.items()
+            ]
+            index = np.flatnonzero(self._matches(cells))
+            filtered = n - index.size
+            if filtered:  # the columns narrowed to the kept rows, whose positions `index` keeps
+                rows = index.tolist()
+                columns = {name: [found[i] for i in rows] for name, found in columns.items()}
+                n = index.size
         label = cfg.label_field
         raw = _RawRecords(
-            index=np.arange(n, dtype=np.int64),
-            keys=column(cfg.key_field, text_to_numbers=False),
+            index=index,
+            keys=[column(path, text_to_numbers=False) for path in cfg.key_paths or ()],
             ts=column(cfg.timestamp_field),
             ts_unit=cfg.timestamp_unit,
             values=[column(field) for field in cfg.value_fields],
-            labels=column(label) if label is not None and label in columns else None,
+            labels=column(label) if label is not None and column_name(label) in columns else None,
         )
-        return self._validate(raw, [])
+        return self._validate(raw, [], filtered)
+
+    def _matches(self, columns: list[Sequence[Any] | np.ndarray]) -> np.ndarray:
+        """bool [N]: which records hold every filter value, one column per filter path.
+
+        map() compares without a Python frame per record; the type check keeps `true` from
+        equalling 1 and an absent (None) or nested value from equalling anything.
+        """
+        n = len(columns[0])
+        match = np.ones(n, dtype=bool)
+        for (_, value, types), column in zip(self._filter, columns, strict=True):
+            if isinstance(column, np.ndarray):
+                column = column.tolist()  # numpy scalars are not the JSON types compared with
+            same_type = map(types.__contains__, map(type, column))
+            equal = map(operator.eq, column, repeat(value))
+            match &= np.fromiter(map(operator.and_, same_type, equal), dtype=bool, count=n)
+        return match
 
     # -- parsing ----------------------------------------------------------------------------
 
@@ -334,8 +400,9 @@ class Decoder:
 
     # -- validation -------------------------------------------------------------------------
 
-    def _validate(self, raw: _RawRecords, rejects: list[Reject]) -> Decoded:
-        """The one rule set: key, then timestamp, then each value field in model order."""
+    def _validate(self, raw: _RawRecords, rejects: list[Reject], filtered: int = 0) -> Decoded:
+        """The one rule set: key, then timestamp, then each value field in model order;
+        `filtered` (records input.filter skipped before this) is passed through for counting."""
         n = raw.index.shape[0]
         verdicts = _Verdicts(raw.index, rejects)
         keys = self._check_keys(raw, verdicts)
@@ -360,17 +427,28 @@ class Decoder:
         )
         rejects.sort(key=operator.attrgetter("index"))
         labels = None if raw.labels is None else _label_flags(raw.labels)[good]
-        return Decoded(batch=batch, rejects=rejects, labels=labels)
+        return Decoded(batch=batch, rejects=rejects, labels=labels, filtered=filtered)
 
     def _check_keys(self, raw: _RawRecords, verdicts: _Verdicts) -> np.ndarray:
-        key_field = self._config.key_field
-        field = "Kafka message key" if key_field is None else f"key field '{key_field}'"
-        keys, status = _keys(raw.keys)
-        refuse = partial(verdicts.refuse, raw=raw.keys, field=field)
-        refuse(status == _MISSING, "missing_key", "{field} is missing or null")
-        refuse(status == _EMPTY, "missing_key", "{field} is empty")
-        refuse(status == _OTHER, "bad_key", "{field} is {value}, not a string or integer")
-        return keys
+        """Each key component checked by the same rules; with input.key_fields the components'
+        texts are escaped and joined, so that no two different tuples give one key."""
+        labels = self._key_labels or ["Kafka message key"]
+        parts = []
+        for field, column in zip(labels, raw.keys, strict=True):
+            keys, status = _keys(column)
+            refuse = partial(verdicts.refuse, raw=column, field=field)
+            refuse(status == _MISSING, "missing_key", "{field} is missing or null")
+            refuse(status == _EMPTY, "missing_key", "{field} is empty")
+            refuse(status == _OTHER, "bad_key", "{field} is {value}, not a string or integer")
+            parts.append(keys)
+        if self._config.key_fields is None:
+            return parts[0]
+        texts = []
+        for keys in parts:
+            keys[verdicts.bad] = ""  # refused above; blanked so only text is escaped and joined
+            texts.append(map(str.translate, keys.tolist(), repeat(_COMPOSITE_ESCAPES)))
+        joined = list(map("|".join, zip(*texts, strict=True)))
+        return np.fromiter(joined, dtype=object, count=len(joined))
 
     def _check_timestamps(self, raw: _RawRecords, verdicts: _Verdicts) -> np.ndarray:
         cfg = self._config
@@ -484,8 +562,9 @@ def _parse_non_finite(payload: Any) -> Any | None:
     return value if found else None
 
 
-def _extract(objects: list[dict], path: list[str]) -> list[Any]:
-    """The value at a dotted path in each object; None where any step is absent or not an object.
+def _extract(objects: list[dict], path: Sequence[str]) -> list[Any]:
+    """The value at a path (its keys, from `path_segments`) in each object; None where any step
+    is absent or not an object.
 
     `map(dict.get, ...)` runs without a Python frame per record, which is most of decode's time
     after parsing; the guarded comprehension is only needed once some step is not an object.
@@ -640,6 +719,12 @@ def _cell(text: str) -> Any:
         return float(text)
     except ValueError:
         return text
+
+
+def _bools_from_text(column: Sequence[Any] | np.ndarray) -> list[Any]:
+    """CSV cells for a boolean filter: 'true'/'false' (any case) read as the bool."""
+    words = {"true": True, "false": False}
+    return [words.get(v.strip().lower(), v) if type(v) is str else v for v in column]
 
 
 def _label_flags(raw: Sequence[Any] | np.ndarray) -> np.ndarray:

@@ -82,6 +82,8 @@ class Decoded:
     labels: np.ndarray | None = None
     # Records read, where the batch holds something else (aggregate mode: closed buckets).
     records: int | None = None
+    # Records input.filter skipped: read, but neither events nor rejects (nor dead letters).
+    filtered: int = 0
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,11 @@ class ServiceMetrics:
         self.rejects = Counter(
             "sd_rejects", "Messages refused by decode, by reason.", ["reason"], registry=r
         )
+        self.filtered = Counter(
+            "sd_filtered_records",
+            "Messages skipped because they do not match input.filter (not dead-lettered).",
+            registry=r,
+        )
         self.dead_letters = Counter(
             "sd_dead_letters", "Records produced to the dead-letter topic.", registry=r
         )
@@ -105,6 +110,7 @@ class ServiceMetrics:
     ) -> None:
         self.events_in.inc(consumed)
         self.events_processed.inc(len(result.decoded.batch))
+        self.filtered.inc(result.decoded.filtered)
         if result.decoded.rejects:
             for reason, count in Tally(r.reason for r in result.decoded.rejects).items():
                 self.rejects.labels(reason=reason).inc(count)
@@ -137,13 +143,14 @@ class ServiceMetrics:
         self.aggregate_keys.set(aggregators.n_keys)
 
     def totals(self) -> dict[str, int]:
-        """The counters that must balance (events in = processed + dead letters), for the final
-        log line."""
+        """The counters that must balance (events in = processed + dead letters + filtered), for
+        the final log line."""
         sample = self.registry.get_sample_value
         return {
             "events_in": int(sample("sd_events_in_total") or 0),
             "events_processed": int(sample("sd_events_processed_total") or 0),
             "dead_letters": int(sample("sd_dead_letters_total") or 0),
+            "filtered": int(sample("sd_filtered_records_total") or 0),
             "windows_scored": int(sample("sd_windows_scored_total") or 0),
             "alerts": sum(int(sample("sd_alerts_total", {"kind": k}) or 0) for k in ("open", "resolve")),
         }

@@ -28,5 +28,6 @@ def test_each_call_is_a_fresh_dict() -> None:
 
 
 def test_an_unknown_preset_names_the_known_ones() -> None:
-    with pytest.raises(ValueError, match="no preset named 'nope'.*flows, iot_demo, network_demo"):
+    known = "flows, goflow2, iot_demo, network_demo, suricata-flow, telegraf-cpu, zeek-conn"
+    with pytest.raises(ValueError, match=f"no preset named 'nope'; the presets are: {known}$"):
         preset("nope")

@@ -27,12 +27,22 @@ from safetensors.torch import save as save_safetensors
 
 from stream_detector import __version__
 from stream_detector.config import Settings, fingerprint_of
+from stream_detector.detector.mapping import (
+    checked_mapping,
+    completed_settings,
+    explicit_names,
+    input_mapping,
+    same_json,
+)
 from stream_detector.engine.model import LSTMAutoencoder, select_device
 
 log = structlog.get_logger(__name__)
 
 # 2: metadata records model_settings, the settings the model was trained under, by name.
-ARTEFACT_FORMAT = 2
+# 3: and input_mapping, how records became keys, times and features (see mapping.py).
+ARTEFACT_FORMAT = 3
+# A format 2 artefact still loads, without a stored mapping: nothing else about it changed.
+_READABLE_FORMATS = (2, ARTEFACT_FORMAT)
 WEIGHTS_FILE = "model.safetensors"
 METADATA_FILE = "metadata.json"
 _VERSION_PREFIX = "lstm-ae-"
@@ -64,6 +74,8 @@ class ModelMetadata:
     latent_size: int
     config_fingerprint: str
     model_settings: dict[str, Any]
+    # None for a format 2 artefact, written before the mapping was recorded.
+    input_mapping: dict[str, Any] | None
     norm_mean: tuple[float, ...]
     norm_std: tuple[float, ...]
     calibration_quantiles: dict[str, float]
@@ -129,6 +141,7 @@ def _assemble(
         latent_size=settings.model.latent_size,
         config_fingerprint=settings.model_fingerprint(),
         model_settings=settings.model_settings(),
+        input_mapping=input_mapping(settings),
         norm_mean=tuple(float(v) for v in result.norm_mean),
         norm_std=tuple(float(v) for v in result.norm_std),
         calibration_quantiles={k: float(v) for k, v in result.calibration_quantiles.items()},
@@ -185,9 +198,27 @@ def load_artefact(
 ) -> ModelArtefact:
     """Load and verify an artefact against `settings`; raises ArtefactError on any mismatch.
 
-    `device` defaults to the one `settings.model.device` selects.
+    `device` defaults to the one `settings.model.device` selects. The settings are taken as
+    they are: a caller that serves with them must have the mapping the model was trained with;
+    `load_artefact_and_settings` completes them from the artefact instead.
     """
-    directory = Path(directory)
+    return _load(Path(directory), settings, device, complete=False)[0]
+
+
+def load_artefact_and_settings(
+    directory: Path, settings: Settings, device: torch.device | None = None
+) -> tuple[ModelArtefact, Settings]:
+    """Load an artefact, and the settings to serve it with: `settings` with every input mapping
+    setting it does not give explicitly taken from the artefact (logged), so data shaped like
+    the training data needs no configuration. Raises ArtefactError on any mismatch, naming a
+    given setting that contradicts the artefact's and the fix.
+    """
+    return _load(Path(directory), settings, device, complete=True)
+
+
+def _load(
+    directory: Path, settings: Settings, device: torch.device | None, *, complete: bool
+) -> tuple[ModelArtefact, Settings]:
     if not directory.is_dir():
         raise ArtefactError(
             f"model artefact directory {directory} does not exist; {_RETRAIN} --out {directory}, "
@@ -201,7 +232,20 @@ def load_artefact(
                 f"{_RETRAIN} --out {directory}"
             )
     metadata = _read_metadata(metadata_path)
-    _check_against_settings(metadata, settings, directory)
+    used, taken = settings, {}
+    if complete and metadata.input_mapping is not None:
+        try:
+            used, taken = completed_settings(settings, metadata.input_mapping)
+        except ValueError:
+            pass  # something given contradicts the artefact: the check below names it
+    given = explicit_names(settings) if complete else frozenset()
+    _check_against_settings(metadata, used, given, directory)
+    if taken:
+        log.info(
+            "input mapping taken from the model artefact",
+            path=str(directory),
+            taken=taken,
+        )
     weights = weights_path.read_bytes()
     # Verify and parse the same bytes, so the file cannot change between the check and the load.
     actual_version = model_version_of(weights)
@@ -212,7 +256,7 @@ def load_artefact(
             f"the weights were modified or corrupted, restore the artefact or {_RETRAIN}"
         )
     model = _build_model(metadata, weights, directory)
-    target = device if device is not None else select_device(settings.model.device)
+    target = device if device is not None else select_device(used.model.device)
     model = model.to(target).eval()
     log.info(
         "model artefact loaded",
@@ -220,7 +264,7 @@ def load_artefact(
         model_version=metadata.model_version,
         device=str(target),
     )
-    return ModelArtefact(model=model, metadata=metadata)
+    return ModelArtefact(model=model, metadata=metadata), used
 
 
 def _read_metadata(path: Path) -> ModelMetadata:
@@ -231,12 +275,15 @@ def _read_metadata(path: Path) -> ModelMetadata:
     if not isinstance(raw, dict):
         raise ArtefactError(f"{path} is not a JSON object; {_RETRAIN}")
     version = raw.get("format_version")
-    if type(version) is not int or version != ARTEFACT_FORMAT:  # JSON true would equal 1
+    if type(version) is not int or version not in _READABLE_FORMATS:  # JSON true equals 1
         raise ArtefactError(
             f"{path}: format_version is {version!r} but this stream-detector ({__version__}) "
-            f"reads format_version {ARTEFACT_FORMAT}; {_RETRAIN} with this version"
+            f"reads format_version {' or '.join(map(str, _READABLE_FORMATS))}; {_RETRAIN} "
+            "with this version"
         )
     expected = {f.name for f in fields(ModelMetadata)}
+    if version < ARTEFACT_FORMAT:
+        expected.discard("input_mapping")
     missing, unknown = expected - raw.keys(), raw.keys() - expected
     if missing or unknown:
         raise ArtefactError(
@@ -269,6 +316,10 @@ def _checked_metadata(raw: Mapping[str, Any]) -> ModelMetadata:
             f"config_fingerprint {fingerprint!r} is not the hash of model_settings "
             f"({fingerprint_of(model_settings)!r})"
         )
+    mapping = None
+    if "input_mapping" in raw:
+        mapping = _get(raw, "input_mapping", _stored_mapping)
+        _check_mapping_agrees(mapping, features, model_settings)
     return ModelMetadata(
         format_version=raw["format_version"],
         model_version=_get(raw, "model_version", _pattern(_VERSION_PATTERN)),
@@ -281,6 +332,7 @@ def _checked_metadata(raw: Mapping[str, Any]) -> ModelMetadata:
         latent_size=_get(raw, "latent_size", _integer(1)),
         config_fingerprint=fingerprint,
         model_settings=model_settings,
+        input_mapping=mapping,
         norm_mean=_get(raw, "norm_mean", _numbers(n, positive=False)),
         norm_std=_get(raw, "norm_std", _numbers(n, positive=True)),
         calibration_quantiles=_get(raw, "calibration_quantiles", _quantiles),
@@ -385,6 +437,27 @@ def _settings_record(value: Any) -> dict[str, Any]:
     return record
 
 
+def _stored_mapping(value: Any) -> dict[str, Any]:
+    try:
+        return checked_mapping(value)
+    except ValueError as exc:
+        raise _BadValue(str(exc)) from None
+
+
+def _check_mapping_agrees(
+    mapping: dict[str, Any], features: tuple[str, ...], model_settings: dict[str, Any]
+) -> None:
+    """The mapping repeats the features and the settings that decide them (mode, buckets);
+    a copy that differs from the original was edited."""
+    recorded = {**model_settings, "input.value_fields": list(features)}
+    for name in mapping.keys() & recorded.keys():
+        if not same_json(mapping[name], recorded[name]):
+            raise _BadValue(
+                f"input_mapping[{name!r}] is {mapping[name]!r} but the model was trained with "
+                f"{recorded[name]!r}"
+            )
+
+
 def _quantiles(value: Any) -> dict[str, float]:
     """Validation-score quantiles: q in (0, 1), scores >= 0 that do not fall as q rises.
 
@@ -409,8 +482,15 @@ def _quantiles(value: Any) -> dict[str, float]:
     return quantiles
 
 
-def _check_against_settings(metadata: ModelMetadata, settings: Settings, directory: Path) -> None:
-    """Refuse, naming the setting and the fix, an artefact trained under other settings."""
+def _check_against_settings(
+    metadata: ModelMetadata, settings: Settings, given: frozenset[str], directory: Path
+) -> None:
+    """Refuse, naming the setting, both values and the fix, an artefact trained under other
+    settings or with another input mapping.
+
+    `given` names the mapping settings the user set explicitly: for those the fix is to remove
+    them (the artefact supplies its own); for the rest, to set the artefact's value.
+    """
     checks: list[tuple[str, str, Any, Any]] = [
         ("features", "input.value_fields", metadata.features, tuple(settings.input.value_fields)),
         ("window", "window.size", metadata.window, settings.window.size),
@@ -420,13 +500,31 @@ def _check_against_settings(metadata: ModelMetadata, settings: Settings, directo
     ]
     trained, current = metadata.model_settings, settings.model_settings()
     checks += [(name, name, value, current.get(name, "unset")) for name, value in trained.items()]
+    if metadata.input_mapping is not None:
+        stored, mapped = metadata.input_mapping, input_mapping(settings)
+        # The mapping repeats the features, mode and buckets (equal, or loading refused it), so
+        # its entries replace theirs. What the configuration gives goes first, so that a key
+        # given as key_field where the artefact has key_fields is named as the user wrote it.
+        names = [*stored, *(name for name in mapped if name not in stored)]
+        names.sort(key=lambda name: name not in given)
+        mapping_checks = [
+            (name, name, stored.get(name, "unset"), mapped.get(name, "unset")) for name in names
+        ]
+        checks = mapping_checks + [check for check in checks if check[1] not in names]
     for name, setting, in_artefact, in_config in checks:
-        if in_artefact != in_config:
+        if not same_json(in_artefact, in_config):
             shown = list(in_artefact) if isinstance(in_artefact, tuple) else in_artefact
+            if metadata.input_mapping is not None and setting in given:
+                fix = (
+                    f"remove {setting} from the configuration to use the artefact's, or "
+                    f"{_RETRAIN} under this configuration"
+                )
+            else:
+                fix = f"{_RETRAIN} under this configuration, or set {setting} = {shown!r} to match"
+                fix += " the artefact"
             raise ArtefactError(
                 f"model artefact {directory}: {name} is {in_artefact!r} in the artefact but "
-                f"{in_config!r} in the configuration; {_RETRAIN} under this configuration, or "
-                f"set {setting} = {shown!r} to match the artefact"
+                f"{in_config!r} in the configuration; {fix}"
             )
     unrecorded = sorted(current.keys() - trained.keys())
     if unrecorded:

@@ -21,7 +21,7 @@ import torch
 from stream_detector.aggregate.decoder import AggregatingDecoder, decoder_for
 from stream_detector.aggregate.streams import SINGLE_STREAM, StreamAggregators
 from stream_detector.config import ConfigError, Settings
-from stream_detector.detector.artefact import ModelArtefact, load_artefact
+from stream_detector.detector.artefact import ModelArtefact, load_artefact_and_settings
 from stream_detector.detector.snapshot import EngineSnapshot
 from stream_detector.engine.alerts import Alert
 from stream_detector.engine.episodes import EpisodeTracker
@@ -283,7 +283,11 @@ def load_detector(
 ) -> Detector:
     """The detector every front door serves with: the artefact at `model_dir` (or `model.path`),
     verified against `settings`, on `device` (or the one `model.device` selects, chosen once and
-    logged). Raises ConfigError when no model is named, ArtefactError when it does not fit."""
+    logged). Raises ConfigError when no model is named, ArtefactError when it does not fit.
+
+    The input mapping settings that `settings` does not give are the artefact's (logged), so the
+    detector's decoder reads data as training did; `Detector.settings` holds what it runs with.
+    """
     path = model_dir if model_dir is not None else settings.model.path
     if path is None:
         raise ConfigError(
@@ -291,5 +295,6 @@ def load_detector(
             "--model DIR or set [model] path = DIR in the config file"
         )
     chosen = device if device is not None else select_device(settings.model.device)
-    return Detector(settings, load_artefact(Path(path), settings, chosen), chosen)
+    artefact, completed = load_artefact_and_settings(Path(path), settings, chosen)
+    return Detector(completed, artefact, chosen)
 

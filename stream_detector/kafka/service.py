@@ -80,13 +80,15 @@ class KafkaService:
     """One consumer-group member: owns the clients and the detector, and runs the loop."""
 
     def __init__(self, settings: Settings, stop: threading.Event) -> None:
-        self.settings = settings
         self.kafka = settings.kafka
         self.stop = stop
         self.metrics = ServiceMetrics()
         self.health = HealthState()
         self.tracker = DeliveryTracker()
         self.detector = load_detector(settings)
+        # With the input mapping the model artefact supplied (load_detector logs what it took),
+        # so that the state stores and output see the mode and keys the detector decodes with.
+        settings = self.settings = self.detector.settings
         self.health.model_loaded = True
         self.metrics.model_info.labels(model_version=self.detector.model_version).set(1)
         self.source = f"stream-detector/{self.kafka.group_id}"

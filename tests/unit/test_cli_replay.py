@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from stream_detector.cli import main
-from stream_detector.config import load_settings
+from stream_detector.config import Settings, load_settings
 from stream_detector.detector.artefact import TrainingResult, save_artefact
 from stream_detector.engine.model import LSTMAutoencoder
 
@@ -79,3 +79,33 @@ def test_replay_under_a_file_fails_with_a_message_not_a_traceback(
     blocker.write_text("a file where the folder would go")
     assert _replay(files, blocker / "scores.jsonl") == 2
     assert "cannot create the folder of --out" in capsys.readouterr().err
+
+
+def test_replay_with_no_config_reads_data_as_the_model_was_trained(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The artefact's input mapping (key `device`, values `a`, `b`, time `t` in ms) decodes."""
+    trained_with = Settings(
+        input={"key_field": "device", "value_fields": ("a", "b"), "timestamp_field": "t",
+               "timestamp_unit": "ms"}
+    )
+    torch.manual_seed(0)
+    model = LSTMAutoencoder(2, trained_with.window.size, trained_with.model.hidden_size,
+                            trained_with.model.num_layers, trained_with.model.latent_size)
+    result = TrainingResult((0.0, 0.0), (1.0, 1.0), {"0.995": 1.0}, 1.0, {})
+    save_artefact(tmp_path / "model", model, trained_with, result)
+    feed = tmp_path / "feed.jsonl"
+    rows = [{"device": f"d{i % 2}", "t": (T0 + i) * 1000, "a": i, "b": -i} for i in range(8)]
+    feed.write_bytes(b"".join(orjson.dumps(row) + b"\n" for row in rows))
+    out = tmp_path / "scores.jsonl"
+    args = ["replay", "--input", str(feed), "--model", str(tmp_path / "model"), "--out", str(out),
+            "--log-level", "error"]
+    assert main(args) == 0
+    lines = [orjson.loads(line) for line in out.read_bytes().splitlines()]
+    assert [(line["key"], line["ts"]) for line in lines] == [
+        (f"d{i % 2}", T0 + i) for i in range(8)
+    ]
+    assert main([*args, "--set", "input.key_field=host"]) == 2
+    error = capsys.readouterr().err
+    assert "input.key_field is 'device' in the artefact but 'host'" in error
+    assert "remove input.key_field from the configuration" in error

@@ -11,6 +11,7 @@ import torch
 
 from stream_detector.config import Settings
 from stream_detector.detector.artefact import load_artefact
+from stream_detector.detector.mapping import input_mapping
 from stream_detector.detector.training import MIN_TRAINING_WINDOWS, collect_windows, train
 from stream_detector.engine.model import WindowScorer
 from stream_detector.engine.types import Decoded, EventBatch
@@ -186,6 +187,8 @@ def test_out_dir_gets_a_loadable_artefact(tmp_path: Path) -> None:
     trained = train(_batches(), settings, tmp_path / "model")
     loaded = load_artefact(tmp_path / "model", settings, CPU)
     assert loaded.metadata == trained.metadata
+    # How records became keys, times and features, for replay and run to read data alike.
+    assert loaded.metadata.input_mapping == input_mapping(settings)
     windows, mean, std = _collected(_batches(), settings)
     np.testing.assert_allclose(loaded.metadata.norm_mean, mean, rtol=1e-6)
     np.testing.assert_allclose(loaded.metadata.norm_std, std, rtol=1e-6)

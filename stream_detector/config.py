@@ -23,8 +23,10 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
+    SerializerFunctionWrapHandler,
     ValidationError,
     field_validator,
+    model_serializer,
     model_validator,
 )
 from pydantic_settings import (
@@ -221,6 +223,54 @@ class InputConfig(_Section):
 AggregateFunction = Literal["count", "sum", "mean", "min", "max", "distinct"]
 
 
+class AggregateWhere(_Section):
+    """The condition of a conditional count: the raw field at `field` equals `equals`, or one of
+    `in`. Values compare as in input.filter (1 equals 1.0, never true; text only text), and an
+    event without the field, or with an array or object there, never matches: a field that
+    only some events carry (a state logged on TCP only) is then a count of zero, not a reject.
+    """
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    field: str = Field(
+        description="Field path of the raw field compared (dotted, or a JSON Pointer)."
+    )
+    equals: FilterValue | None = Field(None, description="The one value counted.")
+    in_: tuple[FilterValue, ...] | None = Field(
+        None, alias="in", min_length=1, description="The values counted (any of them)."
+    )
+
+    @field_validator("field")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        path_segments(value)
+        return value
+
+    @model_validator(mode="after")
+    def _one_test(self) -> AggregateWhere:
+        if (self.equals is None) == (self.in_ is None):
+            raise ValueError(
+                f"where on {self.field!r}: give exactly one of `equals = value` or "
+                "`in = [values]`"
+            )
+        return self
+
+    @property
+    def values(self) -> tuple[FilterValue, ...]:
+        """The values an event's field is compared with, whichever way they were written."""
+        if self.in_ is not None:
+            return self.in_
+        assert self.equals is not None  # _one_test
+        return (self.equals,)
+
+    @model_serializer(mode="wrap")
+    def _as_written(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Only the test given, under its TOML name (`in`, not `in_`), so a dump loads back."""
+        dumped = handler(self)
+        tests = {"equals": dumped.get("equals"), "in": dumped.get("in_", dumped.get("in"))}
+        return {"field": dumped["field"], **{k: v for k, v in tests.items() if v is not None}}
+
+
 class AggregateFeature(_Section):
     """One bucket feature: an aggregation over a raw field of the key's events in the bucket."""
 
@@ -235,6 +285,13 @@ class AggregateFeature(_Section):
         "leave unset for count, set for the rest.",
     )
 
+    where: AggregateWhere | None = Field(
+        None,
+        description="count only: count just the events whose field matches, e.g. "
+        '{ field = "conn_state", in = ["S0", "REJ"] } or { field = "proto", equals = "udp" }; '
+        "an event without the field is not counted (and not refused).",
+    )
+
     @field_validator("field")
     @classmethod
     def _path(cls, value: str | None) -> str | None:
@@ -243,10 +300,26 @@ class AggregateFeature(_Section):
     @model_validator(mode="after")
     def _field_matches_agg(self) -> AggregateFeature:
         if self.agg == "count" and self.field is not None:
-            raise ValueError(f"feature {self.name!r}: count counts events; remove `field`")
+            raise ValueError(
+                f"feature {self.name!r}: count counts events; remove `field` (to count only "
+                "some events, use `where = { field = ..., in = [...] }`)"
+            )
         if self.agg != "count" and self.field is None:
             raise ValueError(f"feature {self.name!r}: {self.agg} needs the raw `field` it reads")
+        if self.agg != "count" and self.where is not None:
+            raise ValueError(
+                f"feature {self.name!r}: `where` only conditions a count, not {self.agg}"
+            )
         return self
+
+    @model_serializer(mode="wrap")
+    def _without_absent_where(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """An unconditional feature dumps as before `where` existed, so the model fingerprint
+        (a hash of this dump) of every model trained without it stays the same."""
+        dumped = handler(self)
+        if self.where is None:
+            dumped.pop("where", None)
+        return dumped
 
 
 class AggregateConfig(_Section):

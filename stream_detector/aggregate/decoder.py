@@ -71,23 +71,27 @@ class AggregatingDecoder:
         `streams` gives each message's source stream (see aggregate/streams.py: one watermark
         per input partition); None means one stream.
         """
-        decoded, distinct = self._decoder.decode_with_fields(
-            payloads, keys, broker_ts_ms, self.plan.distinct_fields
+        decoded, raw = self._decoder.decode_with_fields(
+            payloads, keys, broker_ts_ms, self.plan.distinct_fields + self.plan.condition_fields
         )
         event_streams = None if streams is None else np.asarray(streams)[decoded.batch.index]
-        return self._bucket(decoded, distinct, event_streams)
+        return self._bucket(decoded, raw, event_streams)
 
     def decode_columns(self, columns: Mapping[str, Sequence[Any] | np.ndarray]) -> Decoded:
         """Fold a table of raw events (a CSV file) into the buckets, as decode_messages."""
         decoded = self._decoder.decode_columns(columns)
         rows = decoded.batch.index
         absent = [None] * len(rows)
-        names = [column_name(field) for field in self.plan.distinct_fields]
-        distinct = [
+        fields = self.plan.distinct_fields + self.plan.condition_fields
+        names = [column_name(field) for field in fields]
+        raw = [
             np.asarray(columns[name], dtype=object)[rows] if name in columns else absent
             for name in names
         ]
-        return self._bucket(decoded, distinct)
+        n_distinct = len(self.plan.distinct_fields)
+        for j, condition in enumerate(self.plan.conditions, start=n_distinct):
+            raw[j] = _cells_as_json(raw[j], condition.values)
+        return self._bucket(decoded, raw)
 
     def flush(self) -> Decoded:
         """The buckets still open, closed because the input has ended (see
@@ -99,21 +103,23 @@ class AggregatingDecoder:
     def _bucket(
         self,
         decoded: Decoded,
-        distinct: Sequence[Sequence[Any]],
+        raw: Sequence[Sequence[Any]],
         streams: np.ndarray | None = None,
     ) -> Decoded:
+        """`raw`: the raw values of the plan's distinct fields, then of its condition fields."""
         batch = decoded.batch
         n = len(batch)
-        hashes = np.zeros((n, len(self.plan.distinct_fields)), dtype=np.uint64)
+        n_distinct = len(self.plan.distinct_fields)
+        hashes = np.zeros((n, n_distinct), dtype=np.uint64)
         present = np.zeros(hashes.shape, dtype=bool)
-        for j, column in enumerate(distinct):
+        for j, column in enumerate(raw[:n_distinct]):
             hashes[:, j], present[:, j] = hash_values(column)
         step = self.aggregator.add(
             TimedEvents(
                 index=batch.index,
                 keys=batch.keys,
                 ts=batch.ts,
-                numbers=batch.values.astype(np.float64),
+                numbers=self.plan.numbers(batch.values, raw[n_distinct:]),
                 hashes=hashes,
                 present=present,
             ),
@@ -146,6 +152,30 @@ class AggregatingDecoder:
             )
             for i in late.tolist()
         ]
+
+
+def _cells_as_json(cells: Sequence[Any] | np.ndarray, values: Sequence[Any]) -> list[Any]:
+    """A CSV column a condition reads, as the JSON values a topic would carry: text that reads
+    as a number becomes one when the condition compares numbers, 'true'/'false' (any case) a
+    bool when it compares bools, an empty cell absent; any other text stays text. So a file and
+    a topic carrying the same events count the same."""
+    numbers = any(type(v) in (int, float) for v in values)
+    bools = any(type(v) is bool for v in values)
+    return [_cell_as_json(cell, numbers, bools) if type(cell) is str else cell for cell in cells]
+
+
+def _cell_as_json(cell: str, numbers: bool, bools: bool) -> Any:
+    text = cell.strip()
+    if not text:
+        return None
+    if bools and text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    if numbers:
+        try:
+            return float(text)
+        except ValueError:
+            pass
+    return cell
 
 
 def decoder_for(settings: Settings) -> RecordDecoder:

@@ -48,7 +48,11 @@ class StreamAggregators:
     """The aggregators of every source stream seen, created on a stream's first event."""
 
     def __init__(
-        self, plan: FeaturePlan, bucket_width_s: float, allowed_lateness_s: float, idle_timeout_s: float
+        self,
+        plan: FeaturePlan,
+        bucket_width_s: float,
+        allowed_lateness_s: float,
+        idle_timeout_s: float,
     ) -> None:
         self.plan = plan
         self.width = float(bucket_width_s)
@@ -62,7 +66,8 @@ class StreamAggregators:
 
     @property
     def n_keys(self) -> int:
-        """Keys with open or idling buckets, over all streams (a key on two partitions counts twice)."""
+        """Keys with open or idling buckets, over all streams (a key on two partitions counts
+        twice)."""
         return sum(aggregator.n_keys for aggregator in self._streams.values())
 
     @property
@@ -135,7 +140,8 @@ class StreamAggregators:
 
     def import_state(self, stream: int, state: AggregatorState) -> None:
         """Replace one stream's state with `state` (a checkpoint is the truth for its stream:
-        the consumer resumes at its offset). Raises ValueError, changing nothing, if it does not fit."""
+        the consumer resumes at its offset). Raises ValueError, changing nothing, if it does not
+        fit."""
         aggregator = self._fresh()
         aggregator.import_state(state)
         self.drop([stream])

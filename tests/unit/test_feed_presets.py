@@ -61,8 +61,13 @@ def test_zeek_conn_buckets_each_originator_with_every_connection_counted() -> No
     parts, rejects = _decode(settings, FEEDS / "zeek_conn.jsonl")
     assert rejects == []
     assert _keys(parts) == {row["id.orig_h"] for row in rows}
-    assert settings.input.value_fields == ("connections", "bytes_out", "bytes_in", "peers", "ports")
+    assert settings.input.value_fields == (
+        "connections", "failed", "bytes_out", "bytes_in", "peers", "ports"
+    )
     assert _column(parts, settings, "connections").sum() == len(rows)
+    failed = {"S0", "REJ", "RSTO", "RSTR", "RSTOS0", "RSTRH", "SH", "SHR", "OTH"}
+    assert _column(parts, settings, "failed").sum() == sum(r["conn_state"] in failed for r in rows)
+    assert 0 < _column(parts, settings, "failed").sum() < len(rows)  # the sample has both kinds
     assert _column(parts, settings, "bytes_out").sum() == sum(r["orig_ip_bytes"] for r in rows)
     assert _column(parts, settings, "bytes_in").sum() == sum(r["resp_ip_bytes"] for r in rows)
     assert _column(parts, settings, "ports").max() >= 2

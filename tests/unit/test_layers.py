@@ -27,7 +27,7 @@ LAYERS: Final[tuple[frozenset[str], ...]] = (
     frozenset({"detector"}),
     frozenset({"scenarios"}),
     frozenset({"kafka", "evaluation"}),
-    frozenset({"demo", "forward"}),
+    frozenset({"demo", "forward", "inspect"}),
     frozenset({"benchmarking"}),
     frozenset({"cli", "__main__"}),
 )

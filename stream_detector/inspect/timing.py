@@ -1,0 +1,106 @@
+"""Which field is the event time, and its unit, judged by the range of its values.
+
+Epoch seconds, milliseconds, microseconds and nanoseconds of the years 2000 to a year from now
+occupy ranges three orders of magnitude apart that do not overlap, so the range of a field's
+values tells its unit; text is a time when it parses as RFC 3339.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Final
+
+from stream_detector.inspect.hints import TIME_NAMES, words
+from stream_detector.inspect.profile import FieldProfile
+
+EPOCH_FLOOR_S: Final = 946_684_800.0  # 2000-01-01, input.min_timestamp's default
+_SCALES: Final = (("s", 1.0), ("ms", 1e3), ("us", 1e6), ("ns", 1e9))
+_YEAR_S: Final = 365 * 86_400.0
+
+
+@dataclass(frozen=True)
+class TimeChoice:
+    """The time field (None: the broker's), its unit, why, and each record's time in seconds."""
+
+    path: str | None
+    unit: str
+    why: str
+    seconds: list[float | None]
+    others: tuple[str, ...] = ()
+
+
+def epoch_unit(numbers: list[float], now: float | None = None) -> str | None:
+    """The unit in which every number is an epoch time between 2000 and a year from now."""
+    if not numbers:
+        return None
+    ceiling = (time.time() if now is None else now) + _YEAR_S
+    low, high = min(numbers), max(numbers)
+    for unit, scale in _SCALES:
+        if EPOCH_FLOOR_S * scale <= low and high <= ceiling * scale:
+            return unit
+    return None
+
+
+def rfc3339_seconds(text: object) -> float | None:
+    """Epoch seconds of an RFC 3339 time (date and time, zone-less read as UTC), else None."""
+    if type(text) is not str or len(text) < 16 or text[4:5] != "-":
+        return None
+    try:
+        moment = datetime.fromisoformat(text.upper())
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def _reading(field: FieldProfile) -> tuple[str, list[float | None]] | None:
+    """(unit, seconds per record) when at least 90% of the records carry a plausible time."""
+    need = 0.9 * len(field.values)
+    if words(field.name) & {"id", "uid", "seq", "sequence"}:  # big ids can look like times
+        return None
+    unit = epoch_unit(field.numbers())
+    if unit is not None and len(field.numbers()) >= need:
+        scale = dict(_SCALES)[unit]
+        return unit, [
+            v / scale if type(v) in (int, float) else None for v in field.values
+        ]
+    parsed = [rfc3339_seconds(v) for v in field.values]
+    good = [s for s in parsed if s is not None]
+    if len(good) >= need and good and min(good) >= EPOCH_FLOOR_S:
+        return "rfc3339", parsed
+    return None
+
+
+def _rank(field: FieldProfile) -> tuple[int, int]:
+    name = field.name
+    named = 3 if name in TIME_NAMES or "received" in name else 1 if "time" in name else 0
+    return named, -len(field.segments)
+
+
+def choose_time(fields: list[FieldProfile]) -> TimeChoice:
+    """The best-named time field among those whose values are times; the broker's without one."""
+    readings = {f.path: (f, r) for f in fields if (r := _reading(f)) is not None}
+    if not readings:
+        return TimeChoice(
+            None, "auto",
+            "no field held an epoch time (s/ms/us/ns, 2000 to next year) or RFC 3339 text in "
+            "90% of the records, so the broker's timestamp is used (a file has none: add one)",
+            [],
+        )
+    best = max(readings.values(), key=lambda item: _rank(item[0]))[0]
+    unit, seconds = readings[best.path][1]
+    known = [s for s in seconds if s is not None]
+    span = f"{_iso(min(known))} .. {_iso(max(known))}"
+    why = (
+        f"{best.path}: {len(known)} of {len(seconds)} records, "
+        + (f"RFC 3339 text, {span}" if unit == "rfc3339" else f"epoch {unit}, {span}")
+    )
+    others = tuple(path for path in readings if path != best.path)
+    return TimeChoice(best.path, unit, why, seconds, others)
+
+
+def _iso(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -631,6 +631,45 @@ class StateConfig(_Section):
     )
 
 
+class DriftConfig(_Section):
+    """How far the live scores have moved from training, and when that calls for retraining.
+
+    Monitoring only: nothing here changes a score, a threshold or an alert (README, "Drift")."""
+
+    half_life_windows: int = Field(
+        20_000,
+        ge=1,
+        description="Scored windows after which a window's weight in the drift figures has "
+        "halved: the figures follow the recent stream (about 1.44 x this many windows) rather "
+        "than everything since start.",
+    )
+    log_interval_s: float = Field(
+        60.0,
+        gt=0,
+        description="How often the service logs one `drift` line with every figure and whether "
+        "retraining is due; the new-key share is taken over this interval.",
+    )
+    psi_bound: float = Field(
+        0.25,
+        gt=0,
+        description="Retraining is due when the population stability index of the scores "
+        "against the training calibration exceeds this (0.1: a shift worth watching; 0.25: a "
+        "large one).",
+    )
+    min_windows: int = Field(
+        1000,
+        ge=1,
+        description="Weight of scored windows the horizon must hold before the PSI is reported "
+        "and may make retraining due: fewer make it noise.",
+    )
+    max_model_age_days: float = Field(
+        0.0,
+        ge=0,
+        description="Retraining is due once the model (its artefact's created_at) is older "
+        "than this; 0 turns the age rule off.",
+    )
+
+
 # What a forward.link_template may name: each is filled in, URL-quoted, from the alert posted.
 LINK_FIELDS: Final = ("alert_id", "episode_id", "key")
 ALERTMANAGER_ALERTS_PATH: Final = "/api/v2/alerts"
@@ -760,6 +799,7 @@ class Settings(BaseSettings):
     observability: ObservabilityConfig = ObservabilityConfig()
     state: StateConfig = StateConfig()
     forward: ForwardConfig = ForwardConfig()
+    drift: DriftConfig = DriftConfig()
 
     @model_validator(mode="after")
     def _aggregate_features_are_the_model_features(self) -> Settings:

@@ -72,6 +72,9 @@ class Detector:
         self.decoder = decoder_for(settings)
         self.feature_names = tuple(settings.input.value_fields)
         self.model_version = meta.model_version
+        # What the model learnt besides its weights (calibration, training record), for
+        # monitoring against it, e.g. drift.
+        self.metadata = meta
         self.device = device if device is not None else select_device(settings.model.device)
         n_features = len(self.feature_names)
         # Device-resident: the ring's values sit on the model's device, so windows are cut,
@@ -119,6 +122,16 @@ class Detector:
     def out_of_order_total(self) -> int:
         """Events accepted although earlier than an event of their key before them."""
         return self._windows.out_of_order_total
+
+    @property
+    def keys_seen_total(self) -> int:
+        """Keys per ingest step, each counted once per step it appears in."""
+        return self._windows.keys_seen_total
+
+    @property
+    def keys_new_total(self) -> int:
+        """Of `keys_seen_total`, those that held no slot before: never seen, or evicted since."""
+        return self._windows.keys_new_total
 
     @property
     def evicted_total(self) -> int:

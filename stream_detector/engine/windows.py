@@ -174,6 +174,11 @@ class WindowStore(SlotArrays):
         # Events earlier than an event of their key that came before them (accepted as they
         # arrive: a window is a key's last W events in arrival order); counted for operators.
         self.out_of_order_total = 0
+        # Keys per ingest step (each counted once per step it appears in), and those of them
+        # that held no slot before it: never seen, or evicted since. Running totals, so drift
+        # monitoring can take a share of new keys over any interval without a set of its own.
+        self.keys_seen_total = 0
+        self.keys_new_total = 0
         self.registry = SlotRegistry(initial_capacity, max_keys)
         self._values: RingValues = ring_values(window, n_features, device)
         self._ts = np.empty((0, window), dtype=np.float64)
@@ -282,6 +287,8 @@ class WindowStore(SlotArrays):
         slots[forgotten] = -1
         freed_keys = self._release(idle)
         lru_freed, lru_keys = self._make_room(slots, in_batch)
+        self.keys_seen_total += len(slots)
+        self.keys_new_total += int(np.count_nonzero(slots < 0))
         self._assign(groups.keys, slots)
         due = self._gather_and_write(batch, stride, min_events, groups, slots)
         self._last_seq[slots] = self._seq + last_row

@@ -28,7 +28,9 @@ from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPa
 
 from stream_detector.config import ConfigError, Settings
 from stream_detector.detector.artefact import ArtefactError
+from stream_detector.detector.drift import DriftMonitor, drift_fields
 from stream_detector.detector.facade import load_detector
+from stream_detector.engine.types import ScoredWindows
 from stream_detector.kafka.clients import Clients, create_client
 from stream_detector.kafka.commit import commit_policy
 from stream_detector.kafka.delivery import DeliveryFailed, DeliveryTracker
@@ -90,7 +92,12 @@ class KafkaService:
         # so that the state stores and output see the mode and keys the detector decodes with.
         settings = self.settings = self.detector.settings
         self.health.model_loaded = True
-        self.metrics.model_info.labels(model_version=self.detector.model_version).set(1)
+        self.metrics.start_model(self.detector.model_version)
+        meta = self.detector.metadata
+        self.drift = DriftMonitor(
+            settings.drift, meta.calibration_quantiles, meta.global_threshold, meta.created_at
+        )
+        self._last_drift_log = time.monotonic()
         self.source = f"stream-detector/{self.kafka.group_id}"
         self.faults = ClientFaults(self.kafka.bootstrap_servers)
         self.clients = Clients()
@@ -257,6 +264,7 @@ class KafkaService:
         self.policy.produce_batch(seq, records, offsets)
         elapsed = time.perf_counter() - started
         self.metrics.record_batch(len(messages), result, self.detector, elapsed)
+        self._record_drift(result.scored)
         for alert in result.alerts:
             log.info(
                 "alert",
@@ -267,6 +275,22 @@ class KafkaService:
                 score=round(alert.score, 4),
                 threshold=round(alert.threshold, 4),
             )
+
+    def _record_drift(self, scored: ScoredWindows) -> None:
+        """Fold the batch into the drift figures and export them; every drift.log_interval_s,
+        close the new-key interval and log one `drift` line. Monitoring only."""
+        drift, detector = self.drift, self.detector
+        drift.update(scored)
+        drift.observe_keys(detector.keys_seen_total, detector.keys_new_total)
+        now = time.monotonic()
+        if now - self._last_drift_log >= self.settings.drift.log_interval_s:
+            self._last_drift_log = now
+            drift.close_interval()
+            figures = drift.figures()
+            log.info("drift", model_version=detector.model_version, **drift_fields(figures))
+        else:
+            figures = drift.figures()
+        self.metrics.record_drift(detector.model_version, figures)
 
     def _update_lag(self, consumer: Consumer) -> None:
         now = time.monotonic()

@@ -7,11 +7,13 @@ with whole-batch counts; only rejects and alerts, which are rare, are counted on
 
 from __future__ import annotations
 
+import math
 from collections import Counter as Tally
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from stream_detector.aggregate.streams import StreamAggregators
+from stream_detector.detector.drift import DriftFigures
 from stream_detector.detector.facade import DetectionResult, Detector
 from stream_detector.engine.types import REJECT_REASONS
 
@@ -94,6 +96,41 @@ class ServiceMetrics:
         self.model_info = Gauge(
             "sd_model_info", "The loaded model (value is always 1).", ["model_version"], registry=r
         )
+        # Drift of the live scores from the loaded model's training calibration (README,
+        # "Drift"): NaN until there is enough to measure. Monitoring only.
+        self.drift_psi = Gauge(
+            "sd_drift_score_psi",
+            "Population stability index of recent scores against the training calibration "
+            "quantiles (NaN until drift.min_windows).",
+            ["model_version"],
+            registry=r,
+        )
+        self.drift_median_ratio = Gauge(
+            "sd_drift_median_ratio",
+            "Median of recent scores over the training (validation) median.",
+            ["model_version"],
+            registry=r,
+        )
+        self.drift_over_threshold = Gauge(
+            "sd_drift_over_threshold_share",
+            "Share of recent windows over their key's threshold.",
+            ["model_version"],
+            registry=r,
+        )
+        self.drift_new_keys = Gauge(
+            "sd_drift_new_key_share",
+            "Of the keys seen in the last drift.log_interval_s, the share with no state before "
+            "(never seen, or evicted since).",
+            ["model_version"],
+            registry=r,
+        )
+        self.retrain_due = Gauge(
+            "sd_retrain_due",
+            "1 when retraining is due (score PSI over drift.psi_bound, or the model older than "
+            "drift.max_model_age_days); the `drift` log line says why.",
+            ["model_version"],
+            registry=r,
+        )
         for reason in REJECT_REASONS:
             self.rejects.labels(reason=reason)
         for kind in ("open", "resolve"):
@@ -104,6 +141,33 @@ class ServiceMetrics:
         self._out_of_order_seen = 0
         self._late_seen = 0
         self._aggregate_evicted_seen = 0
+
+    def start_model(self, model_version: str) -> None:
+        """The loaded model, and its drift series present from the start (NaN: not measured)."""
+        self.model_info.labels(model_version=model_version).set(1)
+        for gauge in self._drift_gauges():
+            gauge.labels(model_version=model_version).set(math.nan)
+        self.retrain_due.labels(model_version=model_version).set(0)
+
+    def record_drift(self, model_version: str, figures: DriftFigures) -> None:
+        """The drift figures after a batch (a few dozen bins' worth of work)."""
+        values = (
+            figures.psi,
+            figures.median_ratio,
+            figures.over_threshold_share,
+            figures.new_key_share,
+        )
+        for gauge, value in zip(self._drift_gauges(), values, strict=True):
+            gauge.labels(model_version=model_version).set(value)
+        self.retrain_due.labels(model_version=model_version).set(int(figures.retrain_due))
+
+    def _drift_gauges(self) -> tuple[Gauge, ...]:
+        return (
+            self.drift_psi,
+            self.drift_median_ratio,
+            self.drift_over_threshold,
+            self.drift_new_keys,
+        )
 
     def record_batch(
         self, consumed: int, result: DetectionResult, detector: Detector, seconds: float

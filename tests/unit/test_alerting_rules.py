@@ -179,8 +179,8 @@ def exposition() -> tuple[set[str], set[str]]:
     """(sample names, label names) of the service's /metrics, as a running service serves it."""
     metrics = ServiceMetrics()
     # The labelled gauges have no sample until the service sets one: it does so for the loaded
-    # model at start and for each assigned partition's lag.
-    metrics.model_info.labels(model_version="test").set(1)
+    # model (its info and drift series) at start and for each assigned partition's lag.
+    metrics.start_model("test")
     metrics.set_lag("events", 0, 0)
     text = generate_latest(metrics.registry).decode()
     names: set[str] = set()

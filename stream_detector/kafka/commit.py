@@ -136,6 +136,9 @@ class AtLeastOnce:
         self.metrics = metrics
         # Offsets released by the tracker: what this member may commit, per owned partition.
         self._released: dict[Partition, int] = {}
+        # The last offset committed per partition, so that a released offset left out of one
+        # commit (a revoke commits only the revoked partitions) goes into the next.
+        self._committed: dict[Partition, int] = {}
         self._checkpoints = (
             BackgroundCheckpoints(
                 state, interval, ownership, output, tracker, commit=self._commit_checkpointed
@@ -182,6 +185,7 @@ class AtLeastOnce:
     def forget(self, partitions: set[Partition]) -> None:
         for partition in partitions:
             self._released.pop(partition, None)
+            self._committed.pop(partition, None)
 
     def _checkpoint_now(self, partitions: set[Partition]) -> None:
         if self._checkpoints is not None:
@@ -193,23 +197,25 @@ class AtLeastOnce:
         self._commit(self.ownership.owned(positions), asynchronous=False)
 
     def _commit_released(self, *, asynchronous: bool, only: set[Partition] | None = None) -> None:
-        """Commit what the tracker released: new offsets normally, all owned ones when leaving
-        (so a failed asynchronous commit earlier cannot leave a partition behind)."""
+        """Commit what the tracker released: between batches the offsets not committed yet,
+        when leaving every owned one (so a failed asynchronous commit earlier cannot leave a
+        partition behind)."""
         if self.clients.consumer is None:
             return
-        fresh = self._collect_released()
-        chosen = fresh if asynchronous else self._released
+        self._collect_released()
         if only is not None:
             chosen = {tp: o for tp, o in self._released.items() if tp in only}
+        elif asynchronous:
+            chosen = {tp: o for tp, o in self._released.items() if self._committed.get(tp) != o}
+        else:
+            chosen = self._released
         self._commit(chosen, asynchronous=asynchronous)
 
-    def _collect_released(self) -> dict[Partition, int]:
+    def _collect_released(self) -> None:
         """Take the offsets the tracker released (fully acknowledged batches) of owned
-        partitions into `_released`; returns the fresh ones."""
+        partitions into `_released`."""
         ready = {(tp.topic, tp.partition): tp.offset for tp in self.tracker.ready_offsets()}
-        fresh = self.ownership.owned(ready)
-        self._released.update(fresh)
-        return fresh
+        self._released.update(self.ownership.owned(ready))
 
     def _commit(self, chosen: dict[Partition, int], *, asynchronous: bool) -> None:
         consumer = self.clients.consumer
@@ -219,6 +225,7 @@ class AtLeastOnce:
         try:
             consumer.commit(offsets=offsets, asynchronous=asynchronous)
             self.metrics.commits.inc()
+            self._committed.update(chosen)
         except KafkaException as exc:
             # The offsets stay released and are committed again at the next chance; if this
             # member is leaving, the new owner re-processes them (duplicates, never a loss).

@@ -278,6 +278,19 @@ def test_at_least_once_commits_only_acknowledged_output_and_on_revoke_only_the_r
     assert consumer.commits[-1] == ({("in", 0): 9}, False)
 
 
+def test_what_a_revoke_left_uncommitted_goes_into_the_next_commit() -> None:
+    """A revoke commits only the revoked partitions; offsets of the kept ones released by the
+    same drain are committed between the next batches, not only at the next revoke or stop."""
+    policy, recovery, _faults, consumer = _at_least_once({("in", 0), ("in", 1)})
+    _consume(policy, {("in", 0): 5, ("in", 1): 7}, n_records=1)
+    recovery.on_revoke(None, [TopicPartition("in", 1)])  # the drain acknowledges both
+    assert consumer.commits == [({("in", 1): 7}, False)]
+    policy.between_batches()
+    assert consumer.commits[-1] == ({("in", 0): 5}, True)
+    policy.between_batches()  # nothing new released: nothing committed again
+    assert len(consumer.commits) == 2
+
+
 def test_a_failing_service_commits_nothing_for_revoked_partitions() -> None:
     policy, recovery, faults, consumer = _at_least_once({("in", 0)})
     _consume(policy, {("in", 0): 5}, n_records=1)

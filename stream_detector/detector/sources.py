@@ -40,11 +40,7 @@ def read_batches(path: Path, decoder: RecordDecoder, batch_size: int = 4096) -> 
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     path = Path(path)
-    suffixes = [suffix.lower() for suffix in path.suffixes]
-    compressed = suffixes[-1:] == [".gz"]
-    if compressed:
-        suffixes.pop()
-    kind = suffixes[-1] if suffixes else ""
+    kind, compressed = file_kind(path)
     if kind in _JSON_LINES:
         return _json_lines(path, compressed, decoder, batch_size)
     if kind in _CSV:
@@ -52,7 +48,23 @@ def read_batches(path: Path, decoder: RecordDecoder, batch_size: int = 4096) -> 
     raise ValueError(f"{path}: unsupported file type {kind or '(none)'!r}; use {_ACCEPTED}")
 
 
-def _open(path: Path, compressed: bool, text: bool) -> IO[Any]:
+def file_kind(path: Path) -> tuple[str, bool]:
+    """The record format a file's name gives (its last suffix before an optional .gz, lower
+    case, e.g. ".csv"), and whether it is gzip-compressed."""
+    suffixes = [suffix.lower() for suffix in path.suffixes]
+    compressed = suffixes[-1:] == [".gz"]
+    if compressed:
+        suffixes.pop()
+    return (suffixes[-1] if suffixes else ""), compressed
+
+
+def is_csv(path: Path) -> bool:
+    """Whether the file's name says CSV (optionally gzipped)."""
+    return file_kind(path)[0] in _CSV
+
+
+def open_records(path: Path, compressed: bool, text: bool) -> IO[Any]:
+    """The file opened for reading records: bytes for JSON lines, text for CSV."""
     if text:
         # utf-8-sig drops a spreadsheet's byte-order mark; undecodable bytes become U+FFFD and
         # then a non-numeric reject instead of a UnicodeDecodeError that would end the read.
@@ -65,7 +77,7 @@ def _json_lines(
     path: Path, compressed: bool, decoder: RecordDecoder, size: int
 ) -> Iterator[Decoded]:
     """Each non-blank line is one message's bytes, exactly as a producer would have sent it."""
-    with _open(path, compressed, text=False) as lines:
+    with open_records(path, compressed, text=False) as lines:
         payloads: list[bytes] = []
         for line in lines:
             if line.isspace() or not line:
@@ -80,7 +92,7 @@ def _json_lines(
 
 def _csv_rows(path: Path, compressed: bool, decoder: RecordDecoder, size: int) -> Iterator[Decoded]:
     """A header row names the fields; a row whose shape does not fit it is rejected whole."""
-    with _open(path, compressed, text=True) as text:
+    with open_records(path, compressed, text=True) as text:
         first = text.readline()
         delimiter = decoder.csv_delimiter
         if delimiter == "auto":

@@ -8,16 +8,15 @@ reads a CSV value column.
 from __future__ import annotations
 
 import csv
-import gzip
 import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import orjson
 
-from stream_detector.detector.sources import sniff_delimiter
+from stream_detector.detector.sources import file_kind, is_csv, open_records, sniff_delimiter
 
 
 class SampleError(Exception):
@@ -69,28 +68,13 @@ def _cell(text: str) -> Any:
     return text
 
 
-def _open(path: Path, text: bool) -> IO[Any]:
-    compressed = path.suffix.lower() == ".gz"
-    if text:
-        options: dict[str, Any] = {"encoding": "utf-8-sig", "errors": "replace", "newline": ""}
-        return gzip.open(path, "rt", **options) if compressed else open(path, **options)
-    return gzip.open(path, "rb") if compressed else open(path, "rb")
-
-
-def _is_csv(path: Path) -> bool:
-    suffixes = [s.lower() for s in path.suffixes]
-    if suffixes[-1:] == [".gz"]:
-        suffixes.pop()
-    return suffixes[-1:] == [".csv"]
-
-
 def read_file(path: Path, limit: int) -> Sample:
     """The first `limit` records of a file; SampleError when it cannot be read or has none."""
     try:
-        if _is_csv(path):
+        if is_csv(path):
             sample = _csv_sample(path, limit)
         else:
-            with _open(path, text=False) as lines:
+            with open_records(path, file_kind(path)[1], text=False) as lines:
                 records, bad = json_records(lines, limit)
             sample = Sample(records, str(path), "jsonl", bad)
     except (OSError, EOFError, UnicodeError, csv.Error) as exc:
@@ -104,7 +88,7 @@ def read_file(path: Path, limit: int) -> Sample:
 
 
 def _csv_sample(path: Path, limit: int) -> Sample:
-    with _open(path, text=True) as text:
+    with open_records(path, file_kind(path)[1], text=True) as text:
         first = text.readline()
         delimiter = sniff_delimiter(first)
         reader = csv.reader(itertools.chain([first] if first else [], text), delimiter=delimiter)

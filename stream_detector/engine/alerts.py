@@ -60,7 +60,8 @@ SEVERITY_BANDS: Final[tuple[tuple[float, Severity], ...]] = (
     (1.5, "medium"),
 )
 
-_EVENT_TYPES: Final[dict[str, str]] = {
+# The CloudEvent `type` of each alert kind; readers of the alert topic map it back.
+EVENT_TYPES: Final[dict[AlertKind, str]] = {
     "open": "io.streamdetector.anomaly.opened",
     "resolve": "io.streamdetector.anomaly.resolved",
 }
@@ -111,7 +112,7 @@ class Alert:
             "specversion": "1.0",
             "id": self.alert_id,
             "source": source,
-            "type": _EVENT_TYPES[self.kind],
+            "type": EVENT_TYPES[self.kind],
             "subject": self.key,
             "time": rfc3339(self.window_end),
             "datacontenttype": "application/json",

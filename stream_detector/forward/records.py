@@ -13,6 +13,7 @@ from typing import Any, Final, get_args
 import orjson
 
 from stream_detector.engine.alerts import (
+    EVENT_TYPES,
     Alert,
     AlertKind,
     FeatureContribution,
@@ -21,8 +22,7 @@ from stream_detector.engine.alerts import (
 )
 
 _EVENT_KINDS: Final[dict[str, AlertKind]] = {
-    "io.streamdetector.anomaly.opened": "open",
-    "io.streamdetector.anomaly.resolved": "resolve",
+    event_type: kind for kind, event_type in EVENT_TYPES.items()
 }
 _SEVERITIES: Final = frozenset(get_args(Severity))
 _REASONS: Final = frozenset(get_args(ResolveReason))

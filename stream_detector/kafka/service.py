@@ -283,13 +283,13 @@ class KafkaService:
         drift.update(scored)
         drift.observe_keys(detector.keys_seen_total, detector.keys_new_total)
         now = time.monotonic()
-        if now - self._last_drift_log >= self.settings.drift.log_interval_s:
+        interval_ended = now - self._last_drift_log >= self.settings.drift.log_interval_s
+        if interval_ended:
             self._last_drift_log = now
             drift.close_interval()
-            figures = drift.figures()
+        figures = drift.figures()
+        if interval_ended:
             log.info("drift", model_version=detector.model_version, **drift_fields(figures))
-        else:
-            figures = drift.figures()
         self.metrics.record_drift(detector.model_version, figures)
 
     def _update_lag(self, consumer: Consumer) -> None:

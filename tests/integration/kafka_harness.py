@@ -83,6 +83,17 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+def settled(service: Any, events: int) -> Callable[[], bool]:
+    """A `wait_until` predicate: the service has consumed `events` messages and every output it
+    produced for them is acknowledged (read from its /metrics)."""
+
+    def check() -> bool:
+        metrics = service.metrics()
+        return metrics.get("sd_events_in_total", 0) >= events and metrics["sd_produce_in_flight"] == 0
+
+    return check
+
+
 def docker_client() -> Any | None:
     try:
         import docker

@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 import pytest
-from kafka_harness import wait_until
+from kafka_harness import settled, wait_until
 
 from stream_detector.aggregate.decoder import AggregatingDecoder
 from stream_detector.config import Settings, deep_merge, load_settings
@@ -148,13 +148,7 @@ def test_zeek_conn_records_in_an_alert_keyed_by_the_scanner_out(
     # partition and its buckets are judged against that partition's watermark
     produce_events(conn, [(row["id.orig_h"].encode(), orjson.dumps(row)) for row in rows])
 
-    def settled() -> bool:
-        metrics = service.metrics()
-        return metrics.get("sd_events_in_total", 0) >= len(rows) and (
-            metrics["sd_produce_in_flight"] == 0
-        )
-
-    wait_until(settled, 120.0, "the service to consume every connection")
+    wait_until(settled(service, len(rows)), 120.0, "the service to consume every connection")
 
     def alerted() -> bool:
         return bool(consume_all(service_setup.alert_topic, timeout=5.0))

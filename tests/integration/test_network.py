@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import orjson
 import pytest
-from kafka_harness import committed_offsets, model_settings, wait_until
+from kafka_harness import committed_offsets, model_settings, settled, wait_until
 
 from stream_detector.aggregate.decoder import AggregatingDecoder
 from stream_detector.aggregate.streams import partition_stream
@@ -108,13 +108,7 @@ def test_flows_in_alerts_for_scanner_and_flooder_out(
     )
     produce_events(flows, [(src.encode(), p) for src, p in zip(feed.src_ip, payloads, strict=True)])
 
-    def settled() -> bool:
-        metrics = service.metrics()
-        return metrics.get("sd_events_in_total", 0) >= len(payloads) and (
-            metrics["sd_produce_in_flight"] == 0
-        )
-
-    wait_until(settled, 120.0, "the service to consume every flow")
+    wait_until(settled(service, len(payloads)), 120.0, "the service to consume every flow")
     alerts = {
         (event["id"], event["data"]["kind"], event["data"]["key"])
         for event in (record.json() for record in consume_all(service_setup.alert_topic))

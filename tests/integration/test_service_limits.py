@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 import pytest
 from confluent_kafka import KafkaError, Producer
-from kafka_harness import T0, committed_offsets, sine_feed, wait_until
+from kafka_harness import T0, committed_offsets, settled, sine_feed, wait_until
 
 from stream_detector.config import InputConfig, KafkaConfig
 from stream_detector.limits import record_size
@@ -47,14 +47,6 @@ def _event(size: int) -> bytes:
     return head[:-2] + b"x" * (size - len(head)) + head[-2:]
 
 
-def _settled(service: Any, events: int) -> Any:
-    def check() -> bool:
-        metrics = service.metrics()
-        return metrics.get("sd_events_in_total", 0) >= events and metrics["sd_produce_in_flight"] == 0
-
-    return check
-
-
 def test_records_around_every_size_limit_are_processed_or_dead_lettered(
     start_service, service_setup, produce_events, consume_all, kafka_bootstrap
 ) -> None:
@@ -74,7 +66,7 @@ def test_records_around_every_size_limit_are_processed_or_dead_lettered(
     _produce(kafka_bootstrap, service_setup.input_topic, [(b"k00", v, None) for v in big.values()])
     produce_events(service_setup.input_topic, good[40:])
     total = len(good) + len(big)
-    wait_until(_settled(service, total), 90, "every record to be consumed and settled")
+    wait_until(settled(service, total), 90, "every record to be consumed and settled")
     assert service.process.poll() is None, "the service must not stop on a large record"
 
     inputs = consume_all(service_setup.input_topic, timeout=30)
@@ -122,7 +114,7 @@ def test_input_headers_reach_the_dead_letter_under_a_prefix(
     service = start_service()
     headers = [("reason", b"all fine"), ("trace-id", b"t-42")]
     _produce(kafka_bootstrap, service_setup.input_topic, [(b"k01", b"not json", headers)])
-    wait_until(_settled(service, 1), 60, "the record to be dead-lettered")
+    wait_until(settled(service, 1), 60, "the record to be dead-lettered")
     (record,) = consume_all(service_setup.dead_letter_topic)
     assert record.headers["reason"] == b"not_json", "an input header cannot spoof the reason"
     assert record.headers["input.reason"] == b"all fine"

@@ -551,6 +551,13 @@ class KafkaConfig(_Section):
     input_topics: tuple[str, ...] = ("events",)
     alert_topic: str = "alerts"
     dead_letter_topic: str = "events.dlq"
+    feedback_topic: str | None = Field(
+        None,
+        min_length=1,
+        description="Operator feedback (false/true positive, mute, sensitivity; README, "
+        "'Operator feedback'), read whole by every replica from its start; null turns feedback "
+        "off. Give the topic unlimited retention (retention.ms = -1): it is the feedback's record.",
+    )
     group_id: str = "stream-detector"
     batch_size: int = Field(5000, ge=1, description="Messages per consume() call.")
     batch_timeout_s: float = Field(
@@ -668,6 +675,44 @@ class DriftConfig(_Section):
         description="Retraining is due once the model (its artefact's created_at) is older "
         "than this; 0 turns the age rule off.",
     )
+
+
+class FeedbackConfig(_Section):
+    """How operator feedback moves a key's threshold, and the bounds a feedback event must keep.
+
+    Every effect starts at an event time the feedback names, so a replay with the same feedback
+    (`evaluate --feedback FILE`) makes the same decisions as the service (README, "Operator
+    feedback")."""
+
+    false_positive_margin: float = Field(
+        1.25,
+        gt=1,
+        description="A false_positive raises the key's threshold to at least this x the alert's "
+        "score, for the model version that scored it: repeats of the same pattern stay under it, "
+        "larger departures still alert.",
+    )
+    min_sensitivity: float = Field(
+        0.25, gt=0, description="Smallest multiplier a `sensitivity` event may set."
+    )
+    max_sensitivity: float = Field(
+        4.0, gt=0, description="Largest multiplier a `sensitivity` event may set."
+    )
+    true_positive_hold_s: float = Field(
+        3600.0,
+        gt=0,
+        description="A true_positive on an episode not known to have ended keeps the key's "
+        "threshold from learning for this long after the alert (one known to have ended: until "
+        "its resolve).",
+    )
+    max_mute_s: float = Field(
+        30 * 86400.0, gt=0, description="Longest span one `mute` event may cover."
+    )
+
+    @model_validator(mode="after")
+    def _sensitivity_bounds_in_order(self) -> FeedbackConfig:
+        if self.min_sensitivity > 1.0 or self.max_sensitivity < 1.0:
+            raise ValueError("feedback.min_sensitivity <= 1 <= feedback.max_sensitivity")
+        return self
 
 
 # What a forward.link_template may name: each is filled in, URL-quoted, from the alert posted.
@@ -800,6 +845,7 @@ class Settings(BaseSettings):
     state: StateConfig = StateConfig()
     forward: ForwardConfig = ForwardConfig()
     drift: DriftConfig = DriftConfig()
+    feedback: FeedbackConfig = FeedbackConfig()
 
     @model_validator(mode="after")
     def _aggregate_features_are_the_model_features(self) -> Settings:

@@ -22,6 +22,7 @@ from stream_detector.aggregate.decoder import AggregatingDecoder, decoder_for
 from stream_detector.aggregate.streams import SINGLE_STREAM, StreamAggregators
 from stream_detector.config import ConfigError, Settings
 from stream_detector.detector.artefact import ModelArtefact, load_artefact_and_settings
+from stream_detector.detector.feedback import FeedbackLedger
 from stream_detector.detector.snapshot import EngineSnapshot
 from stream_detector.engine.alerts import Alert
 from stream_detector.engine.episodes import EpisodeTracker
@@ -41,6 +42,7 @@ class DetectionResult:
     scored: ScoredWindows
     alerts: list[Alert]
     model_seconds: float
+    muted: int = 0  # alerts the operators' mutes kept from `alerts`
 
 
 def _empty_scored(n_features: int) -> ScoredWindows:
@@ -97,6 +99,8 @@ class Detector:
         self._episodes = EpisodeTracker(
             settings.episodes, self.feature_names, self.model_version, capacity=0
         )
+        # Operator feedback: empty until the service (or evaluate --feedback) applies some.
+        self.feedback = FeedbackLedger(settings.feedback)
         self._stage.add_slot_stage("threshold", self._threshold)
         self._stage.add_slot_stage("episodes", self._episodes)
         self._n_features = n_features
@@ -181,7 +185,8 @@ class Detector:
             offset += cut.report.taken
             batch = batch.rows(cut.report.taken)
         scored = _concat(scored_parts) if scored_parts else _empty_scored(self._n_features)
-        return DetectionResult(decoded, scored, alerts, model_seconds)
+        alerts, muted = self.feedback.unmuted(alerts)
+        return DetectionResult(decoded, scored, alerts, model_seconds, muted)
 
     def snapshot(self, keys: Collection[str], stream: int = SINGLE_STREAM) -> EngineSnapshot:
         """The state of those of `keys` that are tracked (evicted or unseen ones are skipped),
@@ -261,7 +266,13 @@ class Detector:
         if len(due) == 0:
             return _empty_scored(self._n_features)
         result = self._scorer.score(staged.normalised)
-        thresholds, exceed = self._threshold.apply(due.slots, result.scores)
+        feedback = self.feedback.adjustments(due.keys, due.end_ts, self.model_version)
+        if feedback is None:
+            thresholds, exceed = self._threshold.apply(due.slots, result.scores)
+        else:
+            thresholds, exceed = self._threshold.apply(
+                due.slots, result.scores, feedback.divisor, feedback.floor, feedback.learn
+            )
         expected = self._normalizer.denormalize(result.last_reconstruction, staged.mean, staged.std)
         return ScoredWindows(
             slots=due.slots,

@@ -65,8 +65,18 @@ class AdaptiveThreshold(SlotArrays):
         self._count = np.empty(0, dtype=np.int64)
         self.ensure_capacity(capacity)
 
-    def apply(self, slots: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def apply(
+        self,
+        slots: np.ndarray,
+        scores: np.ndarray,
+        divisor: np.ndarray | None = None,
+        floor: np.ndarray | None = None,
+        learn: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Judge B scores (arrival order) against their keys' thresholds; learn from normal ones.
+
+        Operator feedback comes in per window: the key's threshold is divided by `divisor`, then
+        raised to at least `floor`, and a window whose `learn` is false is judged but not learnt.
 
         Returns (thresholds float32 [B], exceed bool [B]). A NaN score never exceeds and is not
         absorbed, so one bad model output cannot corrupt a key's baseline forever.
@@ -78,10 +88,16 @@ class AdaptiveThreshold(SlotArrays):
         for rows in rank_steps(slots):
             slot, x = slots[rows], raw[rows]
             limit = self._thresholds(slot)
+            if divisor is not None:
+                limit = limit / divisor[rows]
+            if floor is not None:
+                limit = np.maximum(limit, floor[rows])
             thresholds[rows] = limit
             over = x > limit
             exceed[rows] = over
             absorb = ~over & np.isfinite(x)
+            if learn is not None:
+                absorb &= learn[rows]
             if absorb.any():
                 self._absorb(slot[absorb], self._capped(slot[absorb], x[absorb]))
         return thresholds.astype(np.float32), exceed

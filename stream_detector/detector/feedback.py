@@ -1,0 +1,336 @@
+"""Operator feedback: the events people send about alerts and keys, and the ledger they build.
+
+A feedback event is a CloudEvents 1.0 structured-mode JSON message (README, "Operator feedback",
+has the formats). Its `id` makes it idempotent: a second event with an id already applied
+changes nothing. Each effect starts at an event time the feedback names (the alert's time, or the
+mute's span), never at the moment it happens to be read, so a replay of the same events with the
+same feedback makes the same decisions wherever the stream is cut into batches.
+
+The ledger is the whole of the feedback as a function of the events applied, in their order:
+every replica reads the feedback topic from its start and builds the same ledger, so feedback
+survives restarts and rebalances without a place in the partition checkpoints.
+
+Effects, per key:
+- `sensitivity`: the key's threshold is divided by a multiplier (bounded), from `effective` on;
+  the latest event for a key (in topic order) wins from its own effective time.
+- `false_positive`: the key's threshold is at least `false_positive_margin` x the alert's score,
+  from the alert on, for windows scored by the same model version (another model's scores are
+  on another scale).
+- `true_positive`: the key's threshold learns nothing from the episode's windows (until its
+  resolve when known, else for `true_positive_hold_s`); the span is also a labelled anomaly for
+  whatever later trains on the stream.
+- `mute` / `unmute`: alerts of keys matching a glob pattern, with event times inside the mute's
+  span, are not published; scoring and learning go on.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from typing import Any, Final, Literal
+
+import numpy as np
+import orjson
+
+from stream_detector.config import FeedbackConfig
+from stream_detector.engine.alerts import Alert, alert_id_for, episode_id_for, rfc3339
+
+FeedbackKind = Literal["false_positive", "true_positive", "mute", "unmute", "sensitivity"]
+FEEDBACK_TYPE_PREFIX: Final = "io.streamdetector.feedback."
+FEEDBACK_KINDS: Final[tuple[FeedbackKind, ...]] = (
+    "false_positive",
+    "true_positive",
+    "mute",
+    "unmute",
+    "sensitivity",
+)
+# The largest feedback event read: feedback is a few hundred bytes; more is not feedback.
+MAX_FEEDBACK_BYTES: Final = 65_536
+
+
+class FeedbackError(ValueError):
+    """A feedback event that cannot be applied; the message is the dead letter's reason."""
+
+
+@dataclass(frozen=True)
+class AlertRef:
+    """What a false/true positive says of its alert: enough to check that the alert id is one
+    this detector raised for that key (ids are hashes of key, episode start and model version)."""
+
+    alert_id: str
+    key: str
+    episode_start: float
+    model_version: str
+    score: float
+    effective: float  # event time the effect starts (alert_reference says which)
+    episode_end: float | None  # the resolve's window end, when the episode is known to be over
+
+
+@dataclass(frozen=True)
+class FeedbackEvent:
+    """One validated feedback event; `target` is the key, or for (un)mute the key pattern."""
+
+    event_id: str
+    kind: FeedbackKind
+    target: str
+    alert: AlertRef | None = None
+    multiplier: float = 1.0
+    start: float = 0.0  # mute: first event time muted; sensitivity: effective from; unmute: at
+    until: float = 0.0  # mute: first event time no longer muted
+
+
+def feedback_type(kind: FeedbackKind) -> str:
+    return FEEDBACK_TYPE_PREFIX + kind
+
+
+def _number(data: dict[str, Any], name: str, *, optional: bool = False) -> float | None:
+    value = data.get(name)
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise FeedbackError(f"data.{name} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _text(data: dict[str, Any], name: str) -> str:
+    value = data.get(name)
+    if not isinstance(value, str) or not value:
+        raise FeedbackError(f"data.{name} must be a non-empty string, got {value!r}")
+    return value
+
+
+def parse_feedback(payload: bytes | None, config: FeedbackConfig) -> FeedbackEvent:
+    """The event in `payload`, validated; raises FeedbackError naming what is wrong."""
+    if not payload:
+        raise FeedbackError("empty feedback record")
+    if len(payload) > MAX_FEEDBACK_BYTES:
+        raise FeedbackError(
+            f"feedback record of {len(payload)} bytes (at most {MAX_FEEDBACK_BYTES})"
+        )
+    try:
+        envelope = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        raise FeedbackError(f"not JSON: {exc}") from None
+    if not isinstance(envelope, dict):
+        raise FeedbackError("a feedback event is a JSON object (a CloudEvent)")
+    if envelope.get("specversion") != "1.0":
+        raise FeedbackError("specversion must be '1.0' (CloudEvents 1.0)")
+    event_id = envelope.get("id")
+    if not isinstance(event_id, str) or not event_id:
+        raise FeedbackError("id must be a non-empty string: it makes feedback idempotent")
+    event_type = envelope.get("type")
+    kind = event_type[len(FEEDBACK_TYPE_PREFIX) :] if isinstance(event_type, str) else None
+    if (
+        not isinstance(event_type, str)
+        or not event_type.startswith(FEEDBACK_TYPE_PREFIX)
+        or (kind not in FEEDBACK_KINDS)
+    ):
+        known = ", ".join(feedback_type(k) for k in FEEDBACK_KINDS)
+        raise FeedbackError(f"unknown type {event_type!r}; one of {known}")
+    data = envelope.get("data")
+    if not isinstance(data, dict):
+        raise FeedbackError("data must be a JSON object")
+    if kind in ("false_positive", "true_positive"):
+        alert = _alert_ref(data)
+        return FeedbackEvent(event_id, kind, alert.key, alert=alert)
+    if kind == "sensitivity":
+        multiplier = float(_number(data, "multiplier"))  # type: ignore[arg-type]
+        low, high = config.min_sensitivity, config.max_sensitivity
+        if not low <= multiplier <= high:
+            raise FeedbackError(
+                f"data.multiplier {multiplier} is outside [{low}, {high}] "
+                "(feedback.min_sensitivity, feedback.max_sensitivity)"
+            )
+        start = float(_number(data, "effective"))  # type: ignore[arg-type]
+        return FeedbackEvent(event_id, kind, _text(data, "key"), multiplier=multiplier, start=start)
+    pattern = _text(data, "pattern")
+    if kind == "unmute":
+        return FeedbackEvent(event_id, kind, pattern, start=float(_number(data, "at")))  # type: ignore[arg-type]
+    start = float(_number(data, "from"))  # type: ignore[arg-type]
+    until = float(_number(data, "until"))  # type: ignore[arg-type]
+    if not start < until <= start + config.max_mute_s:
+        raise FeedbackError(
+            f"a mute needs from < until <= from + {config.max_mute_s:g} s (feedback.max_mute_s); "
+            f"got from={start}, until={until}"
+        )
+    return FeedbackEvent(event_id, kind, pattern, start=start, until=until)
+
+
+def _alert_ref(data: dict[str, Any]) -> AlertRef:
+    """The alert a false/true positive names, checked against its own id."""
+    alert_id, key, version = (
+        _text(data, "alert_id"),
+        _text(data, "key"),
+        _text(data, "model_version"),
+    )
+    episode_start = float(_number(data, "episode_start"))  # type: ignore[arg-type]
+    episode = episode_id_for(key, episode_start, version)
+    if alert_id not in (alert_id_for(episode, "open"), alert_id_for(episode, "resolve")):
+        raise FeedbackError(
+            f"unknown alert id {alert_id!r}: no alert of key {key!r} opened at {episode_start} by "
+            f"model {version!r} has it (`stream-detector feedback` looks the alert up for you)"
+        )
+    score = float(_number(data, "score"))  # type: ignore[arg-type]
+    if score <= 0:
+        raise FeedbackError(f"data.score must be positive, got {score}")
+    effective = float(_number(data, "effective"))  # type: ignore[arg-type]
+    episode_end = _number(data, "episode_end", optional=True)
+    if episode_end is not None and episode_end < episode_start:
+        raise FeedbackError("data.episode_end is before data.episode_start")
+    return AlertRef(alert_id, key, episode_start, version, score, effective, episode_end)
+
+
+def feedback_envelope(
+    kind: FeedbackKind, event_id: str, source: str, subject: str, data: dict[str, Any], now: float
+) -> bytes:
+    """A feedback event as it goes on the topic (the `feedback` command and tests build these)."""
+    return orjson.dumps(
+        {
+            "specversion": "1.0",
+            "id": event_id,
+            "source": source,
+            "type": feedback_type(kind),
+            "subject": subject,
+            "time": rfc3339(now),
+            "datacontenttype": "application/json",
+            "data": data,
+        }
+    )
+
+
+def alert_reference(alert: Alert, peak_score: float, episode_end: float | None) -> dict[str, Any]:
+    """The `data` of a false/true positive on `alert` (either of its episode's alerts), with
+    the episode's peak score and, when it has resolved, its end.
+
+    The effect starts at the episode's end when known, else at the alert's own time: a replay
+    from before then raises the alert that was marked again, under the same id, rather than
+    unmaking what was already published."""
+    return {
+        "alert_id": alert.alert_id,
+        "key": alert.key,
+        "episode_start": alert.episode_start,
+        "model_version": alert.model_version,
+        "score": peak_score,
+        "effective": alert.window_end if episode_end is None else episode_end,
+        "episode_end": episode_end,
+    }
+
+
+@dataclass
+class _KeyFeedback:
+    """One key's feedback, each list in the order applied."""
+
+    sensitivity: list[tuple[float, float]] = field(default_factory=list)  # (from, multiplier)
+    floors: list[tuple[float, float, str]] = field(default_factory=list)  # (from, floor, version)
+    holds: list[tuple[float, float]] = field(default_factory=list)  # [start, end] not learnt
+
+
+@dataclass(frozen=True)
+class Adjustments:
+    """Per scored window: threshold divisor, threshold floor, and whether it may be learnt."""
+
+    divisor: np.ndarray  # float64 [B]
+    floor: np.ndarray  # float64 [B]
+    learn: np.ndarray  # bool [B]
+
+
+@dataclass
+class _Mute:
+    pattern: str
+    start: float
+    until: float
+
+
+class FeedbackLedger:
+    """Every feedback applied so far, and what it means for a window or an alert."""
+
+    def __init__(self, config: FeedbackConfig) -> None:
+        self.config = config
+        self._seen: set[str] = set()
+        self._keys: dict[str, _KeyFeedback] = {}
+        self._mutes: list[_Mute] = []
+        self.applied: list[FeedbackEvent] = []
+        self.duplicates = 0
+
+    def __len__(self) -> int:
+        return len(self.applied)
+
+    def apply(self, event: FeedbackEvent) -> bool:
+        """Take one event (in topic order); False, and nothing changes, for an id seen before."""
+        if event.event_id in self._seen:
+            self.duplicates += 1
+            return False
+        self._seen.add(event.event_id)
+        self.applied.append(event)
+        if event.kind == "mute":
+            self._mutes.append(_Mute(event.target, event.start, event.until))
+            return True
+        if event.kind == "unmute":
+            for mute in self._mutes:
+                if mute.pattern == event.target and mute.until > event.start:
+                    mute.until = max(mute.start, event.start)
+            return True
+        entry = self._keys.setdefault(event.target, _KeyFeedback())
+        if event.kind == "sensitivity":
+            entry.sensitivity.append((event.start, event.multiplier))
+        elif event.alert is not None and event.kind == "false_positive":
+            floor = event.alert.score * self.config.false_positive_margin
+            entry.floors.append((event.alert.effective, floor, event.alert.model_version))
+        elif event.alert is not None:  # true_positive
+            ref = event.alert
+            end = ref.episode_end
+            if end is None:
+                end = ref.effective + self.config.true_positive_hold_s
+            entry.holds.append((ref.episode_start, end))
+        return True
+
+    def adjustments(
+        self, keys: np.ndarray, end_ts: np.ndarray, model_version: str
+    ) -> Adjustments | None:
+        """What the feedback does to each window (its key, the event time of its end); None when
+        no window's key has feedback, so a stream without any pays one set lookup per window."""
+        if not self._keys or len(keys) == 0:
+            return None
+        names = self._keys
+        touched = np.fromiter((k in names for k in keys.tolist()), dtype=bool, count=len(keys))
+        if not touched.any():
+            return None
+        n = len(keys)
+        divisor = np.ones(n, dtype=np.float64)
+        floor = np.zeros(n, dtype=np.float64)
+        learn = np.ones(n, dtype=bool)
+        rows = np.flatnonzero(touched)
+        for key in set(keys[rows].tolist()):
+            mine = rows[keys[rows] == key]
+            at = end_ts[mine]
+            entry = names[key]
+            for start, multiplier in entry.sensitivity:
+                divisor[mine[at >= start]] = multiplier  # later events win from their start
+            for start, level, version in entry.floors:
+                if version == model_version:
+                    hit = mine[at >= start]
+                    floor[hit] = np.maximum(floor[hit], level)
+            for start, end in entry.holds:
+                learn[mine[(at >= start) & (at <= end)]] = False
+        return Adjustments(divisor, floor, learn)
+
+    def is_muted(self, key: str, at: float) -> bool:
+        """Whether an alert of `key` at event time `at` falls in a mute."""
+        return any(
+            mute.start <= at < mute.until and fnmatchcase(key, mute.pattern) for mute in self._mutes
+        )
+
+    def unmuted(self, alerts: list[Alert]) -> tuple[list[Alert], int]:
+        """The alerts to publish, and how many were muted."""
+        if not self._mutes or not alerts:
+            return alerts, 0
+        kept = [a for a in alerts if not self.is_muted(a.key, a.window_end)]
+        return kept, len(alerts) - len(kept)
+
+    def labelled_spans(self) -> list[tuple[str, float, float]]:
+        """(key, start, end) of the episodes marked true positive: anomalies to keep out of
+        anything trained on the stream."""
+        return [
+            (key, start, end) for key, entry in self._keys.items() for start, end in entry.holds
+        ]

@@ -19,8 +19,9 @@ Effects, per key:
 - `true_positive`: the key's threshold learns nothing from the episode's windows (until its
   resolve when known, else for `true_positive_hold_s`); the span is also a labelled anomaly for
   whatever later trains on the stream.
-- `mute` / `unmute`: alerts of keys matching a glob pattern, with event times inside the mute's
-  span, are not published; scoring and learning go on.
+- `mute` / `unmute`: alerts of keys matching a glob pattern, of episodes that opened inside the
+  mute's span (event time), are not published, their resolves included; scoring and learning
+  go on.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, Protocol
 
 import numpy as np
 import orjson
@@ -199,7 +200,29 @@ def feedback_envelope(
     )
 
 
-def alert_reference(alert: Alert, peak_score: float, episode_end: float | None) -> dict[str, Any]:
+class AlertFacts(Protocol):
+    """What a false/true positive takes from the alert it names: an `Alert`, or the fields
+    `stream-detector feedback` reads back from an alert CloudEvent (which has no batch index)."""
+
+    @property
+    def alert_id(self) -> str: ...
+
+    @property
+    def key(self) -> str: ...
+
+    @property
+    def episode_start(self) -> float: ...
+
+    @property
+    def model_version(self) -> str: ...
+
+    @property
+    def window_end(self) -> float: ...
+
+
+def alert_reference(
+    alert: AlertFacts, peak_score: float, episode_end: float | None
+) -> dict[str, Any]:
     """The `data` of a false/true positive on `alert` (either of its episode's alerts), with
     the episode's peak score and, when it has resolved, its end.
 
@@ -316,7 +339,7 @@ class FeedbackLedger:
         return Adjustments(divisor, floor, learn)
 
     def is_muted(self, key: str, at: float) -> bool:
-        """Whether an alert of `key` at event time `at` falls in a mute."""
+        """Whether an episode of `key` opened at event time `at` falls in a mute."""
         return any(
             mute.start <= at < mute.until and fnmatchcase(key, mute.pattern) for mute in self._mutes
         )
@@ -325,7 +348,8 @@ class FeedbackLedger:
         """The alerts to publish, and how many were muted."""
         if not self._mutes or not alerts:
             return alerts, 0
-        kept = [a for a in alerts if not self.is_muted(a.key, a.window_end)]
+        # Judged by the episode's start, so an episode's resolve goes where its open went.
+        kept = [a for a in alerts if not self.is_muted(a.key, a.episode_start)]
         return kept, len(alerts) - len(kept)
 
     def labelled_spans(self) -> list[tuple[str, float, float]]:

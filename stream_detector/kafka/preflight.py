@@ -98,6 +98,8 @@ def _service_topics(settings: Settings) -> dict[str, str]:
     wanted = {topic: "kafka.input_topics" for topic in kafka.input_topics}
     wanted[kafka.alert_topic] = "kafka.alert_topic"
     wanted[kafka.dead_letter_topic] = "kafka.dead_letter_topic"
+    if kafka.feedback_topic is not None:
+        wanted[kafka.feedback_topic] = "kafka.feedback_topic"
     if settings.state.store == "kafka":
         wanted[settings.state.changelog_topic] = "state.changelog_topic"
     return wanted

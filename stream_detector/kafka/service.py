@@ -35,6 +35,7 @@ from stream_detector.kafka.clients import Clients, create_client
 from stream_detector.kafka.commit import commit_policy
 from stream_detector.kafka.delivery import DeliveryFailed, DeliveryTracker
 from stream_detector.kafka.faults import ClientFaults, FatalServiceError
+from stream_detector.kafka.feedback_reader import FeedbackReader
 from stream_detector.kafka.health import HealthState, StatusServer
 from stream_detector.kafka.output import Output
 from stream_detector.kafka.ownership import Ownership
@@ -98,6 +99,13 @@ class KafkaService:
             settings.drift, meta.calibration_quantiles, meta.global_threshold, meta.created_at
         )
         self._last_drift_log = time.monotonic()
+        self.feedback = (
+            None
+            if self.kafka.feedback_topic is None
+            else FeedbackReader(self.kafka, self.detector.feedback, self.metrics)
+        )
+        # The one replica that dead-letters bad feedback: the owner of this partition.
+        self._feedback_leader = (self.kafka.input_topics[0], 0)
         self.source = f"stream-detector/{self.kafka.group_id}"
         self.faults = ClientFaults(self.kafka.bootstrap_servers)
         self.clients = Clients()
@@ -178,6 +186,8 @@ class KafkaService:
         )
         self.clients.producer = create_client(Producer, producer_conf)
         self.policy.start()
+        if self.feedback is not None:  # before joining: the first batch sees the feedback so far
+            self.feedback.start(self.stop)
         consumer = self.clients.consumer = create_client(Consumer, consumer_conf)
         consumer.subscribe(
             list(self.kafka.input_topics),
@@ -193,6 +203,8 @@ class KafkaService:
             messages = consumer.consume(self.kafka.batch_size, self.kafka.batch_timeout_s)
             self.health.heartbeat()
             data = self.recovery.check_restored_positions(consumer, self._data_messages(messages))
+            if self.feedback is not None:
+                self.feedback.poll()
             if data:
                 self._process(data)
             self.output.serve(0.0)
@@ -224,6 +236,8 @@ class KafkaService:
 
     def _close_clients(self) -> None:
         self.clients.close()  # leaves the group; runs on_revoke
+        if self.feedback is not None:
+            self.feedback.close()
         if self.state is not None:
             self.state.close()
 
@@ -261,6 +275,8 @@ class KafkaService:
             dead_letter_record(r, messages[r.index], dead_letters, seq, max_bytes)
             for r in result.decoded.rejects
         ]
+        if self.feedback is not None and self._feedback_leader in self.ownership.assigned:
+            records += self.feedback.dead_letters(seq)
         self.policy.produce_batch(seq, records, offsets)
         elapsed = time.perf_counter() - started
         self.metrics.record_batch(len(messages), result, self.detector, elapsed)

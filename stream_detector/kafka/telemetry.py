@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from stream_detector.aggregate.streams import StreamAggregators
 from stream_detector.detector.drift import DriftFigures
 from stream_detector.detector.facade import DetectionResult, Detector
+from stream_detector.detector.feedback import FEEDBACK_KINDS
 from stream_detector.engine.types import REJECT_REASONS
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -131,6 +132,28 @@ class ServiceMetrics:
             ["model_version"],
             registry=r,
         )
+        # Operator feedback (README, "Operator feedback").
+        self.feedback_events = Counter(
+            "sd_feedback_events",
+            "Feedback events applied from kafka.feedback_topic, by kind.",
+            ["kind"],
+            registry=r,
+        )
+        self.feedback_duplicates = Counter(
+            "sd_feedback_duplicates",
+            "Feedback events not applied because their id was applied before.",
+            registry=r,
+        )
+        self.feedback_rejected = Counter(
+            "sd_feedback_rejected",
+            "Feedback records that could not be applied (dead-lettered with reason bad_feedback).",
+            registry=r,
+        )
+        self.muted_alerts = Counter(
+            "sd_muted_alerts", "Alerts not published because a `mute` covered them.", registry=r
+        )
+        for kind in FEEDBACK_KINDS:
+            self.feedback_events.labels(kind=kind)
         for reason in REJECT_REASONS:
             self.rejects.labels(reason=reason)
         for kind in ("open", "resolve"):
@@ -180,6 +203,7 @@ class ServiceMetrics:
                 self.rejects.labels(reason=reason).inc(count)
             self.dead_letters.inc(len(result.decoded.rejects))
         self.windows_scored.inc(len(result.scored))
+        self.muted_alerts.inc(result.muted)
         for kind, count in Tally(alert.kind for alert in result.alerts).items():
             self.alerts.labels(kind=kind).inc(count)
         self.keys_tracked.set(detector.n_keys)

@@ -14,7 +14,7 @@ Effects, per key:
 - `sensitivity`: the key's threshold is divided by a multiplier (bounded), from `effective` on;
   the latest event for a key (in topic order) wins from its own effective time.
 - `false_positive`: the key's threshold is at least `false_positive_margin` x the alert's score,
-  from the alert on, for windows scored by the same model version (another model's scores are
+  for the windows after the marked episode (or alert), for windows scored by the same model version (another model's scores are
   on another scale).
 - `true_positive`: the key's threshold learns nothing from the episode's windows (until its
   resolve when known, else for `true_positive_hold_s`); the span is also a labelled anomaly for
@@ -332,7 +332,9 @@ class FeedbackLedger:
                 divisor[mine[at >= start]] = multiplier  # later events win from their start
             for start, level, version in entry.floors:
                 if version == model_version:
-                    hit = mine[at >= start]
+                    # Strictly after: the marked alert's own window (its end is `start` for an
+                    # episode still open) is judged as it was.
+                    hit = mine[at > start]
                     floor[hit] = np.maximum(floor[hit], level)
             for start, end in entry.holds:
                 learn[mine[(at >= start) & (at <= end)]] = False

@@ -18,6 +18,7 @@ import structlog
 from stream_detector import __version__
 from stream_detector.config import ConfigError, Settings, deep_merge, load_settings
 from stream_detector.detector.artefact import ArtefactError
+from stream_detector.detector.feedback import FeedbackKind
 from stream_detector.logs import configure_logging
 from stream_detector.scenarios.presets import PRESETS_DIR, preset
 
@@ -36,6 +37,7 @@ examples:
   stream-detector run --config detector.toml --set kafka.group_id=blue
   stream-detector run --preset zeek-conn --config site.toml   # a known feed's mapping
   stream-detector forward alertmanager --config detector.toml --url http://alertmanager:9093
+  stream-detector feedback fp ALERT_ID --config detector.toml   # a false positive
 
 configuration: a named preset (--preset, e.g. zeek-conn, suricata-flow, goflow2,
 telegraf-cpu: README.md, Feeds), overridden by a TOML file (--config), overridden by SD_*
@@ -224,6 +226,46 @@ def cmd_forward(args: argparse.Namespace) -> int:
         },
     )
     return run_forwarder(settings)
+
+
+# `feedback` events by their command-line name.
+_FEEDBACK_KINDS: Final[dict[str, FeedbackKind]] = {
+    "fp": "false_positive",
+    "tp": "true_positive",
+    "mute": "mute",
+    "unmute": "unmute",
+    "sensitivity": "sensitivity",
+}
+
+
+def cmd_feedback(args: argparse.Namespace) -> int:
+    from stream_detector.kafka.feedback_send import (
+        FeedbackInputError,
+        FeedbackOptions,
+        FeedbackSendError,
+        run_feedback,
+    )
+
+    if args.timeout < 1:
+        raise CliError(f"--timeout must be at least 1 second, got {args.timeout:g}")
+    settings = _settings(args, {"kafka": {"bootstrap_servers": args.bootstrap_servers}})
+    options = FeedbackOptions(
+        kind=_FEEDBACK_KINDS[args.event],
+        target=args.target,
+        multiplier=getattr(args, "multiplier", 1.0),
+        duration_s=getattr(args, "duration", 0.0),
+        at=getattr(args, "at", None),
+        alerts=getattr(args, "alerts", None),
+        out=args.out,
+        timeout_s=args.timeout,
+    )
+    try:
+        return run_feedback(options, settings)
+    except FeedbackInputError as exc:
+        raise CliError(str(exc)) from None
+    except FeedbackSendError as exc:  # the broker's doing, not a usage error: exit 1
+        print(f"stream-detector feedback: {exc}", file=sys.stderr)
+        return 1
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -459,6 +501,156 @@ def _add_forward(sub: Subcommands, common: argparse.ArgumentParser) -> None:
     forward.set_defaults(func=cmd_forward)
 
 
+def _argument(parse: Callable[[str], float], text: str) -> float:
+    """`parse(text)`, its ValueError turned into argparse's, which prints it with the usage."""
+    try:
+        return parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _duration(text: str) -> float:
+    from stream_detector.kafka.feedback_send import parse_duration
+
+    return _argument(parse_duration, text)
+
+
+def _event_time(text: str) -> float:
+    from stream_detector.kafka.feedback_send import parse_time
+
+    return _argument(parse_time, text)
+
+
+FEEDBACK_DESCRIPTION = """\
+Sends one operator-feedback event (a CloudEvent) to kafka.feedback_topic, keyed by its key or
+pattern so that the feedback on one key stays in order. Every replica of the service reads
+that topic from its start, so feedback outlives restarts; each effect starts at an event time
+the event names, so a replay with the same feedback (evaluate --feedback FILE) decides the
+same. The event is checked against the [feedback] bounds before anything is sent; --out FILE
+appends it to a JSONL file instead.
+
+events:
+  fp ALERT_ID         false positive: lift the key's threshold above this episode's peak score
+  tp ALERT_ID         true positive: keep the episode out of what the key's threshold learns
+  mute PATTERN        publish no alerts of matching keys' episodes opening in the next --for
+  unmute PATTERN      end the mutes of exactly PATTERN at --at
+  sensitivity KEY M   divide the key's threshold by M from --from on (2: more alerts, 1: reset)
+
+fp and tp take the alert's id (data.alert_id, '<episode_id>-open' or '-resolve') and look its
+episode up on kafka.alert_topic, read from start to end without joining a consumer group (or
+in --alerts FILE): the event carries the key, the episode's peak score and, if it has
+resolved, its end. TIME is RFC 3339 (2024-05-01T12:00:00Z) or epoch seconds, default now; a
+duration is like 90s, 15m, 2h, 1d or 1h30m. Exit status: 0 sent, 2 refused (nothing sent),
+1 the broker failed (unreachable, a topic missing, the delivery refused).
+"""
+
+FEEDBACK_EXAMPLES = """\
+examples:
+  stream-detector feedback fp 9f1c0e7d2b4a6c8e0f1a3b5c7d9e1f20-open --config detector.toml
+  stream-detector feedback tp 9f1c0e7d2b4a6c8e0f1a3b5c7d9e1f20-resolve \\
+      --bootstrap-servers kafka:9092 --set kafka.feedback_topic=feedback
+  stream-detector feedback mute 'sensor-7*' --for 2h --config detector.toml
+  stream-detector feedback mute 'rack-3|*' --for 1d --from 2024-05-01T22:00:00Z \\
+      --config detector.toml
+  stream-detector feedback unmute 'sensor-7*' --config detector.toml
+  stream-detector feedback sensitivity device-0042 0.5 --from 1714600000 --config detector.toml
+  stream-detector feedback fp 9f1c0e7d2b4a6c8e0f1a3b5c7d9e1f20-open \\
+      --alerts alerts.jsonl --out feedback.jsonl      # offline, for evaluate --feedback
+"""
+
+
+def _feedback_options() -> argparse.ArgumentParser:
+    """The options every feedback event takes, besides the common ones."""
+    shared = argparse.ArgumentParser(add_help=False)
+    shared.add_argument("--bootstrap-servers", help="override kafka.bootstrap_servers")
+    shared.add_argument(
+        "--out",
+        type=Path,
+        metavar="FILE",
+        help="append the event to this JSONL file instead of sending it (evaluate --feedback)",
+    )
+    shared.add_argument(
+        "--timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="longest wait for the broker: reaching it, reading the alert topic, the delivery "
+        "(default 30)",
+    )
+    return shared
+
+
+def _add_feedback(sub: Subcommands, common: argparse.ArgumentParser) -> None:
+    """`stream-detector feedback` and its events."""
+    feedback = sub.add_parser(
+        "feedback",
+        help="tell the detector an alert was false or true, mute keys, or tune a key's threshold",
+        description=FEEDBACK_DESCRIPTION,
+        epilog=FEEDBACK_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    events = feedback.add_subparsers(dest="event", required=True, metavar="EVENT")
+    parents = [common, _feedback_options()]
+    for name, what in (("fp", "false positive"), ("tp", "true positive")):
+        alert = events.add_parser(
+            name,
+            parents=parents,
+            help=f"the alert ALERT_ID was a {what}",
+            description=f"Marks the alert ALERT_ID ('<episode_id>-open' or '-resolve') a {what}, "
+            "after looking its episode up on kafka.alert_topic (or in --alerts FILE).",
+        )
+        alert.add_argument("target", metavar="ALERT_ID", help="the alert's id (data.alert_id)")
+        alert.add_argument(
+            "--alerts",
+            type=Path,
+            metavar="FILE",
+            help="look the alert up in this JSONL file of alert CloudEvents, not on the topic",
+        )
+    mute = events.add_parser(
+        "mute",
+        parents=parents,
+        help="publish no alerts of keys matching PATTERN for a while",
+        description="Alerts of keys matching the glob PATTERN (fnmatch: *, ?, [..]) whose "
+        "episodes open within [--from, --from + --for) are not published; scoring and learning "
+        "go on. At most feedback.max_mute_s long.",
+    )
+    mute.add_argument("target", metavar="PATTERN", help="glob over keys, e.g. 'sensor-7*'")
+    mute.add_argument(
+        "--for", dest="duration", type=_duration, required=True, metavar="DURATION",
+        help="how long: 90s, 15m, 2h, 1d, 1h30m",
+    )
+    mute.add_argument(
+        "--from", dest="at", type=_event_time, metavar="TIME",
+        help="event time the mute starts: RFC 3339 or epoch seconds (default now)",
+    )
+    unmute = events.add_parser(
+        "unmute",
+        parents=parents,
+        help="end the mutes of PATTERN",
+        description="Ends, at --at, every mute whose pattern is exactly PATTERN.",
+    )
+    unmute.add_argument("target", metavar="PATTERN", help="the pattern as it was muted")
+    unmute.add_argument(
+        "--at", type=_event_time, metavar="TIME",
+        help="event time the mutes end: RFC 3339 or epoch seconds (default now)",
+    )
+    sensitivity = events.add_parser(
+        "sensitivity",
+        parents=parents,
+        help="divide KEY's threshold by MULTIPLIER",
+        description="Divides KEY's threshold by MULTIPLIER from --from on: above 1 the key "
+        "alerts more readily, below 1 less, 1 undoes it; the latest event for a key wins. "
+        "Bounded by [feedback.min_sensitivity, feedback.max_sensitivity].",
+    )
+    sensitivity.add_argument("target", metavar="KEY", help="the entity key")
+    sensitivity.add_argument("multiplier", type=float, metavar="MULTIPLIER", help="e.g. 2 or 0.5")
+    sensitivity.add_argument(
+        "--from", dest="at", type=_event_time, metavar="TIME",
+        help="event time it takes effect: RFC 3339 or epoch seconds (default now)",
+    )
+    feedback.set_defaults(func=cmd_feedback)
+
+
 def _add_init(sub: Subcommands, common: argparse.ArgumentParser) -> None:
     """`stream-detector init` and its arguments."""
     init = sub.add_parser(
@@ -659,6 +851,7 @@ _COMMANDS: Final[tuple[Callable[[Subcommands, argparse.ArgumentParser], None], .
     _add_evaluate,
     _add_run,
     _add_forward,
+    _add_feedback,
     _add_init,
     _add_demo,
     _add_broker,

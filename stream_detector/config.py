@@ -715,6 +715,79 @@ class FeedbackConfig(_Section):
         return self
 
 
+class LifecycleConfig(_Section):
+    """The model's lifecycle: a registry of versions, retraining from the stream, shadow scoring
+    and promotion (README, "Model lifecycle"). Without a registry the service runs `model.path`
+    until it is restarted with another."""
+
+    registry_dir: Path | None = Field(
+        None,
+        description="A directory (local or a shared volume) holding the model versions, their "
+        "reports and which one is active. The source of truth every replica follows.",
+    )
+    registry_topic: str | None = Field(
+        None,
+        min_length=1,
+        description="A Kafka topic holding the same, for deployments with nothing but the "
+        "cluster in common (unlimited retention); instead of registry_dir.",
+    )
+    poll_interval_s: float = Field(
+        10.0,
+        gt=0,
+        description="How often each replica checks the registry's active version, and swaps "
+        "its model between two batches when it changed.",
+    )
+    retrain: bool = Field(
+        False,
+        description="Retrain inside `run` when drift says retraining is due (drift.psi_bound, "
+        "drift.max_model_age_days); needs a registry. Only the replica owning partition 0 of the "
+        "first input topic retrains, on the events of its own partitions.",
+    )
+    retrain_max_events: int = Field(
+        200_000,
+        ge=1000,
+        description="Recent events kept for retraining inside `run` (memory: about 16 + 8 x "
+        "features bytes each, plus keys).",
+    )
+    retrain_min_events: int = Field(
+        5_000, ge=100, description="Fewer recent events than this are not retrained on."
+    )
+    retrain_cooldown_s: float = Field(
+        3600.0,
+        ge=0,
+        description="Least time between two retrains started by `run` (wall clock).",
+    )
+    shadow_windows: int = Field(
+        5_000,
+        ge=1,
+        description="Windows a candidate scores beside the active model, publishing nothing, "
+        "before its shadow report and verdict.",
+    )
+    auto_promote: bool = Field(
+        True,
+        description="Promote a candidate whose shadow verdict passes; false leaves it for "
+        "`stream-detector models promote`.",
+    )
+    promote_max_alert_ratio: float = Field(
+        1.0,
+        ge=0,
+        description="A candidate passes its shadow period when it opened at most this x the "
+        "active model's episodes and its scores sit closer to its own calibration than the "
+        "active model's to its (lower score PSI).",
+    )
+
+    @model_validator(mode="after")
+    def _one_registry(self) -> LifecycleConfig:
+        if self.registry_dir is not None and self.registry_topic is not None:
+            raise ValueError("set lifecycle.registry_dir or lifecycle.registry_topic, not both")
+        if self.retrain and self.registry_dir is None and self.registry_topic is None:
+            raise ValueError(
+                "lifecycle.retrain needs a registry to put candidates in: set "
+                "lifecycle.registry_dir (or lifecycle.registry_topic)"
+            )
+        return self
+
+
 # What a forward.link_template may name: each is filled in, URL-quoted, from the alert posted.
 LINK_FIELDS: Final = ("alert_id", "episode_id", "key")
 ALERTMANAGER_ALERTS_PATH: Final = "/api/v2/alerts"
@@ -846,6 +919,7 @@ class Settings(BaseSettings):
     forward: ForwardConfig = ForwardConfig()
     drift: DriftConfig = DriftConfig()
     feedback: FeedbackConfig = FeedbackConfig()
+    lifecycle: LifecycleConfig = LifecycleConfig()
 
     @model_validator(mode="after")
     def _aggregate_features_are_the_model_features(self) -> Settings:

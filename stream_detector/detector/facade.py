@@ -3,8 +3,10 @@
 Everything that runs the detector (the Kafka service, replay, evaluate, the demo, tests) goes
 through `Detector.process`, so a score seen in a back-test is the score the service would compute.
 All per-key state is held in arrays indexed by the window store's slot. The threshold and the
-episodes join the window stage's per-slot stages, so whatever frees or grows slots (an ingest,
-idle keys, `drop`, `restore`) reaches all of them through `WindowStage.sync_slots`.
+episodes (the model's judge, detector/judge.py) join the window stage's per-slot stages, so
+whatever frees or grows slots (an ingest, idle keys, `drop`, `restore`) reaches all of them
+through `WindowStage.sync_slots`. The judge can be swapped for another model's between batches,
+and a candidate can judge the same windows in its shadow (detector/shadow.py).
 """
 
 from __future__ import annotations
@@ -21,14 +23,18 @@ import torch
 from stream_detector.aggregate.decoder import AggregatingDecoder, decoder_for
 from stream_detector.aggregate.streams import SINGLE_STREAM, StreamAggregators
 from stream_detector.config import ConfigError, Settings
-from stream_detector.detector.artefact import ModelArtefact, load_artefact_and_settings
+from stream_detector.detector.artefact import (
+    ModelArtefact,
+    ModelMetadata,
+    load_artefact_and_settings,
+)
 from stream_detector.detector.feedback import FeedbackLedger
+from stream_detector.detector.judge import ModelJudge, empty_scored
+from stream_detector.detector.shadow import SHADOW_PREFIX, ShadowRun
 from stream_detector.detector.snapshot import EngineSnapshot
 from stream_detector.engine.alerts import Alert
-from stream_detector.engine.episodes import EpisodeTracker
-from stream_detector.engine.model import WindowScorer, ring_device, select_device
-from stream_detector.engine.stage import StagedWindows, WindowStage
-from stream_detector.engine.threshold import AdaptiveThreshold
+from stream_detector.engine.model import ring_device, select_device
+from stream_detector.engine.stage import WindowStage
 from stream_detector.engine.types import Decoded, ScoredWindows
 
 log = structlog.get_logger(__name__)
@@ -45,23 +51,6 @@ class DetectionResult:
     muted: int = 0  # alerts the operators' mutes kept from `alerts`
 
 
-def _empty_scored(n_features: int) -> ScoredWindows:
-    f32 = np.empty(0, dtype=np.float32)
-    return ScoredWindows(
-        slots=np.empty(0, dtype=np.int64),
-        keys=np.empty(0, dtype=object),
-        event_index=np.empty(0, dtype=np.int64),
-        start_ts=np.empty(0, dtype=np.float64),
-        end_ts=np.empty(0, dtype=np.float64),
-        scores=f32,
-        thresholds=f32,
-        exceed=np.empty(0, dtype=bool),
-        feature_errors=np.empty((0, n_features), dtype=np.float32),
-        actual=np.empty((0, n_features), dtype=np.float32),
-        expected=np.empty((0, n_features), dtype=np.float32),
-    )
-
-
 class Detector:
     """Stateful per-key anomaly detector over batches of events; not thread-safe."""
 
@@ -73,10 +62,6 @@ class Detector:
         # In aggregate mode this decoder turns raw events into closed per-key buckets.
         self.decoder = decoder_for(settings)
         self.feature_names = tuple(settings.input.value_fields)
-        self.model_version = meta.model_version
-        # What the model learnt besides its weights (calibration, training record), for
-        # monitoring against it, e.g. drift.
-        self.metadata = meta
         self.device = device if device is not None else select_device(settings.model.device)
         n_features = len(self.feature_names)
         # Device-resident: the ring's values sit on the model's device, so windows are cut,
@@ -87,22 +72,12 @@ class Detector:
         )
         self._windows = self._stage.store
         self._normalizer = self._stage.normalizer
-        self._scorer = WindowScorer(
-            artefact.model.to(self.device),
-            self.device,
-            settings.model.batch_size,
-            settings.model.cpu_threads,
-            settings.model.cuda_graph,
-        )
-        # No slots of their own: the stage sizes them to the store and keeps them in step.
-        self._threshold = AdaptiveThreshold(settings.threshold, meta.global_threshold, capacity=0)
-        self._episodes = EpisodeTracker(
-            settings.episodes, self.feature_names, self.model_version, capacity=0
-        )
+        # The model and what is in its units (thresholds, episodes); `swap_model` replaces it.
+        self._judge = ModelJudge(settings, artefact, self.device)
+        self._judge.attach(self._stage)
+        self._shadow: ShadowRun | None = None
         # Operator feedback: empty until the service (or evaluate --feedback) applies some.
         self.feedback = FeedbackLedger(settings.feedback)
-        self._stage.add_slot_stage("threshold", self._threshold)
-        self._stage.add_slot_stage("episodes", self._episodes)
         self._n_features = n_features
         log.info(
             "detector ready",
@@ -115,12 +90,22 @@ class Detector:
         )
 
     @property
+    def model_version(self) -> str:
+        return self._judge.model_version
+
+    @property
+    def metadata(self) -> ModelMetadata:
+        """What the model learnt besides its weights (calibration, training record), for
+        monitoring against it, e.g. drift."""
+        return self._judge.metadata
+
+    @property
     def n_keys(self) -> int:
         return self._windows.n_keys
 
     @property
     def open_episodes(self) -> int:
-        return self._episodes.open_episodes
+        return self._judge.episodes.open_episodes
 
     @property
     def out_of_order_total(self) -> int:
@@ -166,7 +151,7 @@ class Detector:
         episodes of the keys it evicted are resolved before their slots are reset."""
         batch = decoded.batch
         if len(batch) == 0:
-            return DetectionResult(decoded, _empty_scored(self._n_features), [], 0.0)
+            return DetectionResult(decoded, empty_scored(self._n_features), [], 0.0)
         scored_parts: list[ScoredWindows] = []
         alerts: list[Alert] = []
         model_seconds = 0.0
@@ -176,15 +161,21 @@ class Detector:
             alerts += self._evict(cut.report.freed_slots, cut.report.freed_keys)
             staged = self._stage.normalise(cut)
             started = time.perf_counter()
-            scored = self._score(staged, offset)
-            model_seconds += time.perf_counter() - started
+            scored = self._judge.score(staged, offset, self.feedback, self._normalizer)
+            seconds = time.perf_counter() - started
+            model_seconds += seconds
+            piece_alerts = self._judge.episodes.update(scored) if len(scored) else []
+            if self._shadow is not None:
+                self._shadow.observe(
+                    staged, offset, self.feedback, self._normalizer, (scored, piece_alerts, seconds)
+                )
             if len(scored):
-                alerts += self._episodes.update(scored)
+                alerts += piece_alerts
                 scored_parts.append(scored)
             alerts += self._evict(*self._windows.release_silent())
             offset += cut.report.taken
             batch = batch.rows(cut.report.taken)
-        scored = _concat(scored_parts) if scored_parts else _empty_scored(self._n_features)
+        scored = _concat(scored_parts) if scored_parts else empty_scored(self._n_features)
         alerts, muted = self.feedback.unmuted(alerts)
         return DetectionResult(decoded, scored, alerts, model_seconds, muted)
 
@@ -255,39 +246,58 @@ class Detector:
     def _evict(self, freed: np.ndarray, freed_keys: np.ndarray) -> list[Alert]:
         """Bring the per-slot stages in step with the store after evictions (and growth), and
         return the resolve alerts of the episodes open on the evicted keys, read first."""
-        alerts = self._episodes.resolve_evicted(freed, freed_keys)
+        alerts = self._judge.episodes.resolve_evicted(freed, freed_keys)
+        if self._shadow is not None:  # its episodes are only counted: nothing to resolve
+            self._shadow.judge.episodes.resolve_evicted(freed, freed_keys)
         self._stage.sync_slots(freed)
         return alerts
 
-    def _score(self, staged: StagedWindows, offset: int) -> ScoredWindows:
-        """Score, and judge, the staged windows; event indices count from the whole batch's
-        start (`offset` is where the staged piece began)."""
-        due = staged.due
-        if len(due) == 0:
-            return _empty_scored(self._n_features)
-        result = self._scorer.score(staged.normalised)
-        feedback = self.feedback.adjustments(due.keys, due.end_ts, self.model_version)
-        if feedback is None:
-            thresholds, exceed = self._threshold.apply(due.slots, result.scores)
-        else:
-            thresholds, exceed = self._threshold.apply(
-                due.slots, result.scores, feedback.divisor, feedback.floor, feedback.learn
-            )
-        expected = self._normalizer.denormalize(result.last_reconstruction, staged.mean, staged.std)
-        return ScoredWindows(
-            slots=due.slots,
-            keys=due.keys,
-            event_index=due.event_index + offset,
-            start_ts=due.start_ts,
-            end_ts=due.end_ts,
-            scores=result.scores,
-            thresholds=thresholds,
-            exceed=exceed,
-            feature_errors=result.feature_errors,
-            # The window's newest row is the event that completed it, already on the host.
-            actual=staged.batch.values[due.event_index],
-            expected=expected.astype(np.float32, copy=False),
+    # -- the model lifecycle ------------------------------------------------------------
+
+    def swap_model(self, artefact: ModelArtefact) -> list[Alert]:
+        """Serve with another model from the next batch on; returns the resolve alerts of the
+        episodes that were open (reason "model_changed").
+
+        Every key keeps its windows and normalisation (they do not depend on the model); its
+        threshold starts again from the new model's calibrated global threshold, since the
+        old one was learnt from another model's scores, and its episodes start closed. A shadow
+        of the same version stops (it becomes the active model).
+        """
+        occupied = self._windows.registry.occupied
+        keys = self._windows.registry.keys_of(occupied)
+        alerts = self._judge.episodes.resolve_open(occupied, keys, "model_changed")
+        previous = self._judge.model_version
+        if self._shadow is not None and self._shadow.version == artefact.metadata.model_version:
+            self.stop_shadow()
+        self._judge = ModelJudge(self.settings, artefact, self.device)
+        self._judge.attach(self._stage)
+        log.info(
+            "model swapped",
+            previous=previous,
+            model_version=self._judge.model_version,
+            keys=len(occupied),
+            episodes_resolved=len(alerts),
         )
+        return alerts
+
+    def start_shadow(self, candidate: ModelArtefact) -> None:
+        """Score every window with `candidate` too, from the next batch on, publishing nothing;
+        `shadow_report` compares the two."""
+        self.stop_shadow()
+        self._shadow = ShadowRun(self.settings, candidate, self.metadata, self.device)
+        self._shadow.judge.attach(self._stage, SHADOW_PREFIX, snapshot=False)
+        log.info(
+            "shadow scoring started", candidate=self._shadow.version, active=self.model_version
+        )
+
+    @property
+    def shadow(self) -> ShadowRun | None:
+        return self._shadow
+
+    def stop_shadow(self) -> None:
+        if self._shadow is not None:
+            ModelJudge.detach(self._stage, SHADOW_PREFIX)
+            self._shadow = None
 
 
 def _concat(parts: list[ScoredWindows]) -> ScoredWindows:

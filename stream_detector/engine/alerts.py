@@ -35,7 +35,9 @@ Each alert is published as a CloudEvents 1.0 structured-mode JSON message:
   - ``reason``: resolve only, why the episode ended: ``"cooldown"`` (``episodes.cooldown``
     normal windows in a row) or ``"evicted"`` (the key was forgotten, silent past
     ``window.idle_ttl_s`` or pushed out by ``window.max_keys``, while the episode was open; the
-    window fields are then those of the key's last scored window); ``null`` on an open alert
+    window fields are then those of the key's last scored window) or ``"model_changed"`` (another
+    model version took over while the episode was open; window fields as for ``"evicted"``);
+    ``null`` on an open alert
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ import numpy as np
 import orjson
 
 AlertKind = Literal["open", "resolve"]
-ResolveReason = Literal["cooldown", "evicted"]
+ResolveReason = Literal["cooldown", "evicted", "model_changed"]
 Severity = Literal["low", "medium", "high", "critical"]
 
 # (lower bound of score/threshold, severity), highest first.

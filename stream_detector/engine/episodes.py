@@ -119,13 +119,21 @@ class EpisodeTracker(SlotArrays):
         fire downstream forever; the alert says ``reason = "evicted"`` and reports the key's last
         scored window, and its id is the episode's usual resolve id.
         """
+        return self.resolve_open(slots, keys, "evicted")
+
+    def resolve_open(
+        self, slots: np.ndarray, keys: np.ndarray, reason: ResolveReason
+    ) -> list[Alert]:
+        """Resolve the open episodes among ``slots`` (``keys[i]`` held ``slots[i]``) with
+        ``reason``, reporting each key's last scored window, and close them."""
         alerts = []
         for row in np.flatnonzero(self._open[slots]).tolist():
             slot = int(slots[row])
             window = (float(self._last_start[slot]), float(self._last_end[slot]), -1)
-            alerts.append(self._resolve(slot, self._load(slot), str(keys[row]), window, "evicted"))
+            alerts.append(self._resolve(slot, self._load(slot), str(keys[row]), window, reason))
+            self._open[slot] = False
         if alerts:
-            log.info("open episodes resolved with evicted keys", resolved=len(alerts))
+            log.info("open episodes resolved", resolved=len(alerts), reason=reason)
         return alerts
 
     def update(self, scored: ScoredWindows) -> list[Alert]:

@@ -87,17 +87,30 @@ class WindowStage:
         # The per-slot stages that follow the store's slots, by the name their arrays carry in
         # a snapshot. The store is not among them: it keeps itself in step as slots change.
         self._followers: dict[str, SlotArrays] = {"normalizer": self.normalizer}
+        # Followers kept in step but left out of snapshots (a shadow model's state).
+        self._transient: set[str] = set()
 
     @property
     def slot_stages(self) -> dict[str, SlotArrays]:
-        """Every stage with per-slot arrays by snapshot name, the store (owner of the slots)
-        first."""
-        return {"windows": self.store, **self._followers}
+        """Every stage with per-slot arrays that a snapshot holds, by snapshot name, the store
+        (owner of the slots) first."""
+        followers = self._followers.items()
+        kept = {name: stage for name, stage in followers if name not in self._transient}
+        return {"windows": self.store, **kept}
 
-    def add_slot_stage(self, name: str, stage: SlotArrays) -> None:
-        """Keep ``stage``'s per-slot arrays in step with the store's slots from now on."""
+    def add_slot_stage(self, name: str, stage: SlotArrays, *, snapshot: bool = True) -> None:
+        """Keep ``stage``'s per-slot arrays in step with the store's slots from now on, in
+        place of any stage of that name; ``snapshot=False`` keeps it out of snapshots."""
         stage.ensure_capacity(self.store.capacity)
         self._followers[name] = stage
+        if snapshot:
+            self._transient.discard(name)
+        else:
+            self._transient.add(name)
+
+    def remove_slot_stage(self, name: str) -> None:
+        self._followers.pop(name, None)
+        self._transient.discard(name)
 
     def sync_slots(self, freed: np.ndarray) -> None:
         """Tell every per-slot stage what the registry did since the last call: grow it to the

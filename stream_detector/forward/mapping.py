@@ -26,6 +26,7 @@ FIRING_VALIDITY_RESENDS: Final = 4
 _REASON_TEXT: Final = {
     "cooldown": "back to normal",
     "evicted": "key no longer tracked by the detector",
+    "model_changed": "another model version took over",
 }
 
 

@@ -1,0 +1,114 @@
+"""One model's verdicts on staged windows: its scores, each key's threshold for them, episodes.
+
+Everything here depends on the model version: scores are in the units of one model's
+reconstruction error, so the per-key thresholds learnt from them and the episodes (whose ids
+carry the version) belong to it too. The window stage before it (ring buffers, per-key
+normalisation) does not, which is what lets the detector swap models, or run a candidate in the
+shadow of the active one, while every key keeps its windows.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from stream_detector.config import Settings
+from stream_detector.detector.artefact import ModelArtefact
+from stream_detector.detector.feedback import FeedbackLedger
+from stream_detector.engine.episodes import EpisodeTracker
+from stream_detector.engine.model import WindowScorer
+from stream_detector.engine.normalize import KeyNormalizer
+from stream_detector.engine.stage import StagedWindows, WindowStage
+from stream_detector.engine.threshold import AdaptiveThreshold
+from stream_detector.engine.types import ScoredWindows
+
+
+def empty_scored(n_features: int) -> ScoredWindows:
+    f32 = np.empty(0, dtype=np.float32)
+    return ScoredWindows(
+        slots=np.empty(0, dtype=np.int64),
+        keys=np.empty(0, dtype=object),
+        event_index=np.empty(0, dtype=np.int64),
+        start_ts=np.empty(0, dtype=np.float64),
+        end_ts=np.empty(0, dtype=np.float64),
+        scores=f32,
+        thresholds=f32,
+        exceed=np.empty(0, dtype=bool),
+        feature_errors=np.empty((0, n_features), dtype=np.float32),
+        actual=np.empty((0, n_features), dtype=np.float32),
+        expected=np.empty((0, n_features), dtype=np.float32),
+    )
+
+
+class ModelJudge:
+    """A model with the per-key state that is in its units: thresholds and episodes.
+
+    Its threshold and episode arrays follow the window stage's slots once `attach`ed: under the
+    names "threshold" and "episodes" (in snapshots) for the active model, under others, and out
+    of snapshots, for a shadow.
+    """
+
+    def __init__(
+        self, settings: Settings, artefact: ModelArtefact, device: torch.device
+    ) -> None:
+        meta = artefact.metadata
+        self.metadata = meta
+        self.model_version = meta.model_version
+        self.feature_names = tuple(settings.input.value_fields)
+        self.scorer = WindowScorer(
+            artefact.model.to(device),
+            device,
+            settings.model.batch_size,
+            settings.model.cpu_threads,
+            settings.model.cuda_graph,
+        )
+        # No slots of their own: the stage sizes them to the store and keeps them in step.
+        self.threshold = AdaptiveThreshold(settings.threshold, meta.global_threshold, capacity=0)
+        self.episodes = EpisodeTracker(
+            settings.episodes, self.feature_names, self.model_version, capacity=0
+        )
+
+    def attach(self, stage: WindowStage, prefix: str = "", *, snapshot: bool = True) -> None:
+        stage.add_slot_stage(prefix + "threshold", self.threshold, snapshot=snapshot)
+        stage.add_slot_stage(prefix + "episodes", self.episodes, snapshot=snapshot)
+
+    @staticmethod
+    def detach(stage: WindowStage, prefix: str) -> None:
+        stage.remove_slot_stage(prefix + "threshold")
+        stage.remove_slot_stage(prefix + "episodes")
+
+    def score(
+        self,
+        staged: StagedWindows,
+        offset: int,
+        feedback: FeedbackLedger,
+        normalizer: KeyNormalizer,
+    ) -> ScoredWindows:
+        """Score, and judge, the staged windows; event indices count from the whole batch's
+        start (`offset` is where the staged piece began)."""
+        due = staged.due
+        if len(due) == 0:
+            return empty_scored(len(self.feature_names))
+        result = self.scorer.score(staged.normalised)
+        adjust = feedback.adjustments(due.keys, due.end_ts, self.model_version)
+        if adjust is None:
+            thresholds, exceed = self.threshold.apply(due.slots, result.scores)
+        else:
+            thresholds, exceed = self.threshold.apply(
+                due.slots, result.scores, adjust.divisor, adjust.floor, adjust.learn
+            )
+        expected = normalizer.denormalize(result.last_reconstruction, staged.mean, staged.std)
+        return ScoredWindows(
+            slots=due.slots,
+            keys=due.keys,
+            event_index=due.event_index + offset,
+            start_ts=due.start_ts,
+            end_ts=due.end_ts,
+            scores=result.scores,
+            thresholds=thresholds,
+            exceed=exceed,
+            feature_errors=result.feature_errors,
+            # The window's newest row is the event that completed it, already on the host.
+            actual=staged.batch.values[due.event_index],
+            expected=expected.astype(np.float32, copy=False),
+        )

@@ -105,6 +105,11 @@ def model_version_of(weights: bytes) -> str:
     return _VERSION_PREFIX + hashlib.sha256(weights).hexdigest()[:12]
 
 
+def is_model_version(text: object) -> bool:
+    """Whether `text` has the form of a model version, e.g. to validate one read from a file."""
+    return type(text) is str and _VERSION_PATTERN.fullmatch(text) is not None
+
+
 def _serialise(model: LSTMAutoencoder) -> bytes:
     # safetensors output is deterministic for equal tensors, so the hash identifies the weights.
     tensors = {name: t.detach().cpu().contiguous() for name, t in model.state_dict().items()}
@@ -173,8 +178,8 @@ def save_artefact(
     artefact, weights = _assemble(model, settings, result)
     directory.mkdir(parents=True, exist_ok=True)
     metadata_json = orjson.dumps(asdict(artefact.metadata), option=orjson.OPT_INDENT_2)
-    _write_atomic(directory / WEIGHTS_FILE, weights)
-    _write_atomic(directory / METADATA_FILE, metadata_json + b"\n")
+    write_atomic(directory / WEIGHTS_FILE, weights)
+    write_atomic(directory / METADATA_FILE, metadata_json + b"\n")
     log.info(
         "model artefact saved",
         path=str(directory),
@@ -184,7 +189,9 @@ def save_artefact(
     return artefact
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace `path` with `data` (written and synced under a temporary name first), so that a
+    reader finds the old file or the new one, never a part; one writer per path at a time."""
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as handle:
         handle.write(data)
@@ -219,18 +226,7 @@ def load_artefact_and_settings(
 def _load(
     directory: Path, settings: Settings, device: torch.device | None, *, complete: bool
 ) -> tuple[ModelArtefact, Settings]:
-    if not directory.is_dir():
-        raise ArtefactError(
-            f"model artefact directory {directory} does not exist; {_RETRAIN} --out {directory}, "
-            "or point model.path at an existing artefact"
-        )
-    weights_path, metadata_path = directory / WEIGHTS_FILE, directory / METADATA_FILE
-    for path in (weights_path, metadata_path):
-        if not path.is_file():
-            raise ArtefactError(
-                f"model artefact {directory} has no {path.name}; the artefact is incomplete, "
-                f"{_RETRAIN} --out {directory}"
-            )
+    weights_path, metadata_path = _artefact_files(directory)
     metadata = _read_metadata(metadata_path)
     used, taken = settings, {}
     if complete and metadata.input_mapping is not None:
@@ -246,16 +242,7 @@ def _load(
             path=str(directory),
             taken=taken,
         )
-    weights = weights_path.read_bytes()
-    # Verify and parse the same bytes, so the file cannot change between the check and the load.
-    actual_version = model_version_of(weights)
-    if actual_version != metadata.model_version:
-        raise ArtefactError(
-            f"model artefact {directory}: {WEIGHTS_FILE} does not match model_version "
-            f"(metadata says {metadata.model_version!r}, the file hashes to {actual_version!r}); "
-            f"the weights were modified or corrupted, restore the artefact or {_RETRAIN}"
-        )
-    model = _build_model(metadata, weights, directory)
+    model = _verified_model(metadata, weights_path.read_bytes(), directory)
     target = device if device is not None else select_device(used.model.device)
     model = model.to(target).eval()
     log.info(
@@ -265,6 +252,51 @@ def _load(
         device=str(target),
     )
     return ModelArtefact(model=model, metadata=metadata), used
+
+
+def verify_artefact(directory: Path) -> ModelMetadata:
+    """The artefact's metadata, once everything that holds whatever the configuration is
+    checked: both files present, the metadata valid, the weights hashing to its model_version
+    and fitting its architecture. Raises ArtefactError.
+
+    For keeping artefacts (a model registry) rather than serving them: `load_artefact` checks
+    the same, and the artefact against the running settings besides.
+    """
+    directory = Path(directory)
+    weights_path, metadata_path = _artefact_files(directory)
+    metadata = _read_metadata(metadata_path)
+    _verified_model(metadata, weights_path.read_bytes(), directory)
+    return metadata
+
+
+def _artefact_files(directory: Path) -> tuple[Path, Path]:
+    """The weights and metadata paths; ArtefactError when the directory or either is missing."""
+    if not directory.is_dir():
+        raise ArtefactError(
+            f"model artefact directory {directory} does not exist; {_RETRAIN} --out {directory}, "
+            "or point model.path at an existing artefact"
+        )
+    weights_path, metadata_path = directory / WEIGHTS_FILE, directory / METADATA_FILE
+    for path in (weights_path, metadata_path):
+        if not path.is_file():
+            raise ArtefactError(
+                f"model artefact {directory} has no {path.name}; the artefact is incomplete, "
+                f"{_RETRAIN} --out {directory}"
+            )
+    return weights_path, metadata_path
+
+
+def _verified_model(metadata: ModelMetadata, weights: bytes, directory: Path) -> LSTMAutoencoder:
+    """The model built from `weights`, which must be the ones `metadata` names."""
+    # Verify and parse the same bytes, so the file cannot change between the check and the load.
+    actual_version = model_version_of(weights)
+    if actual_version != metadata.model_version:
+        raise ArtefactError(
+            f"model artefact {directory}: {WEIGHTS_FILE} does not match model_version "
+            f"(metadata says {metadata.model_version!r}, the file hashes to {actual_version!r}); "
+            f"the weights were modified or corrupted, restore the artefact or {_RETRAIN}"
+        )
+    return _build_model(metadata, weights, directory)
 
 
 def _read_metadata(path: Path) -> ModelMetadata:

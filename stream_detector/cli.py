@@ -268,6 +268,22 @@ def cmd_feedback(args: argparse.Namespace) -> int:
         return 1
 
 
+def cmd_retrain(args: argparse.Namespace) -> int:
+    from stream_detector.kafka.retrain_command import run
+
+    return run(_settings(args, {"kafka": {"bootstrap_servers": args.bootstrap_servers}}), args)
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from stream_detector.kafka.models_command import ModelsError, run
+
+    settings = _settings(args, {"kafka": {"bootstrap_servers": args.bootstrap_servers}})
+    try:
+        return run(settings, args)
+    except ModelsError as exc:
+        raise CliError(str(exc)) from None
+
+
 def cmd_init(args: argparse.Namespace) -> int:
     from stream_detector.inspect.command import InitError, InitOptions, run_init
 
@@ -580,6 +596,34 @@ def _feedback_options() -> argparse.ArgumentParser:
     return shared
 
 
+def _add_retrain(sub: Subcommands, common: argparse.ArgumentParser) -> None:
+    """`stream-detector retrain` (kafka.retrain_command.add_arguments)."""
+    from stream_detector.kafka.retrain_command import DESCRIPTION, add_arguments
+
+    retrain = sub.add_parser(
+        "retrain",
+        parents=[common],
+        help="train a candidate on recent data (a file or the input topics), anomalies left out",
+        description=DESCRIPTION,
+    )
+    add_arguments(retrain)
+    retrain.add_argument(
+        "--bootstrap-servers", help="with --from-topic: override kafka.bootstrap_servers"
+    )
+    retrain.set_defaults(func=cmd_retrain)
+
+
+def _add_models(sub: Subcommands, common: argparse.ArgumentParser) -> None:
+    """`stream-detector models` and its actions (kafka.models_command.add_arguments)."""
+    from stream_detector.kafka.models_command import add_arguments
+
+    models = sub.add_parser(
+        "models", help="list, show, register, promote and roll back the model registry's versions"
+    )
+    add_arguments(models, common)
+    models.set_defaults(func=cmd_models)
+
+
 def _add_feedback(sub: Subcommands, common: argparse.ArgumentParser) -> None:
     """`stream-detector feedback` and its events."""
     feedback = sub.add_parser(
@@ -852,6 +896,8 @@ _COMMANDS: Final[tuple[Callable[[Subcommands, argparse.ArgumentParser], None], .
     _add_run,
     _add_forward,
     _add_feedback,
+    _add_retrain,
+    _add_models,
     _add_init,
     _add_demo,
     _add_broker,

@@ -26,8 +26,9 @@ from stream_detector.detector.artefact import (
     create_artefact,
     save_artefact,
 )
+from stream_detector.detector.exclusions import ExcludedSpans
 from stream_detector.engine.model import LSTMAutoencoder, WindowScorer, select_device
-from stream_detector.engine.stage import WindowStage
+from stream_detector.engine.stage import StagedWindows, WindowStage
 from stream_detector.engine.types import Decoded
 
 log = structlog.get_logger(__name__)
@@ -49,14 +50,21 @@ class CollectedWindows:
     std: np.ndarray
     n_events: int
     n_keys: int
+    n_excluded: int = 0  # windows left out for overlapping an excluded span
 
 
-def collect_windows(batches: Iterable[Decoded], settings: Settings) -> CollectedWindows:
+def collect_windows(
+    batches: Iterable[Decoded], settings: Settings, exclude: ExcludedSpans | None = None
+) -> CollectedWindows:
     """Cut and normalise training windows exactly as serving would (float32 [N, W, F]), with the
     global mean and std [F]. Raises ValueError, saying what was seen, when the data yields fewer
-    than MIN_TRAINING_WINDOWS windows."""
+    than MIN_TRAINING_WINDOWS windows.
+
+    `exclude`: windows overlapping a span of their key are dropped after they are cut, so the
+    windows kept are cut and normalised exactly as without it: the events in a span still feed
+    their key's statistics, as they do when served. The global mean and std count them too; they
+    are only the prior that a key's own statistics soon outweigh."""
     decoded = [d.batch for d in batches if len(d.batch)]
-    n_features = len(settings.input.value_fields)
     size = settings.window.size
     n_events = sum(len(batch) for batch in decoded)
     if n_events == 0:
@@ -72,20 +80,25 @@ def collect_windows(batches: Iterable[Decoded], settings: Settings) -> Collected
 
     # Pass 2: the serving path, batch by batch, so warm-up and evictions look as they will live.
     stage = WindowStage(settings, mean, std, settings.train.stride)
-    chunks = [
-        staged.normalised
+    kept = [
+        _kept(staged, exclude)
         for batch in decoded
         for staged in stage.pieces(batch)
         if len(staged.due)
     ]
-
+    chunks = [windows for windows, _ in kept]
+    n_excluded = sum(excluded for _, excluded in kept)
     n_windows = sum(len(chunk) for chunk in chunks)
+    if n_excluded:
+        log.info("training windows excluded", excluded=n_excluded, kept=n_windows)
     if n_windows < MIN_TRAINING_WINDOWS:
+        left_out = f" ({n_excluded} more overlapped excluded spans)" if n_excluded else ""
         raise ValueError(
             f"too little data to train: {n_events} events over {n_keys} keys gave {n_windows} "
-            f"windows (window.size = {size}, train.stride = {settings.train.stride}); a key needs "
-            f"at least {size} events for its first window and training needs at least "
-            f"{MIN_TRAINING_WINDOWS} windows; supply more events per key or lower window.size"
+            f"windows{left_out} (window.size = {size}, train.stride = {settings.train.stride}); "
+            f"a key needs at least {size} events for its first window and training needs at "
+            f"least {MIN_TRAINING_WINDOWS} windows; supply more events per key or lower "
+            "window.size"
         )
     windows = np.concatenate(chunks)
     cap = settings.train.max_windows
@@ -94,7 +107,24 @@ def collect_windows(batches: Iterable[Decoded], settings: Settings) -> Collected
         keep = np.sort(rng.choice(n_windows, cap, replace=False))
         windows = windows[keep]
         log.info("training windows subsampled", available=n_windows, kept=cap)
-    return CollectedWindows(windows=windows, mean=mean, std=std, n_events=n_events, n_keys=n_keys)
+    return CollectedWindows(
+        windows=windows,
+        mean=mean,
+        std=std,
+        n_events=n_events,
+        n_keys=n_keys,
+        n_excluded=n_excluded,
+    )
+
+
+def _kept(staged: StagedWindows, exclude: ExcludedSpans | None) -> tuple[np.ndarray, int]:
+    """The staged windows not overlapping an excluded span of their key, and how many did."""
+    windows = np.asarray(staged.normalised)
+    if exclude is None:
+        return windows, 0
+    due = staged.due
+    hit = exclude.overlapping(due.keys, due.start_ts, due.end_ts)
+    return windows[~hit], int(hit.sum())
 
 
 def train(
@@ -102,15 +132,17 @@ def train(
     settings: Settings,
     out_dir: Path | None,
     progress: Callable[[dict[str, Any]], None] | None = None,
+    exclude: ExcludedSpans | None = None,
 ) -> ModelArtefact:
     """Collect windows, split them, fit with early stopping on validation loss, calibrate the
     global threshold, and (if out_dir is given) save the artefact.
 
     Seeded end to end: the same data, settings and seed give identical weights on CPU.
+    `exclude`: spans per key whose windows are not trained on (see `collect_windows`).
     """
     started = time.perf_counter()
     cfg = settings.train
-    collected = collect_windows(batches, settings)
+    collected = collect_windows(batches, settings, exclude)
     device = select_device(settings.model.device)
     rng = np.random.default_rng(cfg.seed)
     torch.manual_seed(cfg.seed)
@@ -126,6 +158,7 @@ def train(
     log.info(
         "training started",
         windows=len(collected.windows),
+        excluded_windows=collected.n_excluded,
         train_windows=len(split.train_x),
         val_windows=len(split.val_windows),
         events=collected.n_events,
@@ -147,6 +180,7 @@ def train(
             "train_loss": fit.train_history,
             "val_loss": fit.val_history,
             "windows": len(collected.windows),
+            "excluded_windows": collected.n_excluded,
             "train_windows": len(split.train_x),
             "val_windows": len(split.val_windows),
             "events": collected.n_events,

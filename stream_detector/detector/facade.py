@@ -258,18 +258,25 @@ class Detector:
         """Serve with another model from the next batch on; returns the resolve alerts of the
         episodes that were open (reason "model_changed").
 
-        Every key keeps its windows and normalisation (they do not depend on the model); its
-        threshold starts again from the new model's calibrated global threshold, since the
-        old one was learnt from another model's scores, and its episodes start closed. A shadow
-        of the same version stops (it becomes the active model).
+        Every key keeps its windows and normalisation (they do not depend on the model), and
+        its episodes start closed. Its threshold was learnt from another model's scores: when
+        the new model ran in the shadow until now, the thresholds it learnt there are kept (the
+        shadow becomes the active model); otherwise each key warms up again on the new model's
+        calibrated global threshold.
         """
         occupied = self._windows.registry.occupied
         keys = self._windows.registry.keys_of(occupied)
         alerts = self._judge.episodes.resolve_open(occupied, keys, "model_changed")
         previous = self._judge.model_version
-        if self._shadow is not None and self._shadow.version == artefact.metadata.model_version:
+        shadow = self._shadow
+        if shadow is not None and shadow.version == artefact.metadata.model_version:
+            # The shadow's thresholds were learnt from this model's scores on these very keys.
             self.stop_shadow()
-        self._judge = ModelJudge(self.settings, artefact, self.device)
+            self._judge = shadow.judge.without_episodes(self.settings)
+            thresholds = "kept from the shadow period"
+        else:
+            self._judge = ModelJudge(self.settings, artefact, self.device)
+            thresholds = "warming up"
         self._judge.attach(self._stage)
         log.info(
             "model swapped",
@@ -277,6 +284,7 @@ class Detector:
             model_version=self._judge.model_version,
             keys=len(occupied),
             episodes_resolved=len(alerts),
+            thresholds=thresholds,
         )
         return alerts
 

@@ -13,9 +13,9 @@ survives restarts and rebalances without a place in the partition checkpoints.
 Effects, per key:
 - `sensitivity`: the key's threshold is divided by a multiplier (bounded), from `effective` on;
   the latest event for a key (in topic order) wins from its own effective time.
-- `false_positive`: the key's threshold is at least `false_positive_margin` x the alert's score,
-  for the windows after the marked episode (or alert), for windows scored by the same model version (another model's scores are
-  on another scale).
+- `false_positive`: the key's threshold is at least `false_positive_margin` x the alert's score
+  for the windows after the marked episode (or alert) that the same model version scores
+  (another model's scores are on another scale).
 - `true_positive`: the key's threshold learns nothing from the episode's windows (until its
   resolve when known, else for `true_positive_hold_s`); the span is also a labelled anomaly for
   whatever later trains on the stream.

@@ -68,6 +68,14 @@ class ModelJudge:
             settings.episodes, self.feature_names, self.model_version, capacity=0
         )
 
+    def without_episodes(self, settings: Settings) -> ModelJudge:
+        """This judge with its thresholds as learnt, and no episode open or pending: a shadow's
+        episodes were never published, so none of them may resolve in public."""
+        self.episodes = EpisodeTracker(
+            settings.episodes, self.feature_names, self.model_version, capacity=0
+        )
+        return self
+
     def attach(self, stage: WindowStage, prefix: str = "", *, snapshot: bool = True) -> None:
         stage.add_slot_stage(prefix + "threshold", self.threshold, snapshot=snapshot)
         stage.add_slot_stage(prefix + "episodes", self.episodes, snapshot=snapshot)
@@ -83,19 +91,21 @@ class ModelJudge:
         offset: int,
         feedback: FeedbackLedger,
         normalizer: KeyNormalizer,
+        warm: np.ndarray | None = None,
     ) -> ScoredWindows:
         """Score, and judge, the staged windows; event indices count from the whole batch's
-        start (`offset` is where the staged piece began)."""
+        start (`offset` is where the staged piece began). `warm` (bool, one per staged window)
+        is set to whether each was judged by its key's own threshold."""
         due = staged.due
         if len(due) == 0:
             return empty_scored(len(self.feature_names))
         result = self.scorer.score(staged.normalised)
         adjust = feedback.adjustments(due.keys, due.end_ts, self.model_version)
         if adjust is None:
-            thresholds, exceed = self.threshold.apply(due.slots, result.scores)
+            thresholds, exceed = self.threshold.apply(due.slots, result.scores, warm=warm)
         else:
             thresholds, exceed = self.threshold.apply(
-                due.slots, result.scores, adjust.divisor, adjust.floor, adjust.learn
+                due.slots, result.scores, adjust.divisor, adjust.floor, adjust.learn, warm
             )
         expected = normalizer.denormalize(result.last_reconstruction, staged.mean, staged.std)
         return ScoredWindows(

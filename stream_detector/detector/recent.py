@@ -1,4 +1,4 @@
-"""The most recent events, bounded, for retraining from the stream.
+"""What retraining from the stream needs of it: the most recent events, and the episodes in them.
 
 The service copies each batch's accepted events in; once more than `max_events` are held, the
 oldest go. Copies, because the batch's arrays are views the engine may reuse.
@@ -6,10 +6,12 @@ oldest go. Copies, because the batch's arrays are views the engine may reuse.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 
 import numpy as np
 
+from stream_detector.engine.alerts import Alert
 from stream_detector.engine.types import Decoded, EventBatch
 
 
@@ -53,6 +55,35 @@ class RecentEvents:
         must not change them)."""
         return [Decoded(chunk) for chunk in self._chunks]
 
-    def clear(self) -> None:
-        self._chunks.clear()
-        self._held = 0
+    def oldest(self) -> float:
+        """The earliest event time held (infinity when empty)."""
+        return min((float(chunk.ts.min()) for chunk in self._chunks), default=math.inf)
+
+
+class RecentEpisodes:
+    """The spans of the episodes the service raised, per key, to keep out of retraining.
+
+    An episode runs from the first event of its opening window to the last event of its
+    resolve's window; one still open runs on to whatever comes. Spans that end before the
+    oldest event still held are dropped (`forget_before`), so this stays as bounded as the
+    events are."""
+
+    def __init__(self) -> None:
+        self._open: dict[str, tuple[str, float]] = {}  # episode id -> key, start
+        self._closed: list[tuple[str, float, float]] = []
+
+    def observe(self, alerts: list[Alert]) -> None:
+        for alert in alerts:
+            if alert.kind == "open":
+                self._open[alert.episode_id] = (alert.key, alert.window_start)
+                continue
+            key, start = self._open.pop(alert.episode_id, (alert.key, alert.episode_start))
+            self._closed.append((key, start, alert.window_end))
+
+    def spans(self) -> list[tuple[str, float, float]]:
+        """(key, start, end) of every episode, the open ones ending at infinity."""
+        still_open = [(key, start, math.inf) for key, start in self._open.values()]
+        return self._closed + still_open
+
+    def forget_before(self, oldest: float) -> None:
+        self._closed = [span for span in self._closed if span[2] >= oldest]

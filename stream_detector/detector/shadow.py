@@ -2,9 +2,12 @@
 
 The candidate judges the very windows the active model judges (same ring buffers, same per-key
 normalisation), with thresholds and episodes of its own kept out of snapshots; what it would have
-alerted is only counted. After `lifecycle.shadow_windows` windows its report compares the two:
-episodes each opened, on which keys they agree, how each model's scores sit against its own
-training calibration (score PSI, median ratio), and the inference time each took.
+alerted is only counted. Each key's first `threshold.warmup` windows warm the candidate's
+threshold for it up (a promotion keeps what it learnt) and are not compared: the candidate would
+be judged on its global threshold there, which no key is judged on for long. Over the next
+`lifecycle.shadow_windows` windows of warm keys, the report compares the two: episodes each
+opened, on which keys they agree, how each model's scores sit against its own training
+calibration (score PSI, median ratio), and the inference time each took.
 
 The verdict: the candidate passes when it opened at most `promote_max_alert_ratio` x the active
 model's episodes and its scores are closer to its calibration than the active model's to its
@@ -20,6 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 import torch
 
 from stream_detector.config import LifecycleConfig, Settings
@@ -92,7 +96,8 @@ class ShadowRun:
         self.config: LifecycleConfig = settings.lifecycle
         self.judge = ModelJudge(settings, candidate, device)
         self.started_at = datetime.now(UTC).isoformat(timespec="seconds")
-        self.windows = 0
+        self.windows = 0  # every window the candidate judged
+        self.compared = 0  # of those, the ones of keys whose candidate threshold was warm
         self.active = _Side(active.model_version, _monitor(settings, active))
         meta = candidate.metadata
         self.candidate = _Side(meta.model_version, _monitor(settings, meta))
@@ -103,7 +108,7 @@ class ShadowRun:
 
     @property
     def done(self) -> bool:
-        return self.windows >= self.config.shadow_windows
+        return self.compared >= self.config.shadow_windows
 
     def observe(
         self,
@@ -115,23 +120,36 @@ class ShadowRun:
     ) -> None:
         """Judge the staged piece with the candidate, beside the active model's result for it
         (its scored windows, alerts and model seconds)."""
+        # Compared: the windows the candidate judged by a key's own threshold (those that warm
+        # it up are the candidate's to learn from), window by window, whatever the batching.
+        warm = np.zeros(len(staged.due), dtype=bool)
         started = time.perf_counter()
-        scored = self.judge.score(staged, offset, feedback, normalizer)
+        scored = self.judge.score(staged, offset, feedback, normalizer, warm)
         alerts = self.judge.episodes.update(scored) if len(scored) else []
-        self.candidate.observe(scored, alerts, time.perf_counter() - started)
-        self.active.observe(*active)
+        seconds = time.perf_counter() - started
         self.windows += len(scored)
+        if not warm.any():
+            return
+        compared = set(zip(scored.keys[warm].tolist(), scored.event_index[warm].tolist()))
+        active_scored, active_alerts, active_seconds = active
+        share = float(warm.mean())
+        self.compared += int(warm.sum())
+        self.candidate.observe(_rows(scored, warm), _of(alerts, compared), seconds * share)
+        self.active.observe(
+            _rows(active_scored, warm), _of(active_alerts, compared), active_seconds * share
+        )
 
     def report(self) -> dict[str, Any]:
         """The comparison so far, with the verdict."""
-        active = self.active.summary(self.windows)
-        candidate = self.candidate.summary(self.windows)
+        active = self.active.summary(self.compared)
+        candidate = self.candidate.summary(self.compared)
         union = self.active.keys | self.candidate.keys
         passed, why = self._verdict(active, candidate)
         return {
             "candidate": candidate,
             "active": active,
             "windows": self.windows,
+            "compared_windows": self.compared,
             "started_at": self.started_at,
             "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "key_agreement": (
@@ -163,3 +181,14 @@ class ShadowRun:
             f"opened {candidate['episodes_opened']} episodes against "
             f"{active['episodes_opened']}, score PSI {mine:g} against {theirs:g}"
         )
+
+
+def _rows(scored: ScoredWindows, keep: np.ndarray) -> ScoredWindows:
+    return ScoredWindows(
+        **{name: getattr(scored, name)[keep] for name in ScoredWindows.__dataclass_fields__}
+    )
+
+
+def _of(alerts: list[Alert], windows: set[tuple[str, int]]) -> list[Alert]:
+    """The alerts raised by one of `windows` (key, event index)."""
+    return [alert for alert in alerts if (alert.key, alert.event_index) in windows]

@@ -72,11 +72,14 @@ class AdaptiveThreshold(SlotArrays):
         divisor: np.ndarray | None = None,
         floor: np.ndarray | None = None,
         learn: np.ndarray | None = None,
+        warm: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Judge B scores (arrival order) against their keys' thresholds; learn from normal ones.
 
         Operator feedback comes in per window: the key's threshold is divided by `divisor`, then
         raised to at least `floor`, and a window whose `learn` is false is judged but not learnt.
+        `warm`, when given (bool [B]), is set to whether each window was judged by its key's own
+        threshold rather than the warm-up one.
 
         Returns (thresholds float32 [B], exceed bool [B]). A NaN score never exceeds and is not
         absorbed, so one bad model output cannot corrupt a key's baseline forever.
@@ -88,6 +91,8 @@ class AdaptiveThreshold(SlotArrays):
         for rows in rank_steps(slots):
             slot, x = slots[rows], raw[rows]
             limit = self._thresholds(slot)
+            if warm is not None:
+                warm[rows] = self._count[slot] >= self._warmup
             if divisor is not None:
                 limit = limit / divisor[rows]
             if floor is not None:

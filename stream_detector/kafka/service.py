@@ -28,7 +28,7 @@ from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPa
 
 from stream_detector.config import ConfigError, Settings
 from stream_detector.detector.artefact import ArtefactError
-from stream_detector.detector.drift import DriftMonitor, drift_fields
+from stream_detector.detector.drift import DriftFigures, DriftMonitor, drift_fields
 from stream_detector.detector.facade import load_detector
 from stream_detector.engine.types import ScoredWindows
 from stream_detector.kafka.clients import Clients, create_client
@@ -37,12 +37,18 @@ from stream_detector.kafka.delivery import DeliveryFailed, DeliveryTracker
 from stream_detector.kafka.faults import ClientFaults, FatalServiceError
 from stream_detector.kafka.feedback_reader import FeedbackReader
 from stream_detector.kafka.health import HealthState, StatusServer
+from stream_detector.kafka.lifecycle import ModelLifecycle
 from stream_detector.kafka.output import Output
 from stream_detector.kafka.ownership import Ownership
 from stream_detector.kafka.partitions import open_partition_state
 from stream_detector.kafka.preflight import wait_for_broker
-from stream_detector.kafka.records import ConsumedBatch, alert_record, dead_letter_record
+from stream_detector.kafka.records import (
+    ConsumedBatch,
+    alert_record,
+    dead_letter_record,
+)
 from stream_detector.kafka.recovery import Recovery
+from stream_detector.kafka.registry_topic import open_registry
 from stream_detector.kafka.settings import consumer_config, producer_config, redact
 from stream_detector.kafka.telemetry import ServiceMetrics
 from stream_detector.stop_signals import stop_on_signals
@@ -88,7 +94,12 @@ class KafkaService:
         self.metrics = ServiceMetrics()
         self.health = HealthState()
         self.tracker = DeliveryTracker()
-        self.detector = load_detector(settings)
+        # With a registry, its active version is the model to serve (every replica follows it).
+        self.registry = open_registry(settings)
+        active = None if self.registry is None else self.registry.active()
+        self.detector = load_detector(
+            settings, None if active is None else self.registry.artefact_dir(active)
+        )
         # With the input mapping the model artefact supplied (load_detector logs what it took),
         # so that the state stores and output see the mode and keys the detector decodes with.
         settings = self.settings = self.detector.settings
@@ -98,14 +109,22 @@ class KafkaService:
         self.drift = DriftMonitor(
             settings.drift, meta.calibration_quantiles, meta.global_threshold, meta.created_at
         )
+        self.lifecycle = (
+            None
+            if self.registry is None
+            else ModelLifecycle(settings, self.detector, self.registry, self.metrics)
+        )
+        if self.lifecycle is not None:
+            self.lifecycle.start()
+        self.drift_version = meta.model_version
         self._last_drift_log = time.monotonic()
         self.feedback = (
             None
             if self.kafka.feedback_topic is None
             else FeedbackReader(self.kafka, self.detector.feedback, self.metrics)
         )
-        # The one replica that dead-letters bad feedback: the owner of this partition.
-        self._feedback_leader = (self.kafka.input_topics[0], 0)
+        # The one replica that dead-letters bad feedback and retrains: the owner of this partition.
+        self._leader_partition = (self.kafka.input_topics[0], 0)
         self.source = f"stream-detector/{self.kafka.group_id}"
         self.faults = ClientFaults(self.kafka.bootstrap_servers)
         self.clients = Clients()
@@ -236,6 +255,8 @@ class KafkaService:
 
     def _close_clients(self) -> None:
         self.clients.close()  # leaves the group; runs on_revoke
+        if self.lifecycle is not None:
+            self.lifecycle.close()
         if self.feedback is not None:
             self.feedback.close()
         if self.state is not None:
@@ -255,6 +276,11 @@ class KafkaService:
     def _process(self, messages: list[Message]) -> None:
         started = time.perf_counter()
         consumed = ConsumedBatch.from_messages(messages)
+        # A model swap (the registry's active version changed) resolves the episodes the old
+        # model had open; those resolves go out with this batch.
+        swap_alerts = [] if self.lifecycle is None else self.lifecycle.before_batch()
+        if self.drift_version != self.detector.model_version:
+            self._follow_model()
         result = self.detector.process_messages(
             consumed.payloads,
             consumed.keys,
@@ -269,19 +295,23 @@ class KafkaService:
                 consumed.partition_list, consumed.partition_ids[events.index], events.keys
             )
         seq = self.policy.open_batch(offsets)
-        records = [alert_record(a, self.kafka.alert_topic, self.source, seq) for a in result.alerts]
+        alerts = swap_alerts + result.alerts
+        records = [alert_record(a, self.kafka.alert_topic, self.source, seq) for a in alerts]
         dead_letters, max_bytes = self.kafka.dead_letter_topic, self.kafka.max_message_bytes
         records += [
             dead_letter_record(r, messages[r.index], dead_letters, seq, max_bytes)
             for r in result.decoded.rejects
         ]
-        if self.feedback is not None and self._feedback_leader in self.ownership.assigned:
+        if self.feedback is not None and self._leader_partition in self.ownership.assigned:
             records += self.feedback.dead_letters(seq)
         self.policy.produce_batch(seq, records, offsets)
         elapsed = time.perf_counter() - started
         self.metrics.record_batch(len(messages), result, self.detector, elapsed)
-        self._record_drift(result.scored)
-        for alert in result.alerts:
+        figures = self._record_drift(result.scored)
+        if self.lifecycle is not None:
+            leader = self._leader_partition in self.ownership.assigned
+            self.lifecycle.after_batch(result.decoded.batch, alerts, figures, leader)
+        for alert in alerts:
             log.info(
                 "alert",
                 kind=alert.kind,
@@ -292,9 +322,17 @@ class KafkaService:
                 threshold=round(alert.threshold, 4),
             )
 
-    def _record_drift(self, scored: ScoredWindows) -> None:
+    def _follow_model(self) -> None:
+        """Drift is measured per model version: after a swap, against the new calibration."""
+        meta = self.detector.metadata
+        self.drift = DriftMonitor(
+            self.settings.drift, meta.calibration_quantiles, meta.global_threshold, meta.created_at
+        )
+        self.drift_version = meta.model_version
+
+    def _record_drift(self, scored: ScoredWindows) -> DriftFigures:
         """Fold the batch into the drift figures and export them; every drift.log_interval_s,
-        close the new-key interval and log one `drift` line. Monitoring only."""
+        close the new-key interval and log one `drift` line. Returns the figures."""
         drift, detector = self.drift, self.detector
         drift.update(scored)
         drift.observe_keys(detector.keys_seen_total, detector.keys_new_total)
@@ -307,6 +345,7 @@ class KafkaService:
         if interval_ended:
             log.info("drift", model_version=detector.model_version, **drift_fields(figures))
         self.metrics.record_drift(detector.model_version, figures)
+        return figures
 
     def _update_lag(self, consumer: Consumer) -> None:
         now = time.monotonic()

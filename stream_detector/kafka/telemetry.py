@@ -152,6 +152,33 @@ class ServiceMetrics:
         self.muted_alerts = Counter(
             "sd_muted_alerts", "Alerts not published because a `mute` covered them.", registry=r
         )
+        # The model lifecycle (README, "Model lifecycle").
+        self.model_swaps = Counter(
+            "sd_model_swaps",
+            "Models swapped in between batches because the registry's active version changed.",
+            registry=r,
+        )
+        self.model_load_failures = Counter(
+            "sd_model_load_failures",
+            "Registry versions that could not be served (the current model stayed).",
+            registry=r,
+        )
+        self.retrains = Counter(
+            "sd_retrains",
+            "Retrains inside run, by outcome: started, finished, failed.",
+            ["outcome"],
+            registry=r,
+        )
+        self.shadow_verdicts = Counter(
+            "sd_shadow_verdicts",
+            "Shadow periods concluded, by verdict: pass, fail.",
+            ["verdict"],
+            registry=r,
+        )
+        for outcome in ("started", "finished", "failed"):
+            self.retrains.labels(outcome=outcome)
+        for verdict in ("pass", "fail"):
+            self.shadow_verdicts.labels(verdict=verdict)
         for kind in FEEDBACK_KINDS:
             self.feedback_events.labels(kind=kind)
         for reason in REJECT_REASONS:
@@ -171,6 +198,12 @@ class ServiceMetrics:
         for gauge in self._drift_gauges():
             gauge.labels(model_version=model_version).set(math.nan)
         self.retrain_due.labels(model_version=model_version).set(0)
+
+    def model_swapped(self, previous: str, model_version: str) -> None:
+        """The served model changed: sd_model_info and the drift series follow the new one."""
+        self.model_swaps.inc()
+        self.model_info.labels(model_version=previous).set(0)
+        self.start_model(model_version)
 
     def record_drift(self, model_version: str, figures: DriftFigures) -> None:
         """The drift figures after a batch (a few dozen bins' worth of work)."""

@@ -1,0 +1,241 @@
+"""The model lifecycle inside `run`: follow the registry, retrain when due, shadow, promote.
+
+Every replica follows the registry's active version: every `lifecycle.poll_interval_s` it reads
+the registry, and when the active version differs from the one it serves it swaps models before
+its next batch (`Detector.swap_model`), publishing the resolves of the episodes the old model had
+open with that batch. The registry is the one source of truth, so a promotion or a rollback made
+anywhere (`stream-detector models`, or a replica's own verdict) reaches every replica.
+
+With `lifecycle.retrain`, the replica that owns partition 0 of the first input topic also keeps
+its recent events and, when drift makes retraining due, trains a candidate on them in a
+background thread (the training code path of `train`, without the windows of alert episodes or
+of episodes marked true positive), registers it, scores it in the shadow of the active model for
+`lifecycle.shadow_windows` windows, attaches the shadow report to it in the registry, and
+promotes it when the verdict passes and `lifecycle.auto_promote` is set.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+from stream_detector.config import Settings
+from stream_detector.detector.artefact import (
+    ArtefactError,
+    ModelArtefact,
+    load_artefact_and_settings,
+)
+from stream_detector.detector.drift import DriftFigures
+from stream_detector.detector.facade import Detector
+from stream_detector.detector.recent import RecentEpisodes, RecentEvents
+from stream_detector.detector.registry import ModelRegistry, RegistryError
+from stream_detector.detector.retrain import RetrainResult, retrain
+from stream_detector.engine.alerts import Alert
+from stream_detector.engine.types import EventBatch
+from stream_detector.kafka.telemetry import ServiceMetrics
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class _Training:
+    """A retrain running in the background; `result` or `error` once it is done."""
+
+    thread: threading.Thread
+    result: RetrainResult | None = None
+    error: str | None = None
+
+
+class ModelLifecycle:
+    """Called by the service loop around each batch; not thread-safe (the loop's thread)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        detector: Detector,
+        registry: ModelRegistry,
+        metrics: ServiceMetrics,
+    ) -> None:
+        self.settings = settings
+        self.config = settings.lifecycle
+        self.detector = detector
+        self.registry = registry
+        self.metrics = metrics
+        self.recent = RecentEvents(self.config.retrain_max_events) if self.config.retrain else None
+        self.episodes = RecentEpisodes()
+        self._last_poll = time.monotonic()
+        self._last_retrain = -float("inf")
+        self._training: _Training | None = None
+        self._workdir = Path(tempfile.mkdtemp(prefix="sd-retrain-"))
+
+    def start(self) -> None:
+        """A registry with no active version gets the running model as its first one."""
+        self.registry.refresh()
+        if self.registry.active() is not None:
+            return
+        version = self.detector.model_version
+        path = self.settings.model.path
+        if path is None:
+            return
+        self.registry.register(Path(path), source="run", parent=None, data_span=None)
+        try:
+            self.registry.promote(version, "the first model the service ran")
+        except RegistryError:
+            # Another replica starting at the same moment promoted first; it is the active
+            # version either way, or the swap at the first batch follows the other's choice.
+            self.registry.refresh()
+            active = self.registry.active()
+            log.info("model registered; another replica promoted first", active=active)
+            return
+        log.info("model registered and promoted", model_version=version, source="run")
+
+    def before_batch(self) -> list[Alert]:
+        """Swap to the registry's active version when it changed (every poll_interval_s);
+        returns the resolve alerts of the episodes the old model had open."""
+        now = time.monotonic()
+        if now - self._last_poll < self.config.poll_interval_s:
+            return []
+        self._last_poll = now
+        try:
+            self.registry.refresh()
+            active = self.registry.active()
+        except RegistryError as exc:
+            log.warning("model registry unreadable; serving on", error=str(exc))
+            return []
+        if active is None or active == self.detector.model_version:
+            return []
+        artefact = self._load(active)
+        if artefact is None:
+            return []
+        previous = self.detector.model_version
+        alerts = self.detector.swap_model(artefact)
+        self.metrics.model_swapped(previous, active)
+        return alerts
+
+    def after_batch(
+        self, events: EventBatch, alerts: list[Alert], drift: DriftFigures, leader: bool
+    ) -> None:
+        """Keep the recent events and the episodes raised on them, start a retrain when due,
+        and judge a shadow that is done."""
+        if self.recent is None or not leader:
+            return
+        self.recent.add(events)
+        self.episodes.observe(alerts)
+        self.episodes.forget_before(self.recent.oldest())
+        self._collect_training()
+        shadow = self.detector.shadow
+        if shadow is not None and shadow.done:
+            self._conclude_shadow()
+        elif shadow is None and self._training is None and self._retrain_due(drift):
+            self._start_training(drift)
+
+    def close(self) -> None:
+        if self._training is not None:
+            self._training.thread.join()
+        self.registry.close()
+
+    # -- retraining ------------------------------------------------------------------------------
+
+    def _retrain_due(self, drift: DriftFigures) -> bool:
+        if not drift.retrain_due or self.recent is None:
+            return False
+        if len(self.recent) < self.config.retrain_min_events:
+            return False
+        return time.monotonic() - self._last_retrain >= self.config.retrain_cooldown_s
+
+    def _start_training(self, drift: DriftFigures) -> None:
+        assert self.recent is not None
+        self._last_retrain = time.monotonic()
+        batches = self.recent.batches()
+        # The episodes this service raised (not those a cold replay would find: a fresh
+        # detector judges every key on the global threshold until it warms up) and those
+        # operators marked true positive.
+        episodes = self.episodes.spans()
+        spans = episodes + self.detector.feedback.labelled_spans()
+        out = self._workdir / f"candidate-{int(time.time())}"
+        training = _Training(threading.Thread(target=lambda: None))
+
+        def work() -> None:
+            try:
+                training.result = retrain(batches, self.settings, None, spans, out)
+            except (ValueError, ArtefactError, RuntimeError) as exc:
+                training.error = str(exc)
+
+        training.thread = threading.Thread(target=work, name="sd-retrain", daemon=True)
+        self._training = training
+        self.metrics.retrains.labels(outcome="started").inc()
+        log.info(
+            "retrain started",
+            reason=drift.reason,
+            events=sum(len(b.batch) for b in batches),
+            episodes=len(episodes),
+            excluded_spans=len(spans),
+            active=self.detector.model_version,
+        )
+        training.thread.start()
+
+    def _collect_training(self) -> None:
+        training = self._training
+        if training is None or training.thread.is_alive():
+            return
+        self._training = None
+        if training.result is None:
+            self.metrics.retrains.labels(outcome="failed").inc()
+            log.warning("retrain failed; the active model stays", error=training.error)
+            return
+        result = training.result
+        candidate = result.artefact
+        version = candidate.metadata.model_version
+        try:
+            self.registry.register(
+                result.out_dir,
+                source="retrain:stream",
+                parent=self.detector.model_version,
+                data_span=result.data_span,
+            )
+            self.registry.attach_report(version, "retrain", result.report)
+        except RegistryError as exc:
+            self.metrics.retrains.labels(outcome="failed").inc()
+            log.warning("candidate not registered; the active model stays", error=str(exc))
+            return
+        self.metrics.retrains.labels(outcome="finished").inc()
+        log.info("retrain finished", candidate=version, **result.report)
+        self.detector.start_shadow(candidate)
+
+    def _conclude_shadow(self) -> None:
+        shadow = self.detector.shadow
+        assert shadow is not None
+        report = shadow.report()
+        version = shadow.version
+        self.detector.stop_shadow()
+        self.metrics.shadow_verdicts.labels(verdict=report["verdict"]).inc()
+        log.info("shadow verdict", candidate=version, **report)
+        try:
+            self.registry.attach_report(version, "shadow", report)
+            if report["verdict"] == "pass" and self.config.auto_promote:
+                self.registry.promote(version, f"shadow verdict: {report['why']}")
+                log.info("model promoted", model_version=version, reason=report["why"])
+                self._last_poll = -float("inf")  # swap at the next batch
+        except RegistryError as exc:
+            log.warning("shadow report or promotion not recorded", error=str(exc))
+
+    def _load(self, version: str) -> ModelArtefact | None:
+        try:
+            directory = self.registry.artefact_dir(version)
+            artefact, _ = load_artefact_and_settings(
+                directory, self.settings, self.detector.device
+            )
+        except (ArtefactError, RegistryError) as exc:
+            self.metrics.model_load_failures.inc()
+            log.error(
+                "registry model cannot be served; the current model stays",
+                model_version=version,
+                error=str(exc),
+            )
+            return None
+        return artefact

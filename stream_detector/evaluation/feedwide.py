@@ -23,15 +23,30 @@ from stream_detector.evaluation.metrics import overlaps
 from stream_detector.evaluation.trace import MethodTrace
 
 
-def alert_times(dataset: LabelledDataset, trace: MethodTrace, sample_span_s: float) -> np.ndarray:
-    """When each episode of `trace` opened, as the event-time interval [start, end] of the
+def opening_times(test_ts: np.ndarray, episodes: np.ndarray, sample_span_s: float) -> np.ndarray:
+    """When each of one key's episodes opened, as the event-time interval [start, end] of the
     sample that opened it (float64 [E, 2])."""
-    opened = []
-    for key_id, episodes in trace.episodes.items():
-        ts = dataset.channels[key_id].test_ts
-        for start in np.asarray(episodes, dtype=np.int64).reshape(-1, 2)[:, 0]:
-            opened.append((ts[start] - sample_span_s, ts[start]))
-    return np.array(opened, dtype=np.float64).reshape(-1, 2)
+    starts = np.asarray(episodes, dtype=np.int64).reshape(-1, 2)[:, 0]
+    ends = np.asarray(test_ts, dtype=np.float64)[starts]
+    return np.column_stack([ends - sample_span_s, ends])
+
+
+def alert_times(dataset: LabelledDataset, trace: MethodTrace, sample_span_s: float) -> np.ndarray:
+    """`opening_times` of every episode of `trace`, key after key (float64 [E, 2])."""
+    opened = [
+        opening_times(dataset.channels[key_id].test_ts, episodes, sample_span_s)
+        for key_id, episodes in trace.episodes.items()
+    ]
+    return np.concatenate(opened) if opened else np.empty((0, 2), dtype=np.float64)
+
+
+def opened_in_attack(opened: np.ndarray, labels: FeedLabels) -> np.ndarray:
+    """[E] boolean: the episodes (their `opening_times`) that opened inside any attack span of
+    the feed, scored or not; the others are the feed-wide false alerts."""
+    attacks = np.array(
+        [(s.start_ts, s.end_ts) for s in labels.spans if s.attack], dtype=np.float64
+    ).reshape(-1, 2)
+    return overlaps(opened, attacks).any(axis=1)
 
 
 def score_feed(dataset: LabelledDataset, trace: MethodTrace, labels: FeedLabels) -> dict[str, Any]:
@@ -42,12 +57,9 @@ def score_feed(dataset: LabelledDataset, trace: MethodTrace, labels: FeedLabels)
     attacks = [s for s in scored if s.attack]
     benign = [s for s in labels.spans if not s.attack]
     attack_times = np.array([(s.start_ts, s.end_ts) for s in attacks]).reshape(-1, 2)
-    all_attacks = np.array(
-        [(s.start_ts, s.end_ts) for s in labels.spans if s.attack], dtype=np.float64
-    ).reshape(-1, 2)
     benign_times = np.array([(s.start_ts, s.end_ts) for s in benign]).reshape(-1, 2)
     detected = overlaps(attack_times, episodes).any(axis=1)
-    true_episode = overlaps(episodes, all_attacks).any(axis=1)
+    true_episode = opened_in_attack(episodes, labels)
     in_benign = ~true_episode & overlaps(episodes, benign_times).any(axis=1)
     by_kind: dict[str, dict[str, int]] = {}
     for span, hit in zip(attacks, detected.tolist(), strict=True):

@@ -117,14 +117,21 @@ def overlaps(label: np.ndarray, alerts: np.ndarray) -> np.ndarray:
     return (label[:, None, 0] <= alerts[None, :, 1]) & (alerts[None, :, 0] <= label[:, None, 1])
 
 
+def false_alerts(label: np.ndarray, alerts: np.ndarray) -> np.ndarray:
+    """[A] boolean: the alert episodes that overlap no labelled range, the event-wise false
+    positives (the simulated operator of evaluate --write-false-positives marks the same ones)."""
+    label = np.asarray(label, dtype=np.int64).reshape(-1, 2)
+    alerts = np.asarray(alerts, dtype=np.int64).reshape(-1, 2)
+    return ~overlaps(label, alerts).any(axis=0)
+
+
 def eventwise_counts(label: np.ndarray, alerts: np.ndarray) -> Counts:
     label = np.asarray(label, dtype=np.int64).reshape(-1, 2)
     alerts = np.asarray(alerts, dtype=np.int64).reshape(-1, 2)
-    overlap = overlaps(label, alerts)
-    detected = overlap.any(axis=1)
+    detected = overlaps(label, alerts).any(axis=1)
     return Counts(
         tp=int(np.count_nonzero(detected)),
-        fp=int(np.count_nonzero(~overlap.any(axis=0))),
+        fp=int(np.count_nonzero(false_alerts(label, alerts))),
         fn=int(np.count_nonzero(~detected)),
     )
 

@@ -13,6 +13,7 @@ import numpy as np
 
 from stream_detector.evaluation.datasets import LabelledDataset
 from stream_detector.evaluation.feedwide import score_feed
+from stream_detector.evaluation.heldout import after_cut
 from stream_detector.evaluation.metrics import KeyScores, score_key
 from stream_detector.evaluation.trace import MethodTrace
 
@@ -63,7 +64,57 @@ def build_report(
     header: dict[str, Any],
 ) -> dict[str, Any]:
     per_key, groups = score_methods(dataset, traces)
-    reference = REFERENCE.get(dataset.name, {})
+    return {
+        **_feed_section(dataset, traces),
+        **header,
+        "dataset": dataset.name,
+        "notes": list(dataset.notes) + list(header.get("notes", [])),
+        "methods": [trace.name for trace in traces],
+        "method_seconds": {trace.name: round(trace.seconds, 2) for trace in traces},
+        "groups": group_figures(dataset, traces, groups, REFERENCE.get(dataset.name, {})),
+        "keys": {
+            channel.key: {
+                "group": channel.group,
+                "test_events": len(channel.test_ts),
+                **{name: scores.as_dict() for name, scores in per_key[channel.key].items()},
+            }
+            for channel in dataset.channels
+        },
+    }
+
+
+def held_out_report(
+    dataset: LabelledDataset, traces: Sequence[MethodTrace], share: float, cut_ts: float
+) -> dict[str, Any]:
+    """The figures of the test part from `cut_ts` on (heldout.py), per group and feed-wide; the
+    published references are left out, being figures of the whole test part."""
+    tail, moved = after_cut(dataset, traces, cut_ts)
+    _, groups = score_methods(tail, moved)
+    return {
+        "share": share,
+        "from_ts": cut_ts,
+        "events": sum(len(channel.test_ts) for channel in tail.channels),
+        "groups": group_figures(tail, moved, groups, {}),
+        **_feed_section(tail, moved),
+    }
+
+
+def _feed_section(dataset: LabelledDataset, traces: Sequence[MethodTrace]) -> dict[str, Any]:
+    """Each method's feed-wide figures where the dataset labels the whole feed, else nothing."""
+    labels = dataset.feed
+    if labels is None:
+        return {}
+    return {"feed": {trace.name: score_feed(dataset, trace, labels) for trace in traces}}
+
+
+def group_figures(
+    dataset: LabelledDataset,
+    traces: Sequence[MethodTrace],
+    groups: dict[str, dict[str, KeyScores]],
+    reference: dict[str, dict[str, float]],
+) -> dict[str, Any]:
+    """Per group (overall last): each method's figures, the labelled ranges and keys, the
+    model's event-wise F1 lead over each other method, and the published reference if any."""
     group_section: dict[str, Any] = {}
     for group, methods in groups.items():
         entry: dict[str, Any] = {name: scores.as_dict() for name, scores in methods.items()}
@@ -81,29 +132,7 @@ def build_report(
                 "source": "Hundman et al., KDD 2018 (telemanom), as in PROVENANCE.md",
             }
         group_section[group] = entry
-    ordered = {g: group_section[g] for g in sorted(group_section, key=lambda g: (g == OVERALL, g))}
-    feed = (
-        {}
-        if dataset.feed is None
-        else {"feed": {trace.name: score_feed(dataset, trace, dataset.feed) for trace in traces}}
-    )
-    return {
-        **feed,
-        **header,
-        "dataset": dataset.name,
-        "notes": list(dataset.notes) + list(header.get("notes", [])),
-        "methods": [trace.name for trace in traces],
-        "method_seconds": {trace.name: round(trace.seconds, 2) for trace in traces},
-        "groups": ordered,
-        "keys": {
-            channel.key: {
-                "group": channel.group,
-                "test_events": len(channel.test_ts),
-                **{name: scores.as_dict() for name, scores in per_key[channel.key].items()},
-            }
-            for channel in dataset.channels
-        },
-    }
+    return {g: group_section[g] for g in sorted(group_section, key=lambda g: (g == OVERALL, g))}
 
 
 def _pct(value: float | None) -> str:
@@ -111,13 +140,31 @@ def _pct(value: float | None) -> str:
 
 
 def format_table(report: dict[str, Any]) -> str:
-    """Per group and method: event-wise P/R/F1 first (the headline), then the other two F1s."""
+    """Per group and method: event-wise P/R/F1 first (the headline), then the other two F1s.
+
+    With feedback applied, a first line says so (and whether it was given on this same feed),
+    so that no figure copied from the table loses that; a held-out part follows the whole."""
+    lines = [] if "feedback" not in report else [_feedback_line(report)]
+    lines += _group_lines(report["groups"], report["methods"])
+    if "feed" in report:
+        lines += _feed_lines(report["feed"])
+    if held := report.get("held_out"):
+        lines += ["", _held_out_line(held)]
+        lines += _group_lines({OVERALL: held["groups"][OVERALL]}, report["methods"])
+        if "feed" in held:
+            lines += _feed_lines(held["feed"])
+    if written := report.get("false_positives_written"):
+        lines += ["", _written_line(written)]
+    return "\n".join(lines)
+
+
+def _group_lines(groups: dict[str, Any], methods: Sequence[str]) -> list[str]:
     lines = [
         f"{'group':6} {'method':18} {'event P':>7} {'event R':>7} {'event F1':>8} "
         f"{'PA F1':>6} {'point F1':>8} {'FAR':>6} {'delay med':>9} {'episodes':>8}",
     ]
-    for group, entry in report["groups"].items():
-        for method in report["methods"]:
+    for group, entry in groups.items():
+        for method in methods:
             m = entry[method]
             ev = m["event_wise"]
             delay = m["delay"]["median_steps"]
@@ -134,9 +181,37 @@ def format_table(report: dict[str, Any]) -> str:
             )
         ranges, keys = entry["labelled_ranges"], entry["keys"]
         lines.append(f"{'':6} ({ranges} labelled ranges over {keys} keys)")
-    if "feed" in report:
-        lines += _feed_lines(report["feed"])
-    return "\n".join(lines)
+    return lines
+
+
+def _feedback_line(report: dict[str, Any]) -> str:
+    feedback = report["feedback"]
+    kinds = ", ".join(f"{kind} {n}" for kind, n in feedback["by_kind"].items()) or "none"
+    baselines = " (baselines without)" if len(report["methods"]) > 1 else ""
+    return (
+        f"{feedback['label']}: {report['methods'][0]} ran with {feedback['events']} feedback "
+        f"events ({kinds}), {feedback['duplicates']} duplicates, {feedback['alerts_muted']} "
+        f"alerts muted{baselines}"
+    )
+
+
+def _held_out_line(held: dict[str, Any]) -> str:
+    return (
+        f"{held['label']}: the test part from event time {held['from_ts']:.10g} on (its last "
+        f"{1 - held['share']:.0%}, {held['events']} events); report.json has every group"
+    )
+
+
+def _written_line(written: dict[str, Any]) -> str:
+    skipped = [
+        f"{written['still_open']} still open at the end" if written["still_open"] else "",
+        f"{written['after_cut']} ending after the cut" if written["after_cut"] else "",
+    ]
+    left = " and ".join(s for s in skipped if s)
+    return (
+        f"simulated operator: {written['written']} false_positive events written to "
+        f"{written['file']}" + (f" (false episodes not marked: {left})" if left else "")
+    )
 
 
 def _feed_lines(feed: dict[str, dict[str, Any]]) -> list[str]:

@@ -20,6 +20,7 @@ import structlog
 from stream_detector.config import ConfigError, Settings, settings_to_dict
 from stream_detector.detector.artefact import ModelArtefact, load_artefact
 from stream_detector.detector.facade import Detector
+from stream_detector.detector.feedback import FeedbackEvent
 from stream_detector.detector.training import train
 from stream_detector.evaluation.baseline_detector import BaselineDetector, calibrate
 from stream_detector.evaluation.baselines import (
@@ -36,10 +37,18 @@ from stream_detector.evaluation.datasets import (
     load_labelled_file,
     load_smap_msl,
 )
+from stream_detector.evaluation.heldout import cut_time
 from stream_detector.evaluation.mixed_scale import (
     MIXED_SCALE,
     load_mixed_scale,
     mixed_scale_sections,
+)
+from stream_detector.evaluation.operator_feedback import (
+    feedback_summary,
+    held_out_label,
+    read_feedback_file,
+    simulated_false_positives,
+    write_feedback_file,
 )
 from stream_detector.evaluation.plots import matplotlib_available, plot_key
 from stream_detector.evaluation.raw_events import (
@@ -48,7 +57,7 @@ from stream_detector.evaluation.raw_events import (
     load_scenario,
     scenario_sections,
 )
-from stream_detector.evaluation.report import build_report, format_table
+from stream_detector.evaluation.report import build_report, format_table, held_out_report
 from stream_detector.evaluation.skab import SKAB_FEATURES, is_skab, load_skab
 from stream_detector.evaluation.trace import MethodTrace, TraceRecorder
 from stream_detector.evaluation.westermo import SIDES, load_westermo, westermo_sections
@@ -94,6 +103,12 @@ PROTOCOL_NOTES = (
     "inverse relative mass (same ranking; spreads the low-mass tail that River squeezes against "
     "1, which scored HST better under the same thresholds than raw s); no score before a key's "
     "first 250 events (River scores 0 until its first reference window is full).",
+)
+FEEDBACK_NOTE = (
+    "Operator feedback (--feedback FILE) went into the model's feedback ledger, in file order, "
+    "before streaming, as the service applies its feedback topic; the baselines run without it. "
+    "A false_positive takes effect from the end of the episode it names, so the alert it marks "
+    "fires again here and only later alerts of its key can be held back."
 )
 
 
@@ -154,7 +169,7 @@ def _stream_all(
         t0 = time.perf_counter()
         result = detector.process(decoded)
         recorders[0].seconds += time.perf_counter() - t0
-        recorders[0].record(offset, result.scored, result.alerts)
+        recorders[0].record(offset, result.scored, result.alerts, result.muted)
         for recorder, baseline in zip(recorders[1:], baselines, strict=True):
             t0 = time.perf_counter()
             scored, alerts = baseline.process(decoded)
@@ -183,6 +198,9 @@ def run_evaluation(
     batch_size: int = 2048,
     plots: bool = True,
     progress: Progress | None = None,
+    feedback: Sequence[FeedbackEvent] | None = None,
+    split: float | None = None,
+    write_false_positives: Path | None = None,
 ) -> dict[str, Any]:
     """Train (unless `artefact` is given), stream, score and write the evaluation of one dataset.
 
@@ -191,6 +209,11 @@ def run_evaluation(
     `plots` is false or matplotlib is missing). `progress(stage, info)` is called per training
     epoch and every 50 streamed batches. A baseline whose library is missing is skipped with a
     note in the report rather than failing the run.
+
+    `feedback` goes into the model's ledger, in order, before streaming (report["feedback"] says
+    what it was). `split` (0..1) adds the figures of the test part after that share of its event
+    time (report["held_out"]); `write_false_positives` is where the simulated operator writes a
+    false_positive for each model episode judged false (over before the cut, with `split`).
     """
     started = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -208,6 +231,8 @@ def run_evaluation(
         )
         timing["train_s"] = round(time.perf_counter() - t0, 1)
     detector = Detector(settings, artefact)
+    for event in feedback or ():
+        detector.feedback.apply(event)
 
     runners = _calibrated_baselines(baselines, settings, dataset, stream, batch_size, notes, timing)
     t0 = time.perf_counter()
@@ -226,6 +251,22 @@ def run_evaluation(
         "notes": notes,
     }
     report = build_report(dataset, traces, header)
+    if feedback is not None:
+        report["feedback"] = feedback_summary(
+            detector.feedback, traces[0].muted, dataset, detector.model_version
+        )
+        report["notes"].append(FEEDBACK_NOTE)
+    cut_ts = None
+    if split is not None:
+        cut_ts = cut_time(stream, split)
+        report["held_out"] = {
+            **held_out_report(dataset, traces, split, cut_ts),
+            "label": held_out_label(detector.feedback, cut_ts),
+        }
+    if write_false_positives is not None:
+        events, counts = simulated_false_positives(dataset, traces[0], cut_ts)
+        write_feedback_file(write_false_positives, events)
+        report["false_positives_written"] = {"file": str(write_false_positives), **counts}
 
     if plots and matplotlib_available():
         t0 = time.perf_counter()
@@ -312,6 +353,13 @@ What it reads:
                                 mapping and tuned settings, --set adjusts them
   --events FILE [--labels FILE] a raw-event file (input.mode = "aggregate" in --config) with
                                 labels per key and event-time range
+
+Operator feedback: --feedback FILE applies feedback CloudEvents to the model before streaming
+(the table's first line then says "with feedback", and "in-sample" when the feedback names alerts
+of this same feed). --write-false-positives FILE plays the operator: it marks every model alert
+episode the evaluation judged false, for a second run to replay with --model OUT/model.
+--split-at SHARE keeps an honest figure: only episodes over before the cut are marked, and the
+part after it is scored on its own.
 """
 
 EVALUATE_EPILOG = """\
@@ -322,6 +370,17 @@ examples:
   stream-detector evaluate --dataset network --out reports/network --no-plots
   stream-detector evaluate --dataset network_subtle --set threshold.sensitivity=4
   stream-detector evaluate --events flows.jsonl --labels flows.labels.json --config flows.toml
+
+precision before and after operator feedback (the same model both times):
+  stream-detector evaluate --dataset mixed_scale --out reports/fp0 --split-at 0.5 \\
+      --write-false-positives reports/fp0/false_positives.jsonl
+  stream-detector evaluate --dataset mixed_scale --out reports/fp1 --split-at 0.5 \\
+      --model reports/fp0/model --feedback reports/fp0/false_positives.jsonl
+
+feedback file (--feedback): JSONL, one feedback CloudEvent a line, applied in file order, as
+`stream-detector feedback --out FILE` and --write-false-positives write it; a bad line stops the
+run with its line number. A false_positive only moves the threshold of the model version that
+raised its alert: replay it with --model of the run that wrote it.
 
 labels file (--labels; default: FILE.labels.json beside --events), as `stream-detector generate`
 and the network scenarios write it: a JSON array of ranges, event times in epoch seconds,
@@ -381,6 +440,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="comma-separated baselines to run beside the model ('' for none)",
     )
     parser.add_argument("--no-plots", action="store_true", help="skip the per-key PNGs")
+    parser.add_argument(
+        "--feedback",
+        type=Path,
+        metavar="FILE",
+        help="JSONL of operator-feedback CloudEvents applied to the model, in file order, before "
+        "streaming; the report's figures are then 'with feedback'",
+    )
+    parser.add_argument(
+        "--write-false-positives",
+        type=Path,
+        metavar="FILE",
+        help="after the run, write a false_positive event (JSONL) for every model alert episode "
+        "judged false and resolved, for --feedback FILE with --model OUT/model",
+    )
+    parser.add_argument(
+        "--split-at",
+        type=float,
+        metavar="SHARE",
+        help="cut the test part at this share (0..1) of its event time: "
+        "--write-false-positives marks episodes over before the cut only, and the report adds "
+        "the figures after it (held out from such feedback)",
+    )
 
 
 def evaluation_defaults(args: argparse.Namespace) -> dict[str, Any]:
@@ -462,12 +543,29 @@ def _load_from_args(args: argparse.Namespace, settings: Settings) -> LabelledDat
     )
 
 
+def _feedback_from_args(args: argparse.Namespace, settings: Settings) -> list[FeedbackEvent] | None:
+    """The events of --feedback FILE, or None without it; a bad file is the user's to fix."""
+    if args.feedback is None:
+        return None
+    try:
+        return read_feedback_file(args.feedback, settings.feedback)
+    except OSError as exc:
+        raise ConfigError(f"cannot read --feedback {args.feedback}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise ConfigError(f"--feedback {args.feedback}, {exc}") from None
+
+
 def main_evaluate(settings: Settings, args: argparse.Namespace) -> int:
     """Run `evaluate` from parsed CLI arguments; prints the table, returns the exit status."""
+    # Flags and the feedback file before the slow part, so a typo fails at once.
+    if args.split_at is not None and not 0.0 < args.split_at < 1.0:
+        raise ConfigError(f"--split-at is a share of the test part, in (0, 1); got {args.split_at}")
+    feedback = _feedback_from_args(args, settings)
     try:
         dataset = _load_from_args(args, settings)
     except (OSError, ValueError) as exc:  # a wrong path or mapping: the user's to fix
-        raise ConfigError(f"cannot load {args.events or args.dataset or 'smap_msl'}: {exc}") from None
+        source = args.events or args.dataset or "smap_msl"
+        raise ConfigError(f"cannot load {source}: {exc}") from None
     out_dir = args.out or Path("reports") / dataset.name
     artefact = load_artefact(args.model, settings) if args.model else None
     report = run_evaluation(
@@ -478,6 +576,9 @@ def main_evaluate(settings: Settings, args: argparse.Namespace) -> int:
         baselines=[b for b in args.baselines.split(",") if b],
         batch_size=args.batch_size,
         plots=not args.no_plots,
+        feedback=feedback,
+        split=args.split_at,
+        write_false_positives=args.write_false_positives,
     )
     print(format_table(report))
     for note in report["notes"]:

@@ -3,18 +3,21 @@
 Alerts are the detector's real output, so episodes are rebuilt from them alone: an episode is
 active from the event that triggered its open alert to the event that triggered its resolve alert.
 An episode still open when a key's data ends (or dropped without a resolve because the engine
-evicted the key) is taken to last until the key's last event.
+evicted the key) is taken to last until the key's last event. The alerts themselves are kept
+beside the episodes: a simulated operator answers them with feedback that names them.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from stream_detector.engine.alerts import Alert
 from stream_detector.engine.types import ScoredWindows
 from stream_detector.evaluation.datasets import Stream
+
+EpisodeAlerts = tuple[Alert, Alert | None]  # an episode's open alert and its resolve, if any
 
 
 @dataclass(frozen=True)
@@ -24,12 +27,17 @@ class MethodTrace:
     scores[k]:    float64 [n, 3] columns (test-local position, score, threshold), test part only
     episodes[k]:  int64 [E, 2] inclusive test-local [start, end]; an episode opened during the
                   train part but still active in the test part starts at 0
+    alerts[k]:    per row of episodes[k], its (open alert, resolve alert or None if it never
+                  resolved)
+    muted:        alerts that the feedback's mutes kept from being published (and from episodes)
     """
 
     name: str
     scores: dict[int, np.ndarray]
     episodes: dict[int, np.ndarray]
     seconds: float
+    alerts: dict[int, list[EpisodeAlerts]] = field(default_factory=dict)
+    muted: int = 0
 
 
 class TraceRecorder:
@@ -38,32 +46,39 @@ class TraceRecorder:
     def __init__(self, name: str) -> None:
         self.name = name
         self.seconds = 0.0
+        self.muted = 0
         self._rows: list[np.ndarray] = []
         self._scores: list[np.ndarray] = []
         self._thresholds: list[np.ndarray] = []
-        self._opened: dict[str, int] = {}
-        self._spans: list[tuple[int, int]] = []
+        self._opened: dict[str, tuple[int, Alert]] = {}
+        self._spans: list[tuple[int, int, EpisodeAlerts]] = []
 
-    def record(self, offset: int, scored: ScoredWindows, alerts: list[Alert]) -> None:
+    def record(
+        self, offset: int, scored: ScoredWindows, alerts: list[Alert], muted: int = 0
+    ) -> None:
         self._rows.append(offset + np.asarray(scored.event_index, dtype=np.int64))
         self._scores.append(np.asarray(scored.scores, dtype=np.float64))
         self._thresholds.append(np.asarray(scored.thresholds, dtype=np.float64))
+        self.muted += muted
         for alert in alerts:  # rare: one per episode transition
             row = offset + alert.event_index
             if alert.kind == "open":
-                self._opened[alert.episode_id] = row
-            elif (start := self._opened.pop(alert.episode_id, None)) is not None:
-                self._spans.append((start, row))
+                self._opened[alert.episode_id] = (row, alert)
+            elif (opened := self._opened.pop(alert.episode_id, None)) is not None:
+                start, open_alert = opened
+                self._spans.append((start, row, (open_alert, alert)))
 
     def finish(self, stream: Stream) -> MethodTrace:
         n_keys = int(stream.key_id.max()) + 1 if len(stream) else 0
         last_row = np.full(n_keys, -1, dtype=np.int64)
         np.maximum.at(last_row, stream.key_id, np.arange(len(stream), dtype=np.int64))
         spans = self._spans + [
-            (start, int(last_row[stream.key_id[start]])) for start in self._opened.values()
+            (start, int(last_row[stream.key_id[start]]), (alert, None))
+            for start, alert in self._opened.values()
         ]
+        episodes, alerts = _episodes_by_key(stream, spans)
         return MethodTrace(
-            self.name, self._scores_by_key(stream), _episodes_by_key(stream, spans), self.seconds
+            self.name, self._scores_by_key(stream), episodes, self.seconds, alerts, self.muted
         )
 
     def _scores_by_key(self, stream: Stream) -> dict[int, np.ndarray]:
@@ -79,14 +94,20 @@ class TraceRecorder:
         return _split_by_key(stream.key_id[rows][keep], table[keep])
 
 
-def _episodes_by_key(stream: Stream, spans: list[tuple[int, int]]) -> dict[int, np.ndarray]:
-    rows = np.array(spans, dtype=np.int64).reshape(-1, 2)
+def _episodes_by_key(
+    stream: Stream, spans: list[tuple[int, int, EpisodeAlerts]]
+) -> tuple[dict[int, np.ndarray], dict[int, list[EpisodeAlerts]]]:
+    """Test-local episode ranges per key, in order of start, and their alerts row for row."""
+    rows = np.array([(start, end) for start, end, _ in spans], dtype=np.int64).reshape(-1, 2)
     local = stream.local[rows]
-    keep = local[:, 1] >= 0  # an episode over before the test part began is not scored
+    keep = np.flatnonzero(local[:, 1] >= 0)  # an episode over before the test part: not scored
     ranges = np.column_stack([np.maximum(local[keep, 0], 0), local[keep, 1]])
     key_ids = stream.key_id[rows[keep, 0]]
     order = np.lexsort((ranges[:, 0], key_ids))
-    return _split_by_key(key_ids[order], ranges[order])
+    alerts: dict[int, list[EpisodeAlerts]] = {}
+    for key_id, span in zip(key_ids[order].tolist(), keep[order].tolist(), strict=True):
+        alerts.setdefault(key_id, []).append(spans[span][2])
+    return _split_by_key(key_ids[order], ranges[order]), alerts
 
 
 def _split_by_key(key_ids: np.ndarray, table: np.ndarray) -> dict[int, np.ndarray]:

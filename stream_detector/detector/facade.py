@@ -264,7 +264,7 @@ class Detector:
         shadow becomes the active model); otherwise each key warms up again on the new model's
         calibrated global threshold.
         """
-        occupied = self._windows.registry.occupied
+        occupied = np.flatnonzero(self._windows.registry.occupied)
         keys = self._windows.registry.keys_of(occupied)
         alerts = self._judge.episodes.resolve_open(occupied, keys, "model_changed")
         previous = self._judge.model_version

@@ -96,6 +96,7 @@ class ShadowRun:
         self.config: LifecycleConfig = settings.lifecycle
         self.judge = ModelJudge(settings, candidate, device)
         self.started_at = datetime.now(UTC).isoformat(timespec="seconds")
+        self.concluded = False  # its verdict is recorded (it may shadow on until promoted)
         self.windows = 0  # every window the candidate judged
         self.compared = 0  # of those, the ones of keys whose candidate threshold was warm
         self.active = _Side(active.model_version, _monitor(settings, active))

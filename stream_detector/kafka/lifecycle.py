@@ -9,9 +9,12 @@ anywhere (`stream-detector models`, or a replica's own verdict) reaches every re
 With `lifecycle.retrain`, the replica that owns partition 0 of the first input topic also keeps
 its recent events and, when drift makes retraining due, trains a candidate on them in a
 background thread (the training code path of `train`, without the windows of alert episodes or
-of episodes marked true positive), registers it, scores it in the shadow of the active model for
-`lifecycle.shadow_windows` windows, attaches the shadow report to it in the registry, and
-promotes it when the verdict passes and `lifecycle.auto_promote` is set.
+of episodes marked true positive) and registers it with the active version as its parent. Every
+replica shadows a registered candidate of its active version that has no verdict yet, on its own
+keys, so each has the candidate's thresholds warm when it is promoted. The retraining replica
+judges: after `lifecycle.shadow_windows` compared windows it attaches the shadow report to the
+candidate in the registry, and promotes it when the verdict passes and `lifecycle.auto_promote`
+is set.
 """
 
 from __future__ import annotations
@@ -40,6 +43,9 @@ from stream_detector.engine.types import EventBatch
 from stream_detector.kafka.telemetry import ServiceMetrics
 
 log = structlog.get_logger(__name__)
+
+# The name of the report a shadow period leaves on its candidate in the registry.
+SHADOW_REPORT = "shadow"
 
 
 @dataclass
@@ -108,6 +114,7 @@ class ModelLifecycle:
             log.warning("model registry unreadable; serving on", error=str(exc))
             return []
         if active is None or active == self.detector.model_version:
+            self._follow_candidate(active)
             return []
         artefact = self._load(active)
         if artefact is None:
@@ -116,6 +123,33 @@ class ModelLifecycle:
         alerts = self.detector.swap_model(artefact)
         self.metrics.model_swapped(previous, active)
         return alerts
+
+    def _follow_candidate(self, active: str | None) -> None:
+        """Shadow the candidate the registry holds for the active version, as every replica
+        does: each warms the candidate's thresholds up on its own keys, so that a promotion
+        finds them warm everywhere. A candidate with a verdict is no longer shadowed."""
+        candidate = None if active is None else self._candidate_of(active)
+        shadow = self.detector.shadow
+        if shadow is not None and shadow.version != candidate:
+            self.detector.stop_shadow()
+            shadow = None
+        if candidate is None or shadow is not None:
+            return
+        artefact = self._load(candidate)
+        if artefact is not None:
+            self.detector.start_shadow(artefact)
+
+    def _candidate_of(self, active: str) -> str | None:
+        """The newest retrained version whose parent is `active`, with no shadow verdict yet or
+        a passing one (waiting to be promoted)."""
+        waiting = [
+            entry.version
+            for entry in self.registry.entries()
+            if entry.parent == active
+            and "retrain" in entry.reports
+            and entry.reports.get(SHADOW_REPORT, {}).get("verdict", "pass") == "pass"
+        ]
+        return waiting[-1] if waiting else None
 
     def after_batch(
         self, events: EventBatch, alerts: list[Alert], drift: DriftFigures, leader: bool
@@ -129,7 +163,7 @@ class ModelLifecycle:
         self.episodes.forget_before(self.recent.oldest())
         self._collect_training()
         shadow = self.detector.shadow
-        if shadow is not None and shadow.done:
+        if shadow is not None and shadow.done and not shadow.concluded:
             self._conclude_shadow()
         elif shadow is None and self._training is None and self._retrain_due(drift):
             self._start_training(drift)
@@ -204,19 +238,32 @@ class ModelLifecycle:
             log.warning("candidate not registered; the active model stays", error=str(exc))
             return
         self.metrics.retrains.labels(outcome="finished").inc()
-        log.info("retrain finished", candidate=version, **result.report)
+        log.info("retrain finished", candidate=version, report=result.report)
         self.detector.start_shadow(candidate)
 
     def _conclude_shadow(self) -> None:
+        """Record the verdict on the candidate; a pass stays in the shadow until it is promoted
+        (its thresholds go on learning, and the swap keeps them), a fail stops."""
         shadow = self.detector.shadow
         assert shadow is not None
         report = shadow.report()
+        shadow.concluded = True
         version = shadow.version
-        self.detector.stop_shadow()
         self.metrics.shadow_verdicts.labels(verdict=report["verdict"]).inc()
-        log.info("shadow verdict", candidate=version, **report)
+        log.info(
+            "shadow verdict",
+            candidate=version,
+            verdict=report["verdict"],
+            why=report["why"],
+            compared_windows=report["compared_windows"],
+            key_agreement=report["key_agreement"],
+            candidate_figures=report["candidate"],
+            active_figures=report["active"],
+        )
+        if report["verdict"] != "pass":
+            self.detector.stop_shadow()
         try:
-            self.registry.attach_report(version, "shadow", report)
+            self.registry.attach_report(version, SHADOW_REPORT, report)
             if report["verdict"] == "pass" and self.config.auto_promote:
                 self.registry.promote(version, f"shadow verdict: {report['why']}")
                 log.info("model promoted", model_version=version, reason=report["why"])

@@ -70,11 +70,17 @@ def test_a_swap_keeps_windows_and_resolves_open_episodes_with_the_old_version(
     old, new = models
     detector = Detector(_settings(), old)
     # A step held to the end: the episodes are open when the model changes.
-    _run(detector, _payloads(range(60), seed=3, shift_at=tuple(range(50, 60))))
-    assert detector.open_episodes > 0
+    opened = _run(detector, _payloads(range(60), seed=3, shift_at=tuple(range(50, 60)))).alerts
+    open_before = detector.open_episodes
+    assert open_before > 0
     keys_before = detector.n_keys
     resolved = detector.swap_model(new)
     assert resolved and all(a.kind == "resolve" for a in resolved)
+    # One resolve per open episode, each naming its own key.
+    assert sorted(a.key for a in resolved) == sorted({a.key for a in resolved})
+    assert len(resolved) == open_before
+    open_ids = {a.key: a.episode_id for a in opened if a.kind == "open"}
+    assert {a.key: a.episode_id for a in resolved}.items() <= open_ids.items()
     assert {a.reason for a in resolved} == {"model_changed"}
     assert {a.model_version for a in resolved} == {old.metadata.model_version}
     assert detector.open_episodes == 0

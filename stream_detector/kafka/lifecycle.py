@@ -19,6 +19,7 @@ is set.
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import threading
 import time
@@ -53,6 +54,7 @@ class _Training:
     """A retrain running in the background; `result` or `error` once it is done."""
 
     thread: threading.Thread
+    out: Path  # where the candidate is written; removed once it is in the registry
     result: RetrainResult | None = None
     error: str | None = None
 
@@ -77,7 +79,7 @@ class ModelLifecycle:
         self._last_poll = time.monotonic()
         self._last_retrain = -float("inf")
         self._training: _Training | None = None
-        self._workdir = Path(tempfile.mkdtemp(prefix="sd-retrain-"))
+        self._refused: set[str] = set()  # versions that failed to load
 
     def start(self) -> None:
         """A registry with no active version gets the running model as its first one."""
@@ -140,12 +142,15 @@ class ModelLifecycle:
             self.detector.start_shadow(artefact)
 
     def _candidate_of(self, active: str) -> str | None:
-        """The newest retrained version whose parent is `active`, with no shadow verdict yet or
-        a passing one (waiting to be promoted)."""
+        """The newest retrained version whose parent is `active`, never active itself (one
+        rolled back from stays out), with no shadow verdict yet or a passing one (waiting to
+        be promoted)."""
+        served = {record.version for record in self.registry.history()}
         waiting = [
             entry.version
             for entry in self.registry.entries()
             if entry.parent == active
+            and entry.version not in served
             and "retrain" in entry.reports
             and entry.reports.get(SHADOW_REPORT, {}).get("verdict", "pass") == "pass"
         ]
@@ -156,10 +161,14 @@ class ModelLifecycle:
     ) -> None:
         """Keep the recent events and the episodes raised on them, start a retrain when due,
         and judge a shadow that is done."""
-        if self.recent is None or not leader:
+        if self.recent is None:
+            return
+        # Every replica follows its episodes: one that becomes the leader must know how those
+        # it raised before ended.
+        self.episodes.observe(alerts)
+        if not leader:
             return
         self.recent.add(events)
-        self.episodes.observe(alerts)
         self.episodes.forget_before(self.recent.oldest())
         self._collect_training()
         shadow = self.detector.shadow
@@ -191,8 +200,9 @@ class ModelLifecycle:
         # operators marked true positive.
         episodes = self.episodes.spans()
         spans = episodes + self.detector.feedback.labelled_spans()
-        out = self._workdir / f"candidate-{int(time.time())}"
-        training = _Training(threading.Thread(target=lambda: None))
+        # Registering copies the candidate into the registry; the temporary copy goes after.
+        out = Path(tempfile.mkdtemp(prefix="sd-candidate-"))
+        training = _Training(threading.Thread(target=lambda: None), out)
 
         def work() -> None:
             try:
@@ -218,6 +228,13 @@ class ModelLifecycle:
         if training is None or training.thread.is_alive():
             return
         self._training = None
+        try:
+            self._register(training)
+        finally:
+            shutil.rmtree(training.out, ignore_errors=True)
+
+    def _register(self, training: _Training) -> None:
+        """Put a finished retrain's candidate in the registry and start shadowing it."""
         if training.result is None:
             self.metrics.retrains.labels(outcome="failed").inc()
             log.warning("retrain failed; the active model stays", error=training.error)
@@ -278,11 +295,13 @@ class ModelLifecycle:
                 directory, self.settings, self.detector.device
             )
         except (ArtefactError, RegistryError) as exc:
-            self.metrics.model_load_failures.inc()
-            log.error(
-                "registry model cannot be served; the current model stays",
-                model_version=version,
-                error=str(exc),
-            )
+            if version not in self._refused:  # said once, not at every poll
+                self._refused.add(version)
+                self.metrics.model_load_failures.inc()
+                log.error(
+                    "registry model cannot be served; the current model stays",
+                    model_version=version,
+                    error=str(exc),
+                )
             return None
         return artefact

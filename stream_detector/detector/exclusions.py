@@ -4,13 +4,92 @@ Retraining on recent data would otherwise teach the new model that the anomalies
 found (and those operators confirmed) are normal. A window is kept out when its [start, end]
 overlaps a span of its key; spans are closed intervals, so a window that merely touches one is
 kept out too.
+
+The anomalies found are the episodes the service published, drawn from their alerts by one rule
+(`EpisodeSpans`) whether the alerts are the service's own or read back from the alert topic:
+replaying the data through a fresh detector would not find them, since a cold detector judges
+every key on the global threshold until it warms up, and on data that drifted it sees one
+endless episode everywhere.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
+
+Span = tuple[str, float, float]  # key, first and last event time
+
+
+class EpisodeAlert(Protocol):
+    """What an episode's span is drawn from: an `Alert`, or the fields of one read back from
+    its CloudEvent."""
+
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def episode_id(self) -> str: ...
+
+    @property
+    def key(self) -> str: ...
+
+    @property
+    def window_start(self) -> float: ...
+
+    @property
+    def window_end(self) -> float: ...
+
+    @property
+    def episode_start(self) -> float: ...
+
+
+@dataclass
+class _Episode:
+    """One episode's key and span, as far as its alerts seen so far tell."""
+
+    key: str
+    start: float
+    end: float = math.inf
+
+
+class EpisodeSpans:
+    """The span of each episode its alerts tell of: from the first event of its opening window
+    to the last event of its resolve's window.
+
+    An episode whose resolve was not seen (still open, or published after the data) runs on to
+    infinity; one whose open was not seen (before the data, or gone with the topic's retention)
+    starts at its resolve's `episode_start`, the end of its opening window. The order the alerts
+    come in does not matter, nor does a re-delivered one: alerts are read back from a topic
+    whose partitions interleave and whose records may be repeated."""
+
+    def __init__(self) -> None:
+        self._episodes: dict[str, _Episode] = {}
+
+    def observe(self, alerts: Iterable[EpisodeAlert]) -> None:
+        for alert in alerts:
+            episode = self._episodes.setdefault(
+                alert.episode_id, _Episode(alert.key, alert.episode_start)
+            )
+            if alert.kind == "open":
+                episode.start = alert.window_start
+            else:
+                episode.end = alert.window_end
+
+    def spans(self) -> list[Span]:
+        """(key, start, end) of every episode. A damaged resolve that ends before its open
+        starts leaves the opening window's start as the span, rather than refusing it."""
+        return [(e.key, e.start, max(e.start, e.end)) for e in self._episodes.values()]
+
+
+def episode_spans(alerts: Iterable[EpisodeAlert]) -> list[Span]:
+    """The spans of the episodes `alerts` tell of (`EpisodeSpans`)."""
+    episodes = EpisodeSpans()
+    episodes.observe(alerts)
+    return episodes.spans()
 
 
 class ExcludedSpans:
@@ -24,7 +103,7 @@ class ExcludedSpans:
         self._merged: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
     @classmethod
-    def from_pairs(cls, spans: Iterable[tuple[str, float, float]]) -> ExcludedSpans:
+    def from_pairs(cls, spans: Iterable[Span]) -> ExcludedSpans:
         """From (key, start, end) triples, e.g. `FeedbackLedger.labelled_spans()`."""
         excluded = cls()
         for key, start, end in spans:

@@ -11,7 +11,7 @@ from collections import deque
 
 import numpy as np
 
-from stream_detector.engine.alerts import Alert
+from stream_detector.detector.exclusions import EpisodeSpans
 from stream_detector.engine.types import Decoded, EventBatch
 
 
@@ -60,30 +60,14 @@ class RecentEvents:
         return min((float(chunk.ts.min()) for chunk in self._chunks), default=math.inf)
 
 
-class RecentEpisodes:
-    """The spans of the episodes the service raised, per key, to keep out of retraining.
-
-    An episode runs from the first event of its opening window to the last event of its
-    resolve's window; one still open runs on to whatever comes. Spans that end before the
-    oldest event still held are dropped (`forget_before`), so this stays as bounded as the
-    events are."""
-
-    def __init__(self) -> None:
-        self._open: dict[str, tuple[str, float]] = {}  # episode id -> key, start
-        self._closed: list[tuple[str, float, float]] = []
-
-    def observe(self, alerts: list[Alert]) -> None:
-        for alert in alerts:
-            if alert.kind == "open":
-                self._open[alert.episode_id] = (alert.key, alert.window_start)
-                continue
-            key, start = self._open.pop(alert.episode_id, (alert.key, alert.episode_start))
-            self._closed.append((key, start, alert.window_end))
-
-    def spans(self) -> list[tuple[str, float, float]]:
-        """(key, start, end) of every episode, the open ones ending at infinity."""
-        still_open = [(key, start, math.inf) for key, start in self._open.values()]
-        return self._closed + still_open
+class RecentEpisodes(EpisodeSpans):
+    """The spans of the episodes the service raised, to keep out of retraining on the events it
+    holds. Spans that end before the oldest event still held are dropped (`forget_before`), so
+    this stays as bounded as the events are."""
 
     def forget_before(self, oldest: float) -> None:
-        self._closed = [span for span in self._closed if span[2] >= oldest]
+        self._episodes = {
+            episode_id: episode
+            for episode_id, episode in self._episodes.items()
+            if episode.end >= oldest
+        }

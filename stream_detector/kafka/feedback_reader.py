@@ -42,7 +42,7 @@ from stream_detector.kafka.clients import create_client
 from stream_detector.kafka.delivery import OutRecord
 from stream_detector.kafka.faults import FatalServiceError
 from stream_detector.kafka.records import dead_letter_record
-from stream_detector.kafka.settings import common_config
+from stream_detector.kafka.settings import reader_config
 from stream_detector.kafka.telemetry import ServiceMetrics
 
 log = structlog.get_logger(__name__)
@@ -77,16 +77,7 @@ class FeedbackReader:
     def start(self, stop: threading.Event) -> None:
         """Assign every partition of the topic from its beginning, and read up to its end (or
         CATCH_UP_TIMEOUT_S) so that the first batch is judged with the feedback given so far."""
-        conf = {
-            **common_config(self.kafka),
-            # Needed by librdkafka, never joined or committed to: the reader is assigned.
-            "group.id": f"{self.kafka.group_id}.feedback",
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-            "auto.offset.reset": "earliest",
-            "isolation.level": "read_committed",
-            **self.kafka.extra,
-        }
+        conf = reader_config(self.kafka, "feedback")
         consumer = self._consumer = create_client(Consumer, conf)
         try:
             metadata = consumer.list_topics(self.topic, timeout=10.0).topics[self.topic]

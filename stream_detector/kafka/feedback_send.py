@@ -9,8 +9,8 @@ order on one partition. `--out FILE` appends it to a JSONL file instead, for `ev
 A false/true positive must carry what the service checks and uses: the alert's key, episode
 start and model version, the episode's peak score and, once it has resolved, its end. The
 operator only has the alert id, so the episode's alerts are looked up on kafka.alert_topic, read
-from the start to the end of every partition through assign() (no consumer group is joined,
-nothing is committed), or in a JSONL file of alert CloudEvents.
+from the start to the end of every partition (`read_topic`: no consumer group is joined, nothing
+is committed), or in a JSONL file of alert CloudEvents.
 """
 
 from __future__ import annotations
@@ -27,15 +27,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import orjson
-from confluent_kafka import (
-    OFFSET_BEGINNING,
-    Consumer,
-    KafkaError,
-    KafkaException,
-    Message,
-    Producer,
-    TopicPartition,
-)
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from stream_detector.config import FeedbackConfig, KafkaConfig, Settings
 from stream_detector.detector.feedback import (
@@ -47,19 +39,18 @@ from stream_detector.detector.feedback import (
     feedback_type,
     parse_feedback,
 )
-from stream_detector.engine.alerts import EVENT_TYPES, rfc3339
+from stream_detector.engine.alerts import EVENT_TYPES, FeatureContribution, rfc3339
 from stream_detector.kafka.clients import create_client
 from stream_detector.kafka.faults import ClientFaults, FatalServiceError
 from stream_detector.kafka.preflight import wait_for_topics
-from stream_detector.kafka.settings import ClientConfig, consumer_config, producer_config
+from stream_detector.kafka.settings import producer_config
+from stream_detector.kafka.topic_reader import ReadTimeout, TopicReadError, read_topic
 
 SOURCE: Final = "stream-detector/feedback-cli"
 _ALERT_TYPES: Final = frozenset(EVENT_TYPES.values())
 _UNITS_S: Final = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _DURATION: Final = re.compile(r"(?:\d+(?:\.\d+)?[smhd])+")
 _DURATION_PART: Final = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
-_READ_BATCH: Final = 1000
-_READ_WAIT_S: Final = 0.5
 # The report of a message that timed out comes just after message.timeout.ms; flush waits for it.
 _DELIVERY_GRACE_S: Final = 5.0
 # 9999-12-31T23:59:59Z: the last instant RFC 3339 (and the event's own `time`) can write.
@@ -119,16 +110,21 @@ def parse_time(text: str) -> float:
 
 @dataclass(frozen=True)
 class AlertRecord:
-    """The fields of an alert CloudEvent that a false/true positive needs (`AlertFacts`)."""
+    """The fields of an alert CloudEvent that a false/true positive needs (`AlertFacts`), and
+    that an episode's span is drawn from (`EpisodeAlert`)."""
 
     kind: str
     alert_id: str
     episode_id: str
     key: str
     score: float
+    window_start: float
     window_end: float
     episode_start: float
     model_version: str
+    # The window's features with the largest error (resolve: the peak window's): the error
+    # profile a false positive holds its floor to.
+    top_features: tuple[FeatureContribution, ...] = ()
 
 
 def alert_record(value: bytes | None) -> AlertRecord | None:
@@ -144,13 +140,35 @@ def alert_record(value: bytes | None) -> AlertRecord | None:
     if envelope["type"] not in _ALERT_TYPES or not isinstance(data, dict):
         return None
     texts = ("kind", "alert_id", "episode_id", "key", "model_version")
-    numbers = ("score", "window_end", "episode_start")
+    numbers = ("score", "window_start", "window_end", "episode_start")
     if not all(isinstance(data.get(name), str) and data[name] for name in texts):
         return None
     if not all(_is_finite(data.get(name)) for name in numbers):
         return None
     return AlertRecord(
-        **{name: data[name] for name in texts}, **{name: float(data[name]) for name in numbers}
+        **{name: data[name] for name in texts},
+        **{name: float(data[name]) for name in numbers},
+        top_features=_contributions(data.get("top_features")),
+    )
+
+
+def _contributions(value: object) -> tuple[FeatureContribution, ...]:
+    """An alert's top_features, leaving out entries that are not {name, error, ...} (they only
+    narrow the profile a false positive carries)."""
+    if not isinstance(value, list):
+        return ()
+    return tuple(
+        FeatureContribution(
+            item["name"],
+            float(item.get("actual", 0.0)) if _is_finite(item.get("actual")) else 0.0,
+            float(item.get("expected", 0.0)) if _is_finite(item.get("expected")) else 0.0,
+            float(item["error"]),
+        )
+        for item in value
+        if isinstance(item, dict)
+        and isinstance(item.get("name"), str)
+        and _is_finite(item.get("error"))
+        and 0.0 <= item["error"] <= 1.0
     )
 
 
@@ -203,9 +221,12 @@ class AlertSearch:
                 f"unknown alert {self.alert_id!r}: not among the {self.alerts_read} alerts read "
                 f"from {where}{hint}"
             )
-        resolves = [a.window_end for a in self.found if a.kind == "resolve"]
-        peak = max(a.score for a in self.found)
-        return alert_reference(named, peak, max(resolves) if resolves else None)
+        resolves = [a for a in self.found if a.kind == "resolve"]
+        peak = max(self.found, key=lambda a: a.score)
+        # The resolve carries the episode's peak window (its top features): the profile.
+        explained = max(resolves, key=lambda a: a.window_end) if resolves else peak
+        end = max(a.window_end for a in resolves) if resolves else None
+        return alert_reference(named, peak.score, end, explained.top_features)
 
 
 def search_file(path: Path, search: AlertSearch) -> None:
@@ -221,58 +242,24 @@ def search_file(path: Path, search: AlertSearch) -> None:
         raise FeedbackInputError(f"cannot read --alerts {path}: {exc.strerror}") from None
 
 
-def _reader_config(kafka: KafkaConfig) -> ClientConfig:
-    """The service's consumer settings (security, fetch sizes, read_committed: an aborted alert
-    was never published) in a throwaway group, which assign() needs named but never joins;
-    told when it reaches each partition's end, as the fetch high watermark says it."""
-    group = f"stream-detector-feedback-{uuid.uuid4().hex[:12]}"
-    conf = consumer_config(kafka.model_copy(update={"group_id": group}))
-    conf["enable.partition.eof"] = True
-    return conf
-
-
 def search_topic(
     kafka: KafkaConfig, search: AlertSearch, timeout_s: float, faults: ClientFaults
 ) -> None:
-    """Every record of kafka.alert_topic, start to end of each partition, into `search`.
-
-    The end is where the consumer is told it reached it (`enable.partition.eof`, from the fetch
-    response's high watermark), not a list-offsets answer, which some brokers get wrong."""
-    topic = kafka.alert_topic
-    reader = create_client(Consumer, {**_reader_config(kafka), "error_cb": faults.on_client_error})
+    """Every record of kafka.alert_topic, start to end of each partition, into `search`."""
     try:
-        partitions = sorted(reader.list_topics(topic, timeout=timeout_s).topics[topic].partitions)
-        reader.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
-        _read_to_end(reader, set(partitions), search, time.monotonic() + timeout_s, faults)
-    except KafkaException as exc:
-        raise FeedbackSendError(f"cannot read topic {topic!r}: {exc.args[0].str()}") from None
-    finally:
-        reader.close()
-
-
-def _read_to_end(
-    reader: Consumer,
-    remaining: set[int],
-    search: AlertSearch,
-    deadline: float,
-    faults: ClientFaults,
-) -> None:
-    """Consume until every partition in `remaining` has reported its end."""
-    while remaining:
-        faults.raise_if_fatal()
-        if time.monotonic() > deadline:
-            raise FeedbackSendError(
-                f"the alert topic was not read to its end in time (partitions {sorted(remaining)} "
-                f"unfinished, {search.alerts_read} alerts read); raise --timeout"
-            )
-        for message in reader.consume(_READ_BATCH, _READ_WAIT_S):
-            error = message.error()
-            if error is None:
-                search.take(message.value())
-            elif error.code() == KafkaError._PARTITION_EOF:
-                remaining.discard(message.partition())
-            else:
-                faults.on_consume_error(error, message)
+        read_topic(
+            kafka,
+            kafka.alert_topic,
+            "feedback-cli",
+            lambda message: search.take(message.value()),
+            timeout_s,
+            faults,
+        )
+    except ReadTimeout as exc:
+        read = f"{search.alerts_read} alerts read"
+        raise FeedbackSendError(f"kafka.alert_topic: {exc} ({read}); raise --timeout") from None
+    except TopicReadError as exc:
+        raise FeedbackSendError(f"kafka.alert_topic: {exc}") from None
 
 
 # -- the event -------------------------------------------------------------------------------------

@@ -199,14 +199,17 @@ class ModelLifecycle:
         # detector judges every key on the global threshold until it warms up) and those
         # operators marked true positive.
         episodes = self.episodes.spans()
-        spans = episodes + self.detector.feedback.labelled_spans()
+        labelled = self.detector.feedback.labelled_spans()
+        parent = self.detector.model_version
         # Registering copies the candidate into the registry; the temporary copy goes after.
         out = Path(tempfile.mkdtemp(prefix="sd-candidate-"))
         training = _Training(threading.Thread(target=lambda: None), out)
 
         def work() -> None:
             try:
-                training.result = retrain(batches, self.settings, None, spans, out)
+                training.result = retrain(
+                    batches, self.settings, parent, labelled, out, episodes=episodes
+                )
             except (ValueError, ArtefactError, RuntimeError) as exc:
                 training.error = str(exc)
 
@@ -218,7 +221,7 @@ class ModelLifecycle:
             reason=drift.reason,
             events=sum(len(b.batch) for b in batches),
             episodes=len(episodes),
-            excluded_spans=len(spans),
+            true_positives=len(labelled),
             active=self.detector.model_version,
         )
         training.thread.start()

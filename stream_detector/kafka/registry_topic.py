@@ -77,7 +77,8 @@ from stream_detector.detector.registry_dir import DirectoryRegistry
 from stream_detector.engine.alerts import rfc3339
 from stream_detector.kafka.clients import create_client
 from stream_detector.kafka.faults import ClientFaults, FatalServiceError
-from stream_detector.kafka.settings import consumer_config, producer_config
+from stream_detector.kafka.settings import producer_config, reader_config
+from stream_detector.kafka.topic_reader import ReadTimeout, batches_to_end
 from stream_detector.limits import record_size
 
 log = structlog.get_logger(__name__)
@@ -284,12 +285,9 @@ class TopicRegistry:
     # -- reading ----------------------------------------------------------------------------------
 
     def _reader_config(self) -> dict[str, Any]:
-        """The service's consumer settings (security, fetch sizes) in a throwaway group, which
-        assign() needs named but never joins; told when it reaches the partition's end."""
-        group = f"stream-detector-registry-{uuid.uuid4().hex[:12]}"
-        conf = consumer_config(self.kafka.model_copy(update={"group_id": group}))
-        conf["enable.partition.eof"] = True
-        # A read to the end waits for one empty fetch; the broker holds that this long.
+        """`reader_config`, with a short fetch wait: a read to the end waits for one empty
+        fetch, and the broker holds that this long."""
+        conf = reader_config(self.kafka, "registry")
         conf.setdefault("fetch.wait.max.ms", _FETCH_WAIT_MS)
         return conf
 
@@ -321,31 +319,38 @@ class TopicRegistry:
         """Apply what is new, up to the partition's end and at least the record at offset
         `through` (-1: up to the end only).
 
-        Assigning again restarts librdkafka's end-of-partition report, which it otherwise gives
-        once per arrival at the end: a refresh with nothing new is still told it is at the end.
+        Each pass assigns the partition again, which restarts librdkafka's end-of-partition
+        report (otherwise given once per arrival at the end): a refresh with nothing new is
+        still told it is at the end, and a pass that ended short of `through` reads on.
         """
         consumer = self._consumer
         if consumer is None:
             raise RegistryError("the registry was closed")
+        deadline = time.monotonic() + self.timeout_s
+        try:
+            while True:
+                self._read_once(consumer, deadline)
+                if (self._next_offset or 0) > through:
+                    return
+        except ReadTimeout:
+            raise RegistryError(
+                f"registry topic {self.topic!r} was not read to its end within "
+                f"{self.timeout_s:g} s; check kafka.bootstrap_servers and the broker"
+            ) from None
+        except FatalServiceError as exc:
+            raise RegistryError(f"registry topic {self.topic!r}: {exc}") from None
+
+    def _read_once(self, consumer: Consumer, deadline: float) -> None:
+        """Apply what follows the last record applied, up to the end the partition reports (a
+        fetch answered just before a write may report an end short of it)."""
         start = OFFSET_BEGINNING if self._next_offset is None else self._next_offset
         consumer.assign([TopicPartition(self.topic, PARTITION, start)])
-        deadline = time.monotonic() + self.timeout_s
-        at_end = False
-        while not (at_end and (self._next_offset or 0) > through):
-            self._raise_if_fatal()
-            if time.monotonic() > deadline:
-                raise RegistryError(
-                    f"registry topic {self.topic!r} was not read to its end within "
-                    f"{self.timeout_s:g} s; check kafka.bootstrap_servers and the broker"
-                )
-            for message in consumer.consume(_READ_BATCH, _READ_WAIT_S):
-                error = message.error()
-                if error is None:
-                    self._apply(message)
-                elif error.code() == KafkaError._PARTITION_EOF:
-                    at_end = True
-                else:
-                    self._faults.on_consume_error(error, message)
+        pending = {(self.topic, PARTITION)}
+        for records in batches_to_end(
+            consumer, pending, deadline, self._faults, batch=_READ_BATCH, wait_s=_READ_WAIT_S
+        ):
+            for message in records:
+                self._apply(message)
 
     def _raise_if_fatal(self) -> None:
         if self._faults.fatal is not None:

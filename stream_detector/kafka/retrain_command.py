@@ -1,16 +1,17 @@
 """`stream-detector retrain`: a candidate model trained on recent events, anomalies kept out.
 
 The recent events come from a file (read as `train` reads one) or from the end of
-kafka.input_topics. `retrain` replays them through the active model, keeps the windows of its
-episodes and of the operators' true positives out, and trains the candidate exactly as `train`
-would. With --register the candidate goes into the model registry with its retrain report, as a
+kafka.input_topics. The anomalies in them are the episodes the service published: their alerts
+come from --alerts FILE or, with --from-topic, from kafka.alert_topic read to its end, and every
+episode's span (`EpisodeSpans`, whichever model version raised it) is left out, as are the
+operators' true positives; the candidate is trained exactly as `train` would, with the active
+model's settings. With --register it goes into the model registry with its retrain report, as a
 candidate: promoting it is for `models promote` (or the service's shadow verdict).
 
-The topic is read through assign() in a throwaway group, so no group is joined and nothing is
-committed: the service's positions do not move. A partition's end is taken from the fetch
-responses (the cached high watermark, and `enable.partition.eof`), never from list-offsets, which
-some brokers (Tansu) answer wrongly; once the end is known the reader seeks to the stretch it
-keeps, so a long topic is not read from its start.
+The topics are read without joining a group or committing (`topic_reader`): the service's
+positions do not move. Once the fetch responses told each input partition's extent (the cached
+high watermark), the reader seeks to the stretch it keeps, so a long topic is not read from its
+start. The service may not have judged the newest events yet: their anomalies have no alerts.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import argparse
 import heapq
 import sys
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -27,18 +27,12 @@ from pathlib import Path
 from typing import Any, Final
 
 import structlog
-from confluent_kafka import (
-    OFFSET_BEGINNING,
-    Consumer,
-    KafkaError,
-    KafkaException,
-    Message,
-    TopicPartition,
-)
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 
 from stream_detector.aggregate.decoder import decoder_for
 from stream_detector.config import FeedbackConfig, KafkaConfig, Settings
 from stream_detector.detector.artefact import ArtefactError, load_artefact_and_settings
+from stream_detector.detector.exclusions import Span, episode_spans
 from stream_detector.detector.feedback import (
     FeedbackError,
     FeedbackEvent,
@@ -46,31 +40,43 @@ from stream_detector.detector.feedback import (
     parse_feedback,
 )
 from stream_detector.detector.registry import ModelEntry, ModelRegistry, RegistryError
-from stream_detector.detector.retrain import RetrainResult, Span, recent_events, retrain
+from stream_detector.detector.retrain import RetrainResult, recent_events, retrain
 from stream_detector.detector.sources import read_batches
-from stream_detector.engine.alerts import rfc3339
+from stream_detector.engine.alerts import EVENT_TYPES, rfc3339
 from stream_detector.engine.decode import RecordDecoder
 from stream_detector.engine.model import select_device
 from stream_detector.engine.types import Decoded
-from stream_detector.kafka.clients import create_client
-from stream_detector.kafka.faults import ClientFaults, FatalServiceError
+from stream_detector.kafka.faults import ClientFaults
+from stream_detector.kafka.feedback_send import AlertRecord, alert_record
 from stream_detector.kafka.records import ConsumedBatch
 from stream_detector.kafka.registry_topic import TopicRegistry, open_registry
-from stream_detector.kafka.settings import ClientConfig, consumer_config
+from stream_detector.kafka.topic_reader import (
+    Partition,
+    ReadTimeout,
+    TopicReadError,
+    batches_to_end,
+    read_topic,
+    topic_partitions,
+    topic_reader,
+)
 
 log = structlog.get_logger(__name__)
 
 DESCRIPTION: Final = (
     "Trains a candidate model on recent events (--input FILE, or the end of "
     "kafka.input_topics with --from-topic) exactly as `train` does, leaving out the windows of "
-    "the episodes the active model finds in them and of the episodes operators marked true "
-    "positive (--feedback), and writes it to --out DIR; --register adds it to the model "
-    "registry (not promoted) with its retrain report."
+    "the episodes the service published alerts for (--alerts FILE, or with --from-topic "
+    "kafka.alert_topic) and of the episodes operators marked true positive (--feedback), and "
+    "writes it to --out DIR; --register adds it to the model registry (not promoted) with its "
+    "retrain report."
 )
 # Messages decoded together: the service's consume batches are of this order too.
 _DECODE_BATCH: Final = 4096
-_READ_BATCH: Final = 1000
-_READ_WAIT_S: Final = 0.5
+_NO_ALERTS: Final = (
+    "warning: no alerts to take the episodes from (--alerts FILE, or --from-topic, which reads "
+    "kafka.alert_topic): only the --feedback true positives are left out, and any other "
+    "anomaly in the data is learnt as normal"
+)
 
 
 class RetrainInputError(ValueError):
@@ -83,7 +89,8 @@ class RetrainSourceError(Exception):
 
 @dataclass(frozen=True)
 class RetrainOptions:
-    """The command's arguments; `input` None reads kafka.input_topics."""
+    """The command's arguments; `input` None reads kafka.input_topics, and then, without
+    `alerts`, kafka.alert_topic."""
 
     out: Path
     events: int
@@ -91,6 +98,7 @@ class RetrainOptions:
     model: Path | None = None
     register: bool = False
     feedback: Path | None = None
+    alerts: Path | None = None
     timeout_s: float = 60.0
 
 
@@ -103,8 +111,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument(
         "--from-topic",
         action="store_true",
-        help="read the most recent events of kafka.input_topics (no group joined, nothing "
-        "committed)",
+        help="read the most recent events of kafka.input_topics, and the alerts of "
+        "kafka.alert_topic unless --alerts is given (no group joined, nothing committed)",
     )
     parser.add_argument(
         "--events",
@@ -118,8 +126,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--model",
         type=Path,
         metavar="DIR",
-        help="the active model, whose episodes are left out (default: the registry's active "
-        "version, else model.path)",
+        help="the active model, whose settings the candidate is trained with and whose "
+        "version is its parent (default: the registry's active version, else model.path)",
     )
     parser.add_argument(
         "--out", type=Path, required=True, metavar="DIR", help="directory for the candidate"
@@ -137,11 +145,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="JSONL of feedback CloudEvents: the episodes marked true positive are left out too",
     )
     parser.add_argument(
+        "--alerts",
+        type=Path,
+        metavar="FILE",
+        help="JSONL of alert CloudEvents, as on kafka.alert_topic: the episodes they tell of "
+        "(of any model version) are left out (default with --from-topic: kafka.alert_topic, "
+        "read to its end)",
+    )
+    parser.add_argument(
         "--timeout",
         type=_positive_float,
         default=60.0,
         metavar="SECONDS",
-        help="longest wait for the broker with --from-topic, reading included (default 60)",
+        help="longest wait for the broker with --from-topic, for each topic read, reading "
+        "included (default 60)",
     )
 
 
@@ -169,6 +186,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         model=args.model,
         register=args.register,
         feedback=args.feedback,
+        alerts=args.alerts,
         timeout_s=args.timeout,
     )
     registry: ModelRegistry | None = None
@@ -190,9 +208,11 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
 def run_retrain(
     options: RetrainOptions, settings: Settings, registry: ModelRegistry | None
 ) -> RetrainResult:
-    """Load the active model, read the recent events and the feedback, retrain, write (and
-    register) the candidate, and print what was done. Everything read from the operator (the
-    files, the model) is checked before the broker is asked for anything."""
+    """Load the active model, read the feedback, the recent events and the alerts, retrain,
+    write (and register) the candidate, and print what was done. Everything read from the
+    operator (the files, the model) is checked before the broker is asked for anything; the
+    alert topic is read after the input topics, so that it holds the alerts of as many of the
+    events read as the service has judged."""
     if options.register and registry is None:
         raise RetrainInputError(
             "--register needs a model registry: set lifecycle.registry_dir (or "
@@ -205,10 +225,20 @@ def run_retrain(
     active, settings = load_artefact_and_settings(model_dir, settings, device)
     feedback = options.feedback
     labelled = [] if feedback is None else feedback_spans(feedback, settings.feedback)
+    alerts = None if options.alerts is None else alerts_in_file(options.alerts)
     log.info("retrain: reading recent events", source=_source(options), events=options.events)
     try:
         batches = _recent(options, settings)
-        result = retrain(batches, settings, active, labelled, options.out, _epoch_printer())
+        episodes = _episodes(options, settings.kafka, alerts)
+        result = retrain(
+            batches,
+            settings,
+            active.metadata.model_version,
+            labelled,
+            options.out,
+            _epoch_printer(),
+            episodes=episodes,
+        )
     except ValueError as exc:  # a file type not read, or too little data: the message says
         raise RetrainInputError(str(exc)) from None
     print(_summary(result))
@@ -237,8 +267,8 @@ def _active_dir(
     if settings.model.path is not None:
         return Path(settings.model.path)
     raise RetrainInputError(
-        "no active model to find the episodes with: pass --model DIR, set model.path, or "
-        "promote a version in the registry (with no model yet, use `stream-detector train`)"
+        "no active model to retrain: pass --model DIR, set model.path, or promote a version in "
+        "the registry (with no model yet, use `stream-detector train`)"
     )
 
 
@@ -269,23 +299,24 @@ def feedback_spans(path: Path, config: FeedbackConfig) -> list[Span]:
     service builds (duplicates counted once, open episodes held for true_positive_hold_s). A bad
     line is refused, not skipped: a true positive lost would be trained on as normal."""
     ledger = FeedbackLedger(config)
-    for number, line in _lines(path):
+    for number, line in _lines(path, "--feedback"):
         ledger.apply(_parsed(line, config, f"--feedback {path} line {number}"))
     spans = ledger.labelled_spans()
     log.info("retrain: feedback read", path=str(path), events=len(ledger), spans=len(spans))
     return spans
 
 
-def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
+def _lines(path: Path, option: str) -> Iterator[tuple[int, bytes]]:
+    """The numbered non-blank lines of the file given as `option`."""
     try:
         with path.open("rb") as lines:
             for number, line in enumerate(lines, start=1):
                 if line.strip():
                     yield number, line.rstrip(b"\r\n")
     except FileNotFoundError:
-        raise RetrainInputError(f"--feedback {path} does not exist") from None
+        raise RetrainInputError(f"{option} {path} does not exist") from None
     except OSError as exc:
-        raise RetrainInputError(f"cannot read --feedback {path}: {exc.strerror}") from None
+        raise RetrainInputError(f"cannot read {option} {path}: {exc.strerror}") from None
 
 
 def _parsed(line: bytes, config: FeedbackConfig, where: str) -> FeedbackEvent:
@@ -293,6 +324,64 @@ def _parsed(line: bytes, config: FeedbackConfig, where: str) -> FeedbackEvent:
         return parse_feedback(line, config)
     except FeedbackError as exc:
         raise RetrainInputError(f"{where}: {exc}") from None
+
+
+# -- the alerts ----------------------------------------------------------------------------------
+
+
+def alerts_in_file(path: Path) -> list[AlertRecord]:
+    """The alerts of a JSONL file of alert CloudEvents. A line that is not one is refused, not
+    skipped: an alert lost would be an anomaly trained on as normal."""
+    alerts = []
+    for number, line in _lines(path, "--alerts"):
+        alert = alert_record(line)
+        if alert is None:
+            raise RetrainInputError(
+                f"--alerts {path} line {number} is not an alert CloudEvent (type "
+                f"{' or '.join(EVENT_TYPES.values())}, with the data the service publishes)"
+            )
+        alerts.append(alert)
+    return alerts
+
+
+def alerts_on_topic(kafka: KafkaConfig, timeout_s: float) -> list[AlertRecord]:
+    """Every alert on kafka.alert_topic, each partition read to its end. Another producer's
+    records there are skipped: a topic cannot be cleaned of them."""
+    alerts: list[AlertRecord] = []
+
+    def take(message: Message) -> None:
+        alert = alert_record(message.value())
+        if alert is not None:
+            alerts.append(alert)
+
+    faults = ClientFaults(kafka.bootstrap_servers)
+    try:
+        read_topic(kafka, kafka.alert_topic, "retrain", take, timeout_s, faults)
+    except TopicReadError as exc:
+        raise _source_error("kafka.alert_topic", exc) from None
+    return alerts
+
+
+def _episodes(
+    options: RetrainOptions, kafka: KafkaConfig, from_file: list[AlertRecord] | None
+) -> list[Span]:
+    """The spans of the episodes the alerts tell of: those of --alerts, else (--from-topic)
+    those on kafka.alert_topic; none, with a warning, for --input without --alerts."""
+    if from_file is not None:
+        alerts = from_file
+    elif options.input is None:
+        alerts = alerts_on_topic(kafka, options.timeout_s)
+    else:
+        print(f"stream-detector retrain: {_NO_ALERTS}", file=sys.stderr)
+        return []
+    spans = episode_spans(alerts)
+    log.info("retrain: episodes from the alerts", alerts=len(alerts), episodes=len(spans))
+    return spans
+
+
+def _source_error(setting: str, exc: TopicReadError) -> RetrainSourceError:
+    hint = "; raise --timeout" if isinstance(exc, ReadTimeout) else ""
+    return RetrainSourceError(f"{setting}: {exc}{hint}")
 
 
 # -- the topic's recent events ---------------------------------------------------------------------
@@ -305,19 +394,19 @@ class _Tail:
         self.messages: deque[Message] = deque(maxlen=limit)
         self.position = 0  # the next offset expected
         self.floor = 0  # messages before it are left from before the seek
-        self.done = False
 
     def take(self, message: Message) -> None:
         if message.offset() >= self.floor:
             self.messages.append(message)
             self.position = message.offset() + 1
 
-    def keep_last(self, share: int, end: int) -> int | None:
+    def keep_last(self, share: int, end: int, reading: bool) -> int | None:
         """Keep only the last `share` messages of the partition, which ends at offset `end`;
-        returns where to seek when that stretch starts past what was read, else None."""
+        returns where to seek when it is still `reading` and that stretch starts past what was
+        read, else None."""
         self.messages = deque(self.messages, maxlen=share)
         target = end - share
-        if self.done or target <= self.position:
+        if not reading or target <= self.position:
             return None
         self.floor = target
         return target
@@ -328,45 +417,20 @@ def read_recent(kafka: KafkaConfig, limit: int, timeout_s: float) -> list[Messag
     `partition_shares` says, in broker-timestamp order across partitions (offset order within
     one), as the service would have consumed them."""
     faults = ClientFaults(kafka.bootstrap_servers)
-    reader = create_client(Consumer, {**_reader_config(kafka), "error_cb": faults.on_client_error})
+    deadline = time.monotonic() + timeout_s
     try:
-        partitions = _partitions(reader, kafka, timeout_s)
-        tails = {tp: _Tail(limit) for tp in partitions}
-        reader.assign([TopicPartition(t, p, OFFSET_BEGINNING) for t, p in partitions])
-        _read_tails(reader, tails, limit, time.monotonic() + timeout_s, faults)
-    except KafkaException as exc:
-        raise RetrainSourceError(f"cannot read kafka.input_topics: {exc.args[0].str()}") from None
-    except FatalServiceError as exc:
-        raise RetrainSourceError(str(exc)) from None
-    finally:
-        reader.close()
+        with topic_reader(kafka, "retrain", faults) as reader:
+            partitions = [
+                tp for t in kafka.input_topics for tp in topic_partitions(reader, t, timeout_s)
+            ]
+            tails = {tp: _Tail(limit) for tp in partitions}
+            reader.assign([TopicPartition(t, p, OFFSET_BEGINNING) for t, p in partitions])
+            _read_tails(reader, tails, limit, deadline, faults)
+    except TopicReadError as exc:
+        raise _source_error("kafka.input_topics", exc) from None
     read = [tail.messages for tail in tails.values()]
     log.info("retrain: topic read", partitions=len(read), messages=sum(len(m) for m in read))
     return list(heapq.merge(*read, key=lambda message: message.timestamp()[1]))
-
-
-def _reader_config(kafka: KafkaConfig) -> ClientConfig:
-    """The service's consumer settings (security, fetch sizes, read_committed) in a throwaway
-    group that assign() needs named but never joins, told when it reaches each partition's
-    end."""
-    group = f"stream-detector-retrain-{uuid.uuid4().hex[:12]}"
-    conf = consumer_config(kafka.model_copy(update={"group_id": group}))
-    conf["enable.partition.eof"] = True
-    return conf
-
-
-def _partitions(reader: Consumer, kafka: KafkaConfig, timeout_s: float) -> list[tuple[str, int]]:
-    """Every (topic, partition) of kafka.input_topics; RetrainSourceError naming a topic the
-    broker does not have."""
-    found: list[tuple[str, int]] = []
-    for topic in kafka.input_topics:
-        metadata = reader.list_topics(topic, timeout=timeout_s).topics.get(topic)
-        if metadata is None or metadata.error is not None or not metadata.partitions:
-            raise RetrainSourceError(
-                f"topic {topic!r} (kafka.input_topics) is not on {kafka.bootstrap_servers}"
-            )
-        found += [(topic, p) for p in sorted(metadata.partitions)]
-    return found
 
 
 def partition_shares(limit: int, sizes: list[int]) -> list[int]:
@@ -390,49 +454,38 @@ def partition_shares(limit: int, sizes: list[int]) -> list[int]:
 
 def _read_tails(
     reader: Consumer,
-    tails: dict[tuple[str, int], _Tail],
+    tails: dict[Partition, _Tail],
     limit: int,
     deadline: float,
     faults: ClientFaults,
 ) -> None:
     """Consume until every partition reported its end. Once the fetch responses gave every
     partition's extent, each is told its share and sought to the start of it."""
+    reading = set(tails)
     shared = False
-    while not (shared and all(tail.done for tail in tails.values())):
-        faults.raise_if_fatal()
-        if time.monotonic() > deadline:
-            unfinished = sorted(tp for tp, tail in tails.items() if not tail.done)
-            raise RetrainSourceError(
-                f"kafka.input_topics not read to their end in time (unfinished: {unfinished}); "
-                "raise --timeout"
-            )
-        for message in reader.consume(_READ_BATCH, _READ_WAIT_S):
-            tail = tails[(message.topic(), message.partition())]
-            error = message.error()
-            if error is None:
-                tail.take(message)
-            elif error.code() == KafkaError._PARTITION_EOF:
-                tail.done = True
-            else:
-                faults.on_consume_error(error, message)
+    for records in batches_to_end(reader, reading, deadline, faults):
+        for message in records:
+            tails[(message.topic(), message.partition())].take(message)
         if not shared:
-            shared = _share(reader, tails, limit)
+            shared = _share(reader, tails, reading, limit)
 
 
-def _share(reader: Consumer, tails: dict[tuple[str, int], _Tail], limit: int) -> bool:
-    """Give each partition its share and seek it there, once a fetch response told every
-    partition's first and end offsets (-1 before; a first offset not told counts as 0).
-    Returns whether it did."""
+def _share(
+    reader: Consumer, tails: dict[Partition, _Tail], reading: set[Partition], limit: int
+) -> bool:
+    """Give each partition its share and seek one still `reading` there, once a fetch response
+    told every partition's first and end offsets (-1 before; a first offset not told counts as
+    0). Returns whether it did."""
     extents = [reader.get_watermark_offsets(TopicPartition(*tp), cached=True) for tp in tails]
     if any(end < 0 for _, end in extents):
         return False
     sizes = [max(end - max(first, 0), 0) for first, end in extents]
-    for ((topic, partition), tail), share, (_, end) in zip(
+    for (tp, tail), share, (_, end) in zip(
         tails.items(), partition_shares(limit, sizes), extents, strict=True
     ):
-        target = tail.keep_last(share, end)
+        target = tail.keep_last(share, end, tp in reading)
         if target is not None:
-            reader.seek(TopicPartition(topic, partition, target))
+            reader.seek(TopicPartition(*tp, target))
     return True
 
 

@@ -65,6 +65,19 @@ def consumer_config(kafka: KafkaConfig) -> ClientConfig:
     return _with_extra(conf, kafka)
 
 
+def reader_config(kafka: KafkaConfig, group_suffix: str) -> ClientConfig:
+    """A consumer that is assigned partitions and reads them to their end, never joining a group
+    or committing: the service's consumer settings (security, fetch sizes, read_committed, so
+    that nothing aborted is read) in the group `<group_id>.<group_suffix>`, which librdkafka
+    needs named. It is told when it reaches a partition's end (`enable.partition.eof`, from the
+    fetch response's high watermark): list-offsets, which would say where the end is, is
+    answered wrongly by some brokers (Tansu)."""
+    group = f"{kafka.group_id}.{group_suffix}"
+    conf = consumer_config(kafka.model_copy(update={"group_id": group}))
+    conf["enable.partition.eof"] = True
+    return conf
+
+
 def producer_config(kafka: KafkaConfig, transactional_id: str | None = None) -> ClientConfig:
     """murmur2_random puts an alert key on the partition a Java client would choose."""
     conf = common_config(kafka)

@@ -636,12 +636,6 @@ def test_a_due_retrain_registers_its_candidate_and_shadows_it(
     assert rig.lifecycle._training is None, "shadowing, and within the cooldown: no retrain"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: _start_training calls retrain(batches, settings, None, spans, out): no parent, "
-    "and the service's episodes passed as labelled spans, so the report says parent None, "
-    "episodes 0, and counts the episodes as labelled_spans",
-)
 def test_the_retrain_report_names_the_parent_and_counts_the_episodes(
     tmp_path: Path, models: Models, rigs: list[Rig]
 ) -> None:

@@ -1,10 +1,11 @@
-"""Retraining: the episodes the active model finds and the operators' true positives are left out
-of the training windows, the rest is `train` as ever (seeded, deterministic), and the `retrain`
-command writes (and registers) the candidate."""
+"""Retraining: the episodes the service published (their spans drawn from their alerts) and the
+operators' true positives are left out of the training windows, the rest is `train` as ever
+(seeded, deterministic), and the `retrain` command writes (and registers) the candidate."""
 
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,18 +14,21 @@ import numpy as np
 import orjson
 import pytest
 import torch
+from test_feedback_send import opened, resolved
 
 from stream_detector.config import Settings, load_settings
 from stream_detector.detector.artefact import ModelArtefact, load_artefact
-from stream_detector.detector.exclusions import ExcludedSpans
+from stream_detector.detector.exclusions import ExcludedSpans, Span, episode_spans
 from stream_detector.detector.feedback import feedback_envelope
+from stream_detector.detector.recent import RecentEpisodes
 from stream_detector.detector.registry import ModelEntry
-from stream_detector.detector.retrain import Span, episode_spans, recent_events, retrain
+from stream_detector.detector.retrain import recent_events, retrain
 from stream_detector.detector.training import collect_windows, train
-from stream_detector.engine.alerts import alert_id_for, episode_id_for
+from stream_detector.engine.alerts import Alert, alert_id_for, episode_id_for
 from stream_detector.engine.decode import Decoder
 from stream_detector.engine.stage import WindowStage
 from stream_detector.engine.types import Decoded, EventBatch
+from stream_detector.kafka.feedback_send import alert_record
 from stream_detector.kafka.retrain_command import (
     RetrainInputError,
     RetrainOptions,
@@ -117,6 +121,13 @@ def _windows(batches: list[Decoded], settings: Settings) -> list[Span]:
     ]
 
 
+def _anomaly_alerts() -> list[Alert]:
+    """What the service published on the anomaly: an episode opened by the first windows that
+    take it in, resolved a cool-down after it."""
+    first = opened(ANOMALOUS, T0 + ANOMALY[0] + 7)
+    return [first, resolved(first, after_s=ANOMALY[1] - ANOMALY[0])]
+
+
 def _overlapping(windows: list[Span], spans: list[Span]) -> list[Span]:
     """The windows that overlap a span of their key, one by one."""
     return [
@@ -163,67 +174,96 @@ def test_overlapping_agrees_with_a_window_by_window_check() -> None:
     assert ExcludedSpans().overlapping(keys, start, end).sum() == 0
 
 
+# -- the episodes' spans, from their alerts --------------------------------------------------------
+
+
+def test_an_episode_spans_its_opening_window_to_its_resolves_window() -> None:
+    first = opened("a", T0 + 40)
+    last = resolved(first, after_s=30)
+    span = ("a", first.window_start, last.window_end)
+    assert episode_spans([first, last]) == [span]
+    # Read back from a topic, alerts may come in any order, and more than once.
+    assert episode_spans([last, first, last, first]) == [span]
+
+
+def test_an_episode_without_a_resolve_runs_on_and_one_without_an_open_starts_at_its_start() -> None:
+    still_open = opened("a", T0 + 40)
+    before_the_data = resolved(opened("b", T0 - 60), after_s=90)
+    assert episode_spans([still_open, before_the_data]) == [
+        ("a", still_open.window_start, math.inf),
+        # From its episode_start: the end of its opening window.
+        ("b", before_the_data.episode_start, before_the_data.window_end),
+    ]
+
+
+def test_a_resolve_ending_before_its_open_keeps_the_opening_window_out() -> None:
+    first = opened("a", T0 + 40)
+    damaged = resolved(first, after_s=-60)
+    assert episode_spans([first, damaged]) == [("a", first.window_start, first.window_start)]
+
+
+def test_alerts_read_back_from_their_cloudevents_give_the_same_spans() -> None:
+    alerts = [*_anomaly_alerts(), opened("sensor-0", T0 + 12)]
+    records = [alert_record(alert.to_cloudevent("test")) for alert in alerts]
+    assert episode_spans(r for r in records if r is not None) == episode_spans(alerts)
+
+
+def test_recent_episodes_keep_the_service_s_episodes_until_they_end_before_the_data() -> None:
+    early, late, still_open = (opened(key, T0 + at) for key, at in (("a", 0), ("b", 50), ("c", 90)))
+    recent = RecentEpisodes()
+    recent.observe([early, late, still_open])
+    recent.observe([resolved(early, after_s=20), resolved(late, after_s=20)])
+    recent.forget_before(T0 + 30)  # the early one ended at T0 + 20
+    assert recent.spans() == [
+        ("b", late.window_start, T0 + 70),
+        ("c", still_open.window_start, math.inf),
+    ]
+
+
 # -- the windows left out --------------------------------------------------------------------------
 
 
-def test_the_active_models_episode_covers_the_anomaly(
-    active: ModelArtefact, feed: list[bytes]
-) -> None:
-    spans = episode_spans(_batches(feed), _settings(), active)
-    assert spans and {key for key, _, _ in spans} == {ANOMALOUS}
-    # Every window with an anomalous event overlaps an episode, so none of them is trained on.
-    windows = _windows(_batches(feed), _settings())
-    anomaly = [(ANOMALOUS, T0 + ANOMALY[0], T0 + ANOMALY[1] - 1)]
-    touched = _overlapping(windows, anomaly)
-    assert touched and set(touched) <= set(_overlapping(windows, spans))
-
-
-def test_windows_overlapping_a_span_are_left_out(active: ModelArtefact, feed: list[bytes]) -> None:
+def test_windows_overlapping_a_span_are_left_out(feed: list[bytes]) -> None:
     settings = _settings()
-    spans = episode_spans(_batches(feed), settings, active)
+    spans = episode_spans(_anomaly_alerts())
     labelled = [("sensor-1", T0 + 100, T0 + 120)]
     excluded = ExcludedSpans.from_pairs(spans + labelled)
     full = collect_windows(_batches(feed), settings)
     kept = collect_windows(_batches(feed), settings, excluded)
-    left_out = _overlapping(_windows(_batches(feed), settings), spans + labelled)
+    windows = _windows(_batches(feed), settings)
+    left_out = _overlapping(windows, spans + labelled)
     assert full.n_excluded == 0
     assert kept.n_excluded == len(left_out) > 0
     assert len(kept.windows) == len(full.windows) - len(left_out)
     assert any(key == "sensor-1" for key, _, _ in left_out)
+    # Every window with an anomalous event is among them.
+    anomaly = [(ANOMALOUS, T0 + ANOMALY[0], T0 + ANOMALY[1] - 1)]
+    assert set(_overlapping(windows, anomaly)) <= set(left_out)
 
 
 def test_retrain_leaves_out_episodes_and_true_positives_deterministically(
-    active: ModelArtefact, feed: list[bytes]
+    feed: list[bytes],
 ) -> None:
     settings = _settings()
+    episodes = episode_spans(_anomaly_alerts())
     labelled = [("sensor-1", T0 + 100, T0 + 120)]
-    first = retrain(_batches(feed), settings, active, labelled)
-    again = retrain(_batches(feed), settings, active, labelled)
+    first = retrain(_batches(feed), settings, "lstm-ae-parent", labelled, episodes=episodes)
+    again = retrain(_batches(feed), settings, "lstm-ae-parent", labelled, episodes=episodes)
     assert first.artefact.metadata.model_version == again.artefact.metadata.model_version
-    spans = episode_spans(_batches(feed), settings, active)
-    left_out = _overlapping(_windows(_batches(feed), settings), spans + labelled)
+    left_out = _overlapping(_windows(_batches(feed), settings), episodes + labelled)
     assert first.excluded_windows == len(left_out)
     assert first.artefact.metadata.training["excluded_windows"] == len(left_out)
-    assert first.episodes == len(spans) and first.parent == active.metadata.model_version
+    assert first.episodes == 1 and first.parent == "lstm-ae-parent"
     assert first.data_span == (T0, T0 + STEPS - 1)
     assert first.report == first.report | {
         "events": STEPS * len(KEYS),
         "keys": len(KEYS),
         "excluded_windows": len(left_out),
-        "episodes": len(spans),
+        "episodes": 1,
         "labelled_spans": 1,
         "data_span": [T0, T0 + STEPS - 1],
-        "parent": active.metadata.model_version,
+        "parent": "lstm-ae-parent",
     }
-
-
-def test_without_an_active_model_only_true_positives_are_left_out(feed: list[bytes]) -> None:
-    settings = _settings()
-    labelled = [("sensor-1", T0 + 100, T0 + 120)]
-    result = retrain(_batches(feed), settings, None, labelled)
-    left_out = _overlapping(_windows(_batches(feed), settings), labelled)
-    assert result.excluded_windows == len(left_out) > 0
-    assert result.episodes == 0 and result.parent is None
 
 
 def test_recent_events_keeps_the_last_ones() -> None:
@@ -258,6 +298,11 @@ def _true_positive(key: str, start: float, end: float, version: str) -> bytes:
     return feedback_envelope("true_positive", "tp-1", "test", key, data, end)
 
 
+def _alerts_file(path: Path, alerts: list[Alert]) -> Path:
+    path.write_bytes(b"".join(alert.to_cloudevent("test") + b"\n" for alert in alerts))
+    return path
+
+
 def _parse(command_line: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     add_arguments(parser)
@@ -275,19 +320,25 @@ def test_the_command_writes_a_candidate(
     source.write_bytes(b"\n".join(feed) + b"\n")
     version = active.metadata.model_version
     feedback.write_bytes(_true_positive("sensor-1", T0 + 100, T0 + 120, version) + b"\n")
+    alerts = _alerts_file(tmp_path / "alerts.jsonl", _anomaly_alerts())
     events = 1400  # the last 350 steps
     args = _parse(
-        f"--input {source} --model {model_dir} --out {out} --feedback {feedback} --events {events}"
+        f"--input {source} --model {model_dir} --out {out} --feedback {feedback} "
+        f"--alerts {alerts} --events {events}"
     )
     assert run(_settings(), args) == 0
     candidate = load_artefact(out, _settings())
     training = candidate.metadata.training
     assert training["events"] == events
-    assert training["excluded_windows"] > 0
-    printed = capsys.readouterr().out
-    assert f"candidate {candidate.metadata.model_version} written to {out}" in printed
-    assert f"(parent {version})" in printed and "1 true positives" in printed
-    assert "1970" not in printed and "from 2023-11-14T22:14:10.000Z" in printed
+    spans = [*episode_spans(_anomaly_alerts()), ("sensor-1", T0 + 100, T0 + 120)]
+    recent = _batches(feed[-events:])
+    assert training["excluded_windows"] == len(_overlapping(_windows(recent, _settings()), spans))
+    captured = capsys.readouterr()
+    assert f"candidate {candidate.metadata.model_version} written to {out}" in captured.out
+    assert f"(parent {version})" in captured.out
+    assert "of 1 episodes and 1 true positives" in captured.out
+    assert "1970" not in captured.out and "from 2023-11-14T22:14:10.000Z" in captured.out
+    assert "warning" not in captured.err
 
 
 def test_the_command_refuses_what_it_cannot_use(
@@ -302,7 +353,13 @@ def test_the_command_refuses_what_it_cannot_use(
     source.write_bytes(b"\n".join(_messages(20, None, seed=0)))
     args = _parse(f"--input {source} --model {model_dir} --out {tmp_path} --feedback {bad}")
     assert run(_settings(), args) == 2
-    assert "line 1" in capsys.readouterr().err
+    assert "--feedback" in (err := capsys.readouterr().err) and "line 1" in err
+    # An alert lost would be an anomaly trained on: a line that is not one is refused.
+    alerts = _alerts_file(tmp_path / "alerts.jsonl", _anomaly_alerts())
+    alerts.write_bytes(alerts.read_bytes() + b'{"specversion": "1.0"}\n')
+    args = _parse(f"--input {source} --model {model_dir} --out {tmp_path} --alerts {alerts}")
+    assert run(_settings(), args) == 2
+    assert f"--alerts {alerts} line 3 is not an alert CloudEvent" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         _parse(f"--input {source} --from-topic --out {tmp_path}")
 
@@ -332,7 +389,11 @@ class _Registry:
 
 
 def test_register_puts_the_candidate_in_the_registry(
-    model_dir: Path, active: ModelArtefact, feed: list[bytes], tmp_path: Path
+    model_dir: Path,
+    active: ModelArtefact,
+    feed: list[bytes],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     source, out = tmp_path / "recent.jsonl", tmp_path / "candidate"
     source.write_bytes(b"\n".join(feed) + b"\n")
@@ -350,7 +411,10 @@ def test_register_puts_the_candidate_in_the_registry(
     ]
     candidate = result.artefact.metadata.model_version
     assert registry.reports == [(candidate, "retrain", result.report)]
-    assert result.episodes >= 1
+    # Without alerts nothing but the true positives (none here) is left out, and it says so.
+    assert result.episodes == 0 and result.excluded_windows == 0
+    warning = capsys.readouterr().err
+    assert "warning: no alerts" in warning and "--alerts FILE" in warning
     with pytest.raises(RetrainInputError, match="registry"):
         run_retrain(options, _settings(), None)
 

@@ -691,6 +691,15 @@ class FeedbackConfig(_Section):
         "score, for the model version that scored it: repeats of the same pattern stay under it, "
         "larger departures still alert.",
     )
+    false_positive_similarity: float = Field(
+        0.9,
+        ge=0,
+        le=1,
+        description="The false_positive floor holds for the windows whose error is spread over "
+        "the features like the marked episode's peak (cosine similarity of the shares at least "
+        "this; the alert's top_features give the profile): other kinds of anomaly on the key "
+        "still alert. 0 = every window of the key; with one feature every window is alike.",
+    )
     min_sensitivity: float = Field(
         0.25, gt=0, description="Smallest multiplier a `sensitivity` event may set."
     )

@@ -27,6 +27,7 @@ Effects, per key:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import Any, Final, Literal, Protocol
@@ -35,7 +36,13 @@ import numpy as np
 import orjson
 
 from stream_detector.config import FeedbackConfig
-from stream_detector.engine.alerts import Alert, alert_id_for, episode_id_for, rfc3339
+from stream_detector.engine.alerts import (
+    Alert,
+    FeatureContribution,
+    alert_id_for,
+    episode_id_for,
+    rfc3339,
+)
 
 FeedbackKind = Literal["false_positive", "true_positive", "mute", "unmute", "sensitivity"]
 FEEDBACK_TYPE_PREFIX: Final = "io.streamdetector.feedback."
@@ -66,6 +73,9 @@ class AlertRef:
     score: float
     effective: float  # event time the effect starts (alert_reference says which)
     episode_end: float | None  # the resolve's window end, when the episode is known to be over
+    # Each named feature's share of the error at the episode's peak (the alert's top_features):
+    # what "the same pattern" means for a false positive. Empty: any window of the key.
+    profile: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -179,7 +189,25 @@ def _alert_ref(data: dict[str, Any]) -> AlertRef:
     episode_end = _number(data, "episode_end", optional=True)
     if episode_end is not None and episode_end < episode_start:
         raise FeedbackError("data.episode_end is before data.episode_start")
-    return AlertRef(alert_id, key, episode_start, version, score, effective, episode_end)
+    profile = _profile(data.get("profile"))
+    return AlertRef(alert_id, key, episode_start, version, score, effective, episode_end, profile)
+
+
+def _profile(value: Any) -> tuple[tuple[str, float], ...]:
+    """data.profile: an object of feature name -> share of the error (0..1), or absent."""
+    if value is None:
+        return ()
+    if not isinstance(value, dict) or len(value) > 1024:
+        raise FeedbackError("data.profile must be an object of feature name -> error share")
+    shares = []
+    for name, share in value.items():
+        ok = isinstance(share, (int, float)) and not isinstance(share, bool)
+        if not ok or not 0.0 <= share <= 1.0:
+            raise FeedbackError(f"data.profile[{name!r}] must be a share in [0, 1], got {share!r}")
+        shares.append((name, float(share)))
+    if shares and not any(share > 0 for _, share in shares):
+        raise FeedbackError("data.profile has no feature with a share above 0")
+    return tuple(shares)
 
 
 def feedback_envelope(
@@ -219,17 +247,27 @@ class AlertFacts(Protocol):
     @property
     def window_end(self) -> float: ...
 
+    @property
+    def top_features(self) -> Sequence[FeatureContribution]: ...
+
 
 def alert_reference(
-    alert: AlertFacts, peak_score: float, episode_end: float | None
+    alert: AlertFacts,
+    peak_score: float,
+    episode_end: float | None,
+    peak_features: Sequence[FeatureContribution] | None = None,
 ) -> dict[str, Any]:
     """The `data` of a false/true positive on `alert` (either of its episode's alerts), with
-    the episode's peak score and, when it has resolved, its end.
+    the episode's peak score, its error profile (`peak_features`: the top features of its peak
+    window, as the resolve alert carries them; else the alert's own) and, when it has
+    resolved, its end.
 
     The effect starts at the episode's end when known, else at the alert's own time: a replay
     from before then raises the alert that was marked again, under the same id, rather than
     unmaking what was already published."""
+    features = alert.top_features if peak_features is None else peak_features
     return {
+        "profile": {feature.name: feature.error for feature in features} or None,
         "alert_id": alert.alert_id,
         "key": alert.key,
         "episode_start": alert.episode_start,
@@ -240,12 +278,24 @@ def alert_reference(
     }
 
 
+@dataclass(frozen=True)
+class _Floor:
+    """A false positive's threshold floor: from `start` on, for windows scored by `version`
+    whose error profile is like `profile` (any window when it is empty)."""
+
+    start: float
+    level: float
+    version: str
+    profile: tuple[tuple[str, float], ...]
+
+
 @dataclass
 class _KeyFeedback:
     """One key's feedback, each list in the order applied."""
 
     sensitivity: list[tuple[float, float]] = field(default_factory=list)  # (from, multiplier)
-    floors: list[tuple[float, float, str]] = field(default_factory=list)  # (from, floor, version)
+    # (from, floor, version, error profile): see `_Floor`
+    floors: list[_Floor] = field(default_factory=list)
     holds: list[tuple[float, float]] = field(default_factory=list)  # [start, end] not learnt
 
 
@@ -298,8 +348,9 @@ class FeedbackLedger:
         if event.kind == "sensitivity":
             entry.sensitivity.append((event.start, event.multiplier))
         elif event.alert is not None and event.kind == "false_positive":
-            floor = event.alert.score * self.config.false_positive_margin
-            entry.floors.append((event.alert.effective, floor, event.alert.model_version))
+            ref = event.alert
+            level = ref.score * self.config.false_positive_margin
+            entry.floors.append(_Floor(ref.effective, level, ref.model_version, ref.profile))
         elif event.alert is not None:  # true_positive
             ref = event.alert
             end = ref.episode_end
@@ -309,10 +360,17 @@ class FeedbackLedger:
         return True
 
     def adjustments(
-        self, keys: np.ndarray, end_ts: np.ndarray, model_version: str
+        self,
+        keys: np.ndarray,
+        end_ts: np.ndarray,
+        model_version: str,
+        feature_errors: np.ndarray | None = None,
+        feature_names: Sequence[str] = (),
     ) -> Adjustments | None:
-        """What the feedback does to each window (its key, the event time of its end); None when
-        no window's key has feedback, so a stream without any pays one set lookup per window."""
+        """What the feedback does to each window (its key, the event time of its end and, for
+        false positives with a profile, its per-feature errors [B, F] in `feature_names` order);
+        None when no window's key has feedback, so a stream without any pays one set lookup per
+        window."""
         if not self._keys or len(keys) == 0:
             return None
         names = self._keys
@@ -330,15 +388,39 @@ class FeedbackLedger:
             entry = names[key]
             for start, multiplier in entry.sensitivity:
                 divisor[mine[at >= start]] = multiplier  # later events win from their start
-            for start, level, version in entry.floors:
-                if version == model_version:
-                    # Strictly after: the marked alert's own window (its end is `start` for an
-                    # episode still open) is judged as it was.
-                    hit = mine[at > start]
-                    floor[hit] = np.maximum(floor[hit], level)
+            for marked in entry.floors:
+                if marked.version != model_version:
+                    continue
+                # Strictly after: the marked alert's own window (its end is `start` for an
+                # episode still open) is judged as it was.
+                hit = at > marked.start
+                if marked.profile and feature_errors is not None:
+                    hit &= self._alike(feature_errors[mine], feature_names, marked.profile)
+                floor[mine[hit]] = np.maximum(floor[mine[hit]], marked.level)
             for start, end in entry.holds:
                 learn[mine[(at >= start) & (at <= end)]] = False
         return Adjustments(divisor, floor, learn)
+
+    def _alike(
+        self,
+        errors: np.ndarray,
+        names: Sequence[str],
+        profile: tuple[tuple[str, float], ...],
+    ) -> np.ndarray:
+        """Whether each window's error is spread over the features like `profile` (cosine
+        similarity of the share vectors at least feedback.false_positive_similarity); a profile
+        naming none of the model's features matches every window."""
+        index = {name: i for i, name in enumerate(names)}
+        wanted = np.zeros(len(names), dtype=np.float64)
+        for name, share in profile:
+            if name in index:
+                wanted[index[name]] = share
+        if not wanted.any():
+            return np.ones(len(errors), dtype=bool)
+        errors = np.asarray(errors, dtype=np.float64)
+        norms = np.linalg.norm(errors, axis=1) * np.linalg.norm(wanted)
+        cosine = np.divide(errors @ wanted, norms, out=np.zeros(len(errors)), where=norms > 0)
+        return cosine >= self.config.false_positive_similarity
 
     def is_muted(self, key: str, at: float) -> bool:
         """Whether an episode of `key` opened at event time `at` falls in a mute."""

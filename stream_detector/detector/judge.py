@@ -100,7 +100,9 @@ class ModelJudge:
         if len(due) == 0:
             return empty_scored(len(self.feature_names))
         result = self.scorer.score(staged.normalised)
-        adjust = feedback.adjustments(due.keys, due.end_ts, self.model_version)
+        adjust = feedback.adjustments(
+            due.keys, due.end_ts, self.model_version, result.feature_errors, self.feature_names
+        )
         if adjust is None:
             thresholds, exceed = self.threshold.apply(due.slots, result.scores, warm=warm)
         else:

@@ -99,9 +99,9 @@ def judged_false(dataset: LabelledDataset, key_id: int, episodes: np.ndarray) ->
 
 
 def false_positive_event(opened: Alert, resolved: Alert) -> bytes:
-    """The false_positive a person would send on `opened`: the episode's peak score (the resolve
-    carries it) and its end, so the effect starts where the episode ended."""
-    data = alert_reference(opened, resolved.score, resolved.window_end)
+    """The false_positive a person would send on `opened`: the episode's peak score and error
+    profile (the resolve carries them) and its end, so the effect starts where it ended."""
+    data = alert_reference(opened, resolved.score, resolved.window_end, resolved.top_features)
     event_id = SIMULATED_ID_PREFIX + opened.alert_id
     return feedback_envelope(
         "false_positive", event_id, SIMULATED_SOURCE, opened.key, data, resolved.window_end

@@ -1133,3 +1133,62 @@ def test_with_feedback_any_batch_size_gives_the_one_event_at_a_time_results(
     runs: FeedbackRuns, seed: int, batch: int
 ) -> None:
     _assert_same(runs.run(seed, batch), runs.run(seed, 1))
+
+
+# --------------------------------------------------------------------------------------------
+# False positives hold for the same pattern only
+# --------------------------------------------------------------------------------------------
+
+
+def _profiled(profile: dict[str, float] | None, similarity: float = 0.9) -> FeedbackLedger:
+    data = _alert_data("k1", T0, score=2.0, effective=T0 + 10, episode_end=T0 + 10)
+    data["profile"] = profile
+    ledger = FeedbackLedger(FeedbackConfig(false_positive_similarity=similarity))
+    assert ledger.apply(_parsed("false_positive", data, "fp-profile"))
+    return ledger
+
+
+# Three windows of k1 after the false positive: the marked pattern (error on "bytes"), another
+# kind of anomaly (error on "ports"), and a mix.
+PROFILE_ERRORS = np.array([[0.9, 0.1], [0.05, 0.95], [0.5, 0.5]])
+PROFILE_KEYS = np.array(["k1", "k1", "k1"], dtype=object)
+PROFILE_ENDS = np.array([T0 + 20, T0 + 30, T0 + 40])
+
+
+def test_a_false_positive_floor_holds_for_windows_with_the_marked_error_profile_only() -> None:
+    ledger = _profiled({"bytes": 0.9, "ports": 0.1})
+    adjust = ledger.adjustments(
+        PROFILE_KEYS, PROFILE_ENDS, VERSION, PROFILE_ERRORS, ("bytes", "ports")
+    )
+    assert adjust is not None
+    assert adjust.floor.tolist() == [2.5, 0.0, 0.0]
+
+
+def test_a_false_positive_without_a_profile_holds_for_every_window_of_the_key() -> None:
+    ledger = _profiled(None)
+    adjust = ledger.adjustments(
+        PROFILE_KEYS, PROFILE_ENDS, VERSION, PROFILE_ERRORS, ("bytes", "ports")
+    )
+    assert adjust is not None and adjust.floor.tolist() == [2.5, 2.5, 2.5]
+
+
+def test_a_profile_naming_no_feature_of_the_model_holds_for_every_window() -> None:
+    ledger = _profiled({"other": 1.0})
+    adjust = ledger.adjustments(
+        PROFILE_KEYS, PROFILE_ENDS, VERSION, PROFILE_ERRORS, ("bytes", "ports")
+    )
+    assert adjust is not None and adjust.floor.tolist() == [2.5, 2.5, 2.5]
+
+
+@pytest.mark.parametrize(
+    ("profile", "match"),
+    [
+        ({"bytes": 1.5}, "share in"),
+        ({"bytes": True}, "share in"),
+        ({"bytes": 0.0}, "above 0"),
+        (["bytes"], "object"),
+    ],
+)
+def test_a_bad_profile_is_refused(profile: Any, match: str) -> None:
+    data = _alert_data(profile=profile)
+    _rejects(_envelope("false_positive", data), match)

@@ -60,7 +60,6 @@ class AggregateRun(EngineRun):
             **super().as_dict(),
             "bucket_s": BUCKET_S,
             "buckets": self.buckets,
-            "windows": self.windows,
             "buckets_per_s": round(self.buckets / self.seconds, 1),
         }
 
@@ -92,7 +91,9 @@ def aggregate_row(
 ) -> Row:
     """Raw flow events/s of the aggregate-mode engine at `keys` source keys: up to `events`
     flows, stopping early once `max_seconds` are timed."""
-    run = aggregate_throughput(keys, events=events, max_seconds=max_seconds, device=device, seed=seed)
+    run = aggregate_throughput(
+        keys, events=events, max_seconds=max_seconds, device=device, seed=seed
+    )
     data = run.as_dict()
     detail = (
         f"{data['buckets_per_s']:,.0f} buckets/s, {data['windows_per_s']:,.0f} windows/s; "
@@ -171,7 +172,8 @@ def _warmed_detector(keys: int, device: str, seed: int) -> Detector:
 
 
 def _names(keys: int) -> np.ndarray:
-    return np.array([f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}" for i in range(keys)], dtype=object)
+    names = [f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}" for i in range(keys)]
+    return np.array(names, dtype=object)
 
 
 def _flows(keys: int, first_second: float, n_seconds: int, rng: np.random.Generator) -> list[bytes]:

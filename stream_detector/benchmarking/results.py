@@ -1,4 +1,5 @@
-"""The suite's results as rows, the performance targets (benchmarks/README.md) judged on them, and the printed table.
+"""The suite's results as rows, the performance targets (benchmarks/README.md) judged on them,
+and the printed table.
 
 Targets are ratios between rows of one run, never absolute numbers: on a shared machine the
 absolute figures move with the neighbours' load, while rows measured minutes apart in one process
@@ -39,6 +40,12 @@ class Throughput:
 
 def engine_id(keys: int, stride: int) -> str:
     return f"engine.k{keys}.s{stride}"
+
+
+def shadow_ids(keys: int, stride: int) -> tuple[str, str]:
+    """The shadow pair's rows: the detector alone, then with a candidate in its shadow."""
+    pair = f"shadow.k{keys}.s{stride}"
+    return f"{pair}.single", f"{pair}.shadowed"
 
 
 def state_id(keys: int) -> str:
@@ -94,7 +101,8 @@ def _rate(rows: dict[str, Row], row_id: str) -> float:
 
 
 def judge(rows: list[Row], *, stream_keys: int) -> list[Target]:
-    """The four performance targets (benchmarks/README.md), each with how far it is from its goal."""
+    """The four performance targets (benchmarks/README.md), each with how far it is from its
+    goal."""
     by_id = {row.id: row for row in rows}
     targets: list[Target] = []
 

@@ -4,8 +4,10 @@ Rows (see benchmarks/README.md for how to read them):
 
 1. ceilings: consume the stream from the local broker touching each message, then again parsing
    each with orjson; nothing faster can be built on this client and broker;
-2. engine in-process: events/s at K keys and stride S, decode included, no Kafka; and the
-   aggregate-mode engine (raw flow events -> 10 s buckets -> windows) at the stream's K;
+2. engine in-process: events/s at K keys and stride S, decode included, no Kafka; the same at
+   the stream's K and S=16 with and without a candidate model in the shadow of the active one,
+   timed in alternate batches, and their ratio; and the aggregate-mode engine (raw flow events
+   -> 10 s buckets -> windows) at the stream's K;
 3. the service end to end through the broker: sustained events/s at S=16, then event -> alert
    latency at half that rate; once with the default kafka.batch_size and once with smaller
    batches, because at half rate an event mostly waits for its batch to fill;
@@ -15,8 +17,8 @@ Rows (see benchmarks/README.md for how to read them):
    100k keys.
 
 The model has random weights (scoring costs the same trained or not), saved and loaded through
-the real artefact code. The broker is the embedded Tansu child process, so the suite needs no
-Docker and no network.
+the real artefact code; the shadow's candidate is another such model, of another seed. The
+broker is the embedded Tansu child process, so the suite needs no Docker and no network.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ from stream_detector.benchmarking.results import (
     judge,
     keys_label,
     render,
+    shadow_ids,
 )
 from stream_detector.benchmarking.workload import (
     FEATURES,
@@ -243,20 +246,60 @@ def _engine_rows(size: SuiteSize, artefact_dir: Path, device: str, seed: int) ->
                 seed=seed,
             )
             data = run.as_dict()
-            detail = (
-                f"{data['windows_per_s']:,.0f} windows/s; time in decode "
-                f"{data['decode_share']:.0%}, model {data['model_share']:.0%}"
-            )
             rows.append(
                 Row(
                     engine_id(keys, stride),
                     f"engine K={keys_label(keys)} S={stride}",
                     run.events_per_s,
-                    detail,
+                    _engine_detail(data),
                     data,
                 )
             )
     return rows
+
+
+def _shadow_rows(
+    size: SuiteSize, artefact_dir: Path, candidate_dir: Path, device: str, seed: int
+) -> list[Row]:
+    """The engine at the stream's K and the service's stride, alone and with a shadow, each
+    timed about as long as an engine row: on a loaded machine their ratio moves by a tenth
+    from one run of a few seconds to the next."""
+    run = inprocess.shadow_pair(
+        artefact_dir,
+        candidate_dir,
+        size.stream_keys,
+        SERVICE_STRIDE,
+        events=size.engine_events,
+        max_seconds=2 * size.engine_seconds,
+        device=device,
+        seed=seed,
+    )
+    single_id, shadowed_id = shadow_ids(size.stream_keys, SERVICE_STRIDE)
+    label = f"engine K={keys_label(size.stream_keys)} S={SERVICE_STRIDE}"
+    single, shadowed = run.single.as_dict(), run.as_dict()
+    # The candidate's time is the rest: the detector's model time is the active model's.
+    detail = (
+        f"{shadowed['ratio_to_single']:.2f}x the row above; candidate judged "
+        f"{shadowed['shadow_windows']:,} windows; time in decode {shadowed['decode_share']:.0%}, "
+        f"active model {shadowed['model_share']:.0%}"
+    )
+    return [
+        Row(
+            single_id,
+            f"{label}, one model",
+            run.single.events_per_s,
+            f"{_engine_detail(single)}; timed in turn with the row below",
+            single,
+        ),
+        Row(shadowed_id, f"{label} + shadow model", run.events_per_s, detail, shadowed),
+    ]
+
+
+def _engine_detail(data: dict[str, Any]) -> str:
+    return (
+        f"{data['windows_per_s']:,.0f} windows/s; time in decode "
+        f"{data['decode_share']:.0%}, model {data['model_share']:.0%}"
+    )
 
 
 def _river_row(size: SuiteSize, seed: int) -> Row:
@@ -292,11 +335,13 @@ def run_suite(
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="sd-bench-") as work:
         artefact_dir = Path(work) / "model"
-        artefact = untrained_artefact(
-            artefact_dir, bench_settings(SERVICE_STRIDE, device=device), seed=seed
-        )
+        candidate_dir = Path(work) / "candidate"
+        settings = bench_settings(SERVICE_STRIDE, device=device)
+        artefact = untrained_artefact(artefact_dir, settings, seed=seed)
+        untrained_artefact(candidate_dir, settings, seed=seed + 1)
         rows = _broker_rows(size, artefact_dir, Path(work) / "state", device, seed)
         rows += _engine_rows(size, artefact_dir, device, seed)
+        rows += _shadow_rows(size, artefact_dir, candidate_dir, device, seed)
         rows.append(
             aggregate.aggregate_row(
                 size.stream_keys,

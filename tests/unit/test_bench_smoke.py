@@ -27,9 +27,10 @@ from stream_detector.benchmarking.results import (
     engine_id,
     judge,
     render,
+    shadow_ids,
     state_id,
 )
-from stream_detector.benchmarking.suite import SMOKE
+from stream_detector.benchmarking.suite import SERVICE_STRIDE, SMOKE
 from stream_detector.benchmarking.workload import (
     FEATURES,
     WINDOW,
@@ -42,6 +43,7 @@ from stream_detector.engine.decode import Decoder
 from stream_detector.engine.model import LSTMAutoencoder, WindowScorer
 
 STATE_ROWS = {state_id(k): k for k in SMOKE.state_keys}
+SINGLE, SHADOWED = shadow_ids(SMOKE.stream_keys, SERVICE_STRIDE)
 EXPECTED_ROWS = {
     RAW_CEILING,
     CEILING,
@@ -49,6 +51,8 @@ EXPECTED_ROWS = {
     SMALL_BATCHES,
     RIVER,
     MEMORY,
+    SINGLE,
+    SHADOWED,
     aggregate_id(SMOKE.stream_keys),
     *STATE_ROWS,
 } | {engine_id(k, s) for k in SMOKE.engine_keys for s in SMOKE.strides}
@@ -73,6 +77,13 @@ def test_smoke_run_reports_every_row_and_target(tmp_path: Path, capsys) -> None:
         assert 0 < service["latency_ms_p50"] <= service["latency_ms_p99"]
         assert 0 < service["paced_events_per_s"] < service["events_per_s"]
         assert service["behind_at_end_s"] >= 0
+    single, shadowed = rows[SINGLE], rows[SHADOWED]
+    # The pair ran the same messages, and the candidate judged every window the active one did.
+    assert single["events"] == shadowed["events"] > 0
+    assert single["windows"] == shadowed["windows"] == shadowed["shadow_windows"] > 0
+    assert shadowed["single_events_per_s"] == single["events_per_s"]
+    ratio = shadowed["events_per_s"] / single["events_per_s"]
+    assert shadowed["ratio_to_single"] == pytest.approx(ratio, abs=1e-3)
     memory = rows[MEMORY]
     assert memory["keys"] == SMOKE.memory_keys
     # Every per-key array is there: at least the ring buffer of values and times.

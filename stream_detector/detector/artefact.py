@@ -40,9 +40,12 @@ log = structlog.get_logger(__name__)
 
 # 2: metadata records model_settings, the settings the model was trained under, by name.
 # 3: and input_mapping, how records became keys, times and features (see mapping.py).
-ARTEFACT_FORMAT = 3
-# A format 2 artefact still loads, without a stored mapping: nothing else about it changed.
-_READABLE_FORMATS = (2, ARTEFACT_FORMAT)
+# 4: and feature_error_means, the validation windows' mean error per feature (for drift).
+ARTEFACT_FORMAT = 4
+# Older artefacts still load, without the fields added since: nothing else about them changed.
+_READABLE_FORMATS = (2, 3, ARTEFACT_FORMAT)
+# The fields each format added, absent from the formats before it.
+_ADDED_IN = {"input_mapping": 3, "feature_error_means": 4}
 WEIGHTS_FILE = "model.safetensors"
 METADATA_FILE = "metadata.json"
 _VERSION_PREFIX = "lstm-ae-"
@@ -81,6 +84,8 @@ class ModelMetadata:
     calibration_quantiles: dict[str, float]
     global_threshold: float
     training: dict[str, Any]
+    # None for an artefact of format 3 or older, or one whose training did not record them.
+    feature_error_means: tuple[float, ...] | None
 
 
 @dataclass(frozen=True)
@@ -98,6 +103,8 @@ class TrainingResult:
     calibration_quantiles: dict[str, float]
     global_threshold: float
     training: dict[str, Any]
+    # Mean per-feature reconstruction error of the validation windows, in feature order.
+    feature_error_means: tuple[float, ...] | None = None
 
 
 def model_version_of(weights: bytes) -> str:
@@ -152,6 +159,11 @@ def _assemble(
         calibration_quantiles={k: float(v) for k, v in result.calibration_quantiles.items()},
         global_threshold=float(result.global_threshold),
         training=dict(result.training),
+        feature_error_means=(
+            None
+            if result.feature_error_means is None
+            else tuple(float(v) for v in result.feature_error_means)
+        ),
     )
     try:  # what training writes must be what loading accepts
         _checked_metadata(asdict(metadata))
@@ -314,8 +326,7 @@ def _read_metadata(path: Path) -> ModelMetadata:
             "with this version"
         )
     expected = {f.name for f in fields(ModelMetadata)}
-    if version < ARTEFACT_FORMAT:
-        expected.discard("input_mapping")
+    expected -= {name for name, added in _ADDED_IN.items() if version < added}
     missing, unknown = expected - raw.keys(), raw.keys() - expected
     if missing or unknown:
         raise ArtefactError(
@@ -352,6 +363,9 @@ def _checked_metadata(raw: Mapping[str, Any]) -> ModelMetadata:
     if "input_mapping" in raw:
         mapping = _get(raw, "input_mapping", _stored_mapping)
         _check_mapping_agrees(mapping, features, model_settings)
+    error_means = None
+    if raw.get("feature_error_means") is not None:
+        error_means = _get(raw, "feature_error_means", _error_means(n))
     return ModelMetadata(
         format_version=raw["format_version"],
         model_version=_get(raw, "model_version", _pattern(_VERSION_PATTERN)),
@@ -370,6 +384,7 @@ def _checked_metadata(raw: Mapping[str, Any]) -> ModelMetadata:
         calibration_quantiles=_get(raw, "calibration_quantiles", _quantiles),
         global_threshold=_get(raw, "global_threshold", _number(positive=True)),
         training=_get(raw, "training", _record),
+        feature_error_means=error_means,
     )
 
 
@@ -411,6 +426,20 @@ def _numbers(length: int, *, positive: bool) -> Callable[[Any], tuple[float, ...
             shown = len(value) if isinstance(value, list | tuple) else repr(value)
             raise _BadValue(f" needs {length} numbers, one per feature, not {shown}")
         return _each(value, item)
+
+    return check
+
+
+def _error_means(length: int) -> Callable[[Any], tuple[float, ...]]:
+    """One mean squared error per feature: finite and >= 0 (drift divides live errors by it)."""
+    numbers = _numbers(length, positive=False)
+
+    def check(value: Any) -> tuple[float, ...]:
+        means = numbers(value)
+        for i, mean in enumerate(means):
+            if mean < 0:
+                raise _BadValue(f"[{i}] is {mean!r}; an error is >= 0")
+        return means
 
     return check
 

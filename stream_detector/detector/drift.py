@@ -6,6 +6,9 @@ alerts. The artefact holds the validation scores' quantiles, so the share of sco
 between each two of them is known; the live shares over a recent horizon, compared with those,
 give a population stability index (PSI). Beside it: the live median score over the training
 median, the share of windows over their key's threshold, and the share of keys never seen before.
+Per feature, the live mean reconstruction error over the training (validation) mean says which
+feature moved: the scores average the features, so one that drifted alone shows in its own ratio
+long before it moves the score figures.
 
 Monitoring only: nothing here feeds back into scores, thresholds or alerts. Each batch is folded
 in with whole-array operations (no Python loop over windows), and memory is a few fixed-size
@@ -15,8 +18,8 @@ count arrays, whatever the number of windows or keys.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Final
 
@@ -89,10 +92,23 @@ class DriftFigures:
     model_age_days: float | None
     retrain_due: bool
     reasons: tuple[str, ...]
+    # Per feature name: live mean error / training mean error; NaN below min_windows, without
+    # the training means, or where the training mean is 0.
+    feature_error_ratios: Mapping[str, float] = field(default_factory=dict)
 
     @property
     def reason(self) -> str:
         return "; ".join(self.reasons) if self.reasons else "none"
+
+    @property
+    def top_feature(self) -> tuple[str, float] | None:
+        """The feature whose error grew most against training, and its ratio; None when no
+        ratio is known."""
+        known = [(r, name) for name, r in self.feature_error_ratios.items() if not math.isnan(r)]
+        if not known:
+            return None
+        ratio, name = max(known)
+        return name, ratio
 
 
 def drift_fields(figures: DriftFigures) -> dict[str, object]:
@@ -101,6 +117,7 @@ def drift_fields(figures: DriftFigures) -> dict[str, object]:
     def rounded(value: float | None) -> float | None:
         return None if value is None or math.isnan(value) else round(value, 4)
 
+    top = figures.top_feature
     return {
         "windows": round(figures.windows),
         "psi": rounded(figures.psi),
@@ -109,13 +126,19 @@ def drift_fields(figures: DriftFigures) -> dict[str, object]:
         "expected_over_threshold_share": rounded(figures.expected_over_threshold_share),
         "new_key_share": rounded(figures.new_key_share),
         "model_age_days": rounded(figures.model_age_days),
+        "top_feature": None if top is None else top[0],
+        "top_feature_ratio": None if top is None else rounded(top[1]),
         "retrain_due": figures.retrain_due,
         "reason": figures.reason,
     }
 
 
 class DriftMonitor:
-    """Decayed score statistics of one model version against its training calibration."""
+    """Decayed score statistics of one model version against its training calibration.
+
+    `features` and `feature_error_means` (the artefact's, None for one written before training
+    recorded them) give the per-feature error ratios; without the means they stay NaN.
+    """
 
     def __init__(
         self,
@@ -123,6 +146,8 @@ class DriftMonitor:
         calibration_quantiles: Mapping[str, float],
         global_threshold: float | None = None,
         created_at: str | None = None,
+        features: Sequence[str] = (),
+        feature_error_means: Sequence[float] | None = None,
     ) -> None:
         self.settings = settings
         # Per window, every earlier window's weight is multiplied by this: halved after
@@ -144,6 +169,9 @@ class DriftMonitor:
         self._keys_seen_at = (0, 0)  # running totals at the start of the open interval
         self._keys_last = (0, 0)
         self._new_key_share = math.nan
+        self.features = tuple(features)
+        self._train_errors = _training_errors(self.features, feature_error_means)
+        self._error_sums = np.zeros(len(self.features), dtype=np.float64)
 
     def update(self, scored: ScoredWindows) -> None:
         """Fold one batch's windows in, in arrival order: the newest weighs 1, the one before
@@ -167,6 +195,9 @@ class DriftMonitor:
             )
         self._over = self._over * carried + float(weights[np.asarray(scored.exceed, bool)].sum())
         self._weight = self._weight * carried + float(weights.sum())
+        if self._train_errors is not None:
+            self._error_sums *= carried
+            self._error_sums += weights @ np.asarray(scored.feature_errors, dtype=np.float64)
 
     def observe_keys(self, seen_total: int, new_total: int) -> None:
         """The window store's running totals of keys seen per ingest step and of those that held
@@ -207,7 +238,18 @@ class DriftMonitor:
             model_age_days=age,
             retrain_due=bool(reasons),
             reasons=tuple(reasons),
+            feature_error_ratios=self._feature_error_ratios(enough),
         )
+
+    def _feature_error_ratios(self, enough: bool) -> dict[str, float]:
+        """Per feature, the decayed live mean error over the training mean (NaN: unknown)."""
+        if not enough or self._train_errors is None:
+            return dict.fromkeys(self.features, math.nan)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratios = np.where(
+                self._train_errors > 0, self._error_sums / self._weight / self._train_errors, np.nan
+            )
+        return dict(zip(self.features, ratios.tolist(), strict=True))
 
     def _median_ratio(self) -> float:
         """Live median / training median, interpolated in log space inside its fine bin."""
@@ -219,6 +261,19 @@ class DriftMonitor:
         below = cumulative[i - 1] if i > 0 else 0.0
         within = (total / 2.0 - below) / self._fine[i] if self._fine[i] > 0 else 0.5
         return float(2.0 ** (-_LOG2_RANGE + (i + within) * _LOG2_STEP))
+
+
+def _training_errors(
+    features: tuple[str, ...], means: Sequence[float] | None
+) -> np.ndarray | None:
+    """The training mean error per feature, as an array; None without them."""
+    if means is None:
+        return None
+    if len(means) != len(features):
+        raise ValueError(
+            f"{len(means)} feature error means for {len(features)} features {list(features)}"
+        )
+    return np.asarray(means, dtype=np.float64)
 
 
 def _fine_bin(scores: np.ndarray, median: float) -> np.ndarray:

@@ -166,12 +166,12 @@ def train(
         device=str(device),
     )
     fit = _fit(model, scorer, split, cfg, rng, progress)
-    calibration, warnings = _calibrate(scorer, split, settings)
+    calibration = _calibrate(scorer, split, settings)
     result = TrainingResult(
         norm_mean=tuple(float(v) for v in collected.mean),
         norm_std=tuple(float(v) for v in collected.std),
-        calibration_quantiles=calibration,
-        global_threshold=calibration[f"{cfg.calibration_quantile:g}"],
+        calibration_quantiles=calibration.quantiles,
+        global_threshold=calibration.quantiles[f"{cfg.calibration_quantile:g}"],
         training={
             "epochs_run": len(fit.val_history),
             "best_epoch": fit.best_epoch,
@@ -188,8 +188,9 @@ def train(
             "seed": cfg.seed,
             "seconds": round(time.perf_counter() - started, 3),
             "device": str(device),
-            "warnings": warnings,
+            "warnings": calibration.warnings,
         },
+        feature_error_means=calibration.feature_error_means,
     )
     model = model.cpu()
     if out_dir is None:
@@ -284,19 +285,32 @@ def _fit(
     return _Fit(train_history, val_history, best_epoch, best_loss)
 
 
-def _calibrate(
-    scorer: WindowScorer, split: _Split, settings: Settings
-) -> tuple[dict[str, float], list[str]]:
-    """The validation scores' quantiles (the configured one is the global threshold), and what
-    the data was too small to estimate well."""
-    val_scores = scorer.score(split.val_windows).scores.astype(np.float64)
+@dataclass(frozen=True)
+class _Calibration:
+    quantiles: dict[str, float]  # validation-score quantiles by "q"
+    feature_error_means: tuple[float, ...]  # validation windows' mean error per feature
+    warnings: list[str]
+
+
+def _calibrate(scorer: WindowScorer, split: _Split, settings: Settings) -> _Calibration:
+    """The validation scores' quantiles (the configured one is the global threshold), the mean
+    error per feature (what drift compares each feature's live errors with), and what the data
+    was too small to estimate well."""
+    scored = scorer.score(split.val_windows)
+    val_scores = scored.scores.astype(np.float64)
     n_val = len(split.val_windows)
     warnings = _small_data_warnings(len(split.train_x) + n_val, n_val, settings)
     for warning in warnings:
         log.warning("training data too small", detail=warning)
     quantiles = sorted({*CALIBRATION_QUANTILES, settings.train.calibration_quantile})
     values = np.quantile(val_scores, quantiles)
-    return {f"{q:g}": float(v) for q, v in zip(quantiles, values, strict=True)}, warnings
+    return _Calibration(
+        quantiles={f"{q:g}": float(v) for q, v in zip(quantiles, values, strict=True)},
+        feature_error_means=tuple(
+            float(v) for v in scored.feature_errors.astype(np.float64).mean(axis=0)
+        ),
+        warnings=warnings,
+    )
 
 
 def _small_data_warnings(n_windows: int, n_val: int, settings: Settings) -> list[str]:

@@ -27,9 +27,10 @@ import structlog
 from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
 
 from stream_detector.config import ConfigError, Settings
-from stream_detector.detector.artefact import ArtefactError
+from stream_detector.detector.artefact import ArtefactError, ModelMetadata
 from stream_detector.detector.drift import DriftFigures, DriftMonitor, drift_fields
 from stream_detector.detector.facade import load_detector
+from stream_detector.detector.registry import RegistryError
 from stream_detector.engine.types import ScoredWindows
 from stream_detector.kafka.clients import Clients, create_client
 from stream_detector.kafka.commit import commit_policy
@@ -71,6 +72,9 @@ def run_service(settings: Settings, *, stop_event: threading.Event | None = None
         except (ConfigError, ArtefactError) as exc:
             log.error("cannot start the service", error=str(exc))
             return EXIT_CONFIG
+        except RegistryError as exc:  # e.g. a registry topic on a broker not reachable yet
+            log.error("cannot start the service: the model registry is unreadable", error=str(exc))
+            return EXIT_FATAL
         _freeze_startup_objects()
         return service.run()
 
@@ -83,6 +87,19 @@ def _freeze_startup_objects() -> None:
     (p99 event -> alert 300 ms; 132 ms once frozen, measured by `stream-detector bench`)."""
     gc.collect()  # garbage already there would otherwise be frozen for good
     gc.freeze()
+
+
+def _drift_monitor(settings: Settings, meta: ModelMetadata) -> DriftMonitor:
+    """Drift of the live stream against this model's training: its scores' calibration and,
+    where the artefact records them, its features' mean errors."""
+    return DriftMonitor(
+        settings.drift,
+        meta.calibration_quantiles,
+        meta.global_threshold,
+        meta.created_at,
+        features=meta.features,
+        feature_error_means=meta.feature_error_means,
+    )
 
 
 class KafkaService:
@@ -104,11 +121,9 @@ class KafkaService:
         # so that the state stores and output see the mode and keys the detector decodes with.
         settings = self.settings = self.detector.settings
         self.health.model_loaded = True
-        self.metrics.start_model(self.detector.model_version)
         meta = self.detector.metadata
-        self.drift = DriftMonitor(
-            settings.drift, meta.calibration_quantiles, meta.global_threshold, meta.created_at
-        )
+        self.metrics.start_model(self.detector.model_version, meta.features)
+        self.drift = _drift_monitor(settings, meta)
         self.lifecycle = (
             None
             if self.registry is None
@@ -325,9 +340,7 @@ class KafkaService:
     def _follow_model(self) -> None:
         """Drift is measured per model version: after a swap, against the new calibration."""
         meta = self.detector.metadata
-        self.drift = DriftMonitor(
-            self.settings.drift, meta.calibration_quantiles, meta.global_threshold, meta.created_at
-        )
+        self.drift = _drift_monitor(self.settings, meta)
         self.drift_version = meta.model_version
 
     def _record_drift(self, scored: ScoredWindows) -> DriftFigures:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter as Tally
+from collections.abc import Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -125,6 +126,14 @@ class ServiceMetrics:
             ["model_version"],
             registry=r,
         )
+        self.drift_feature_ratio = Gauge(
+            "sd_drift_feature_error_ratio",
+            "Mean reconstruction error of recent windows over the training (validation) mean, "
+            "per feature: which feature drifted (NaN until drift.min_windows, or for a model "
+            "artefact that does not record the training means).",
+            ["model_version", "feature"],
+            registry=r,
+        )
         self.retrain_due = Gauge(
             "sd_retrain_due",
             "1 when retraining is due (score PSI over drift.psi_bound, or the model older than "
@@ -191,12 +200,22 @@ class ServiceMetrics:
         self._out_of_order_seen = 0
         self._late_seen = 0
         self._aggregate_evicted_seen = 0
+        self._features: tuple[str, ...] = ()
 
-    def start_model(self, model_version: str) -> None:
-        """The loaded model, and its drift series present from the start (NaN: not measured)."""
+    def start_model(self, model_version: str, features: Sequence[str] | None = None) -> None:
+        """The loaded model, and its drift series present from the start (NaN: not measured).
+
+        `features`, the model's feature names, are given with the first model; one swapped in
+        later has the same (loading refuses a model whose features differ from the settings')."""
+        if features is not None:
+            self._features = tuple(features)
         self.model_info.labels(model_version=model_version).set(1)
         for gauge in self._drift_gauges():
             gauge.labels(model_version=model_version).set(math.nan)
+        for feature in self._features:
+            self.drift_feature_ratio.labels(model_version=model_version, feature=feature).set(
+                math.nan
+            )
         self.retrain_due.labels(model_version=model_version).set(0)
 
     def model_swapped(self, previous: str, model_version: str) -> None:
@@ -215,6 +234,8 @@ class ServiceMetrics:
         )
         for gauge, value in zip(self._drift_gauges(), values, strict=True):
             gauge.labels(model_version=model_version).set(value)
+        for feature, ratio in figures.feature_error_ratios.items():
+            self.drift_feature_ratio.labels(model_version=model_version, feature=feature).set(ratio)
         self.retrain_due.labels(model_version=model_version).set(int(figures.retrain_due))
 
     def _drift_gauges(self) -> tuple[Gauge, ...]:

@@ -61,6 +61,7 @@ RESULT = TrainingResult(
     calibration_quantiles={"0.5": 0.1, "0.9": 0.2, "0.995": 0.4},
     global_threshold=0.4,
     training={"epochs_run": 3, "best_epoch": 2, "val_loss": [0.3, 0.2, 0.25]},
+    feature_error_means=(0.05, 0.15),
 )
 
 
@@ -107,6 +108,7 @@ def test_metadata_describes_the_model(saved: Path) -> None:
     assert meta.norm_mean == (1.0, 2.0) and meta.norm_std == (0.5, 3.0)
     assert meta.global_threshold == 0.4
     assert meta.training["val_loss"] == [0.3, 0.2, 0.25]
+    assert meta.feature_error_means == (0.05, 0.15)
     assert meta.model_version == model_version_of((saved / WEIGHTS_FILE).read_bytes())
     assert meta.model_version.startswith("lstm-ae-") and len(meta.model_version) == 8 + 12
 
@@ -191,7 +193,7 @@ def test_missing_directory_is_refused(tmp_path: Path) -> None:
         load_artefact(tmp_path / "nowhere", _settings(), CPU)
 
 
-@pytest.mark.parametrize("version", [ARTEFACT_FORMAT + 1, ARTEFACT_FORMAT - 2, 0, "1", True, None])
+@pytest.mark.parametrize("version", [ARTEFACT_FORMAT + 1, 1, 0, "1", True, None])
 def test_unsupported_format_version_is_refused(saved: Path, version: Any) -> None:
     _edit_metadata(saved, format_version=version)
     with pytest.raises(ArtefactError, match="format_version"):
@@ -209,6 +211,37 @@ def test_metadata_missing_a_field_is_refused(saved: Path) -> None:
     del data["norm_std"]
     (saved / METADATA_FILE).write_bytes(orjson.dumps(data))
     with pytest.raises(ArtefactError, match="norm_std"):
+        load_artefact(saved, _settings(), CPU)
+
+
+def test_an_artefact_without_feature_error_means_still_loads(tmp_path: Path, saved: Path) -> None:
+    """Format 3 artefacts were written before training recorded them; a format 4 one whose
+    training did not (e.g. built by hand) records null. Either loads, without them."""
+    data = orjson.loads((saved / METADATA_FILE).read_bytes())
+    del data["feature_error_means"]
+    data["format_version"] = 3
+    (saved / METADATA_FILE).write_bytes(orjson.dumps(data))
+    loaded = load_artefact(saved, _settings(), CPU).metadata
+    assert loaded.format_version == 3 and loaded.feature_error_means is None
+    settings = _settings()
+    without = replace(RESULT, feature_error_means=None)
+    save_artefact(tmp_path / "null", _model(settings), settings, without)
+    assert orjson.loads((tmp_path / "null" / METADATA_FILE).read_bytes())[
+        "feature_error_means"
+    ] is None
+    assert load_artefact(tmp_path / "null", settings, CPU).metadata.feature_error_means is None
+
+
+def test_a_format_4_artefact_must_record_feature_error_means(saved: Path) -> None:
+    data = orjson.loads((saved / METADATA_FILE).read_bytes())
+    del data["feature_error_means"]
+    (saved / METADATA_FILE).write_bytes(orjson.dumps(data))
+    with pytest.raises(ArtefactError, match=r"missing \['feature_error_means'\]"):
+        load_artefact(saved, _settings(), CPU)
+    data["feature_error_means"] = None
+    data["format_version"] = 3  # a format 3 artefact has no such field, not even null
+    (saved / METADATA_FILE).write_bytes(orjson.dumps(data))
+    with pytest.raises(ArtefactError, match=r"unknown \['feature_error_means'\]"):
         load_artefact(saved, _settings(), CPU)
 
 
@@ -271,6 +304,10 @@ def test_resaving_over_an_artefact_replaces_it(tmp_path: Path) -> None:
         ("training", [], "training is [], not an object"),
         ("config_fingerprint", "zz", "config_fingerprint is 'zz', not of the form"),
         ("model_settings", {}, "model_settings needs the settings the model was trained under"),
+        ("feature_error_means", [-0.1, 0.3], "feature_error_means[0] is -0.1; an error is >= 0"),
+        ("feature_error_means", [0.1], "feature_error_means needs 2 numbers, one per feature"),
+        ("feature_error_means", [0.1, "0.3"], "feature_error_means[1] is '0.3', not a number"),
+        ("feature_error_means", {"cpu": 0.1}, "feature_error_means needs 2 numbers"),
     ],
 )
 def test_every_unusable_metadata_value_is_refused_by_name(
@@ -300,6 +337,7 @@ def test_edited_model_settings_no_longer_match_their_fingerprint(saved: Path) ->
         ({"norm_mean": (math.nan, 2.0)}, "norm_mean[0] is nan, not finite"),
         ({"norm_mean": (1.0,)}, "norm_mean needs 2 numbers"),
         ({"global_threshold": math.nan}, "global_threshold is nan, not finite"),
+        ({"feature_error_means": (0.1, math.inf)}, "feature_error_means[1] is inf, not finite"),
     ],
 )
 def test_save_refuses_what_loading_would_refuse(
@@ -364,7 +402,7 @@ def test_settings_that_do_not_change_what_a_window_holds_are_free(
 
 
 AGGREGATE = {"input": {"mode": "aggregate", "value_fields": ("events",)}}
-ONE_FEATURE = replace(RESULT, norm_mean=(1.0,), norm_std=(0.5,))
+ONE_FEATURE = replace(RESULT, norm_mean=(1.0,), norm_std=(0.5,), feature_error_means=(0.05,))
 
 
 @pytest.fixture()

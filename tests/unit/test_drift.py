@@ -9,10 +9,20 @@ import numpy as np
 import pytest
 
 from stream_detector.config import ConfigError, DriftConfig, Settings
-from stream_detector.detector.drift import DriftMonitor, calibration_bins, model_age_days, psi
+from stream_detector.detector.drift import (
+    DriftMonitor,
+    calibration_bins,
+    drift_fields,
+    model_age_days,
+    psi,
+)
 from stream_detector.engine.types import ScoredWindows
+from stream_detector.kafka.telemetry import ServiceMetrics
 
 LEVELS = (0.5, 0.9, 0.99, 0.995, 0.999)
+FEATURES = ("cpu", "latency", "errors")
+# The validation windows' mean error per feature, as `train` stores them.
+TRAINING_ERRORS = (0.2, 1.0, 0.05)
 
 
 def _training_quantiles(seed: int = 0) -> dict[str, float]:
@@ -21,7 +31,9 @@ def _training_quantiles(seed: int = 0) -> dict[str, float]:
     return {f"{q:g}": float(v) for q, v in zip(LEVELS, np.quantile(scores, LEVELS), strict=True)}
 
 
-def _scored(scores: np.ndarray, exceed: np.ndarray | None = None) -> ScoredWindows:
+def _scored(
+    scores: np.ndarray, exceed: np.ndarray | None = None, errors: np.ndarray | None = None
+) -> ScoredWindows:
     n = len(scores)
     f = np.zeros((n, 1), dtype=np.float32)
     return ScoredWindows(
@@ -33,7 +45,7 @@ def _scored(scores: np.ndarray, exceed: np.ndarray | None = None) -> ScoredWindo
         scores=scores.astype(np.float32),
         thresholds=np.ones(n, dtype=np.float32),
         exceed=np.zeros(n, dtype=bool) if exceed is None else exceed,
-        feature_errors=f,
+        feature_errors=f if errors is None else errors.astype(np.float32),
         actual=f,
         expected=f,
     )
@@ -50,6 +62,30 @@ def _monitor(**settings: float) -> DriftMonitor:
 def _feed(monitor: DriftMonitor, scores: np.ndarray, batch: int = 500) -> None:
     for start in range(0, len(scores), batch):
         monitor.update(_scored(scores[start : start + batch]))
+
+
+def _feature_monitor(
+    means: tuple[float, ...] | None = TRAINING_ERRORS, **settings: float
+) -> DriftMonitor:
+    quantiles = _training_quantiles()
+    return DriftMonitor(
+        DriftConfig(**settings), quantiles, global_threshold=quantiles["0.99"],
+        features=FEATURES, feature_error_means=means,
+    )
+
+
+def _errors(n: int, seed: int, scale: tuple[float, ...] = (1.0, 1.0, 1.0)) -> np.ndarray:
+    """[n, F] per-window errors like the training ones (squared-normal noise around each
+    feature's training mean), each feature's multiplied by `scale`."""
+    noise = np.random.default_rng(seed).chisquare(4, size=(n, len(FEATURES))) / 4.0
+    return noise * np.asarray(TRAINING_ERRORS) * np.asarray(scale)
+
+
+def _feed_errors(monitor: DriftMonitor, errors: np.ndarray, batch: int = 500) -> None:
+    scores = errors.mean(axis=1)
+    for start in range(0, len(errors), batch):
+        stop = start + batch
+        monitor.update(_scored(scores[start:stop], errors=errors[start:stop]))
 
 
 def test_bins_carry_the_expected_shares_and_merge_tied_quantiles() -> None:
@@ -181,3 +217,87 @@ def test_drift_settings_are_validated() -> None:
                 {"max_model_age_days": -1}, {"min_windows": 0}):
         with pytest.raises((ConfigError, ValueError)):
             DriftConfig(**bad)
+
+
+# -- per-feature errors against the training means -------------------------------------------------
+
+
+def test_errors_like_training_give_ratios_near_one() -> None:
+    monitor = _feature_monitor()
+    _feed_errors(monitor, _errors(60_000, seed=5))
+    ratios = monitor.figures().feature_error_ratios
+    assert list(ratios) == list(FEATURES)
+    assert list(ratios.values()) == pytest.approx([1.0, 1.0, 1.0], rel=0.05)
+
+
+def test_a_feature_whose_errors_tripled_is_named_and_the_others_stay_near_one() -> None:
+    monitor = _feature_monitor()
+    _feed_errors(monitor, _errors(60_000, seed=6, scale=(1.0, 3.0, 1.0)))
+    figures = monitor.figures()
+    ratios = figures.feature_error_ratios
+    assert ratios["latency"] == pytest.approx(3.0, rel=0.05)
+    assert (ratios["cpu"], ratios["errors"]) == pytest.approx((1.0, 1.0), rel=0.05)
+    assert figures.top_feature == ("latency", ratios["latency"])
+    fields = drift_fields(figures)
+    assert fields["top_feature"] == "latency"
+    assert fields["top_feature_ratio"] == pytest.approx(3.0, rel=0.05)
+
+
+def test_feature_ratios_are_nan_where_unknown() -> None:
+    few = _feature_monitor(min_windows=1000)
+    _feed_errors(few, _errors(500, seed=7))
+    assert all(math.isnan(r) for r in few.figures().feature_error_ratios.values())
+    # An artefact written before training recorded the means: the features, with no ratio.
+    unrecorded = _feature_monitor(means=None)
+    _feed_errors(unrecorded, _errors(5000, seed=7))
+    figures = unrecorded.figures()
+    assert list(figures.feature_error_ratios) == list(FEATURES)
+    assert all(math.isnan(r) for r in figures.feature_error_ratios.values())
+    assert figures.top_feature is None
+    assert drift_fields(figures)["top_feature"] is None
+    assert drift_fields(figures)["top_feature_ratio"] is None
+    # A training mean of 0 (a feature the model reconstructed perfectly) has no ratio either.
+    zero = _feature_monitor(means=(0.2, 0.0, 0.05))
+    _feed_errors(zero, _errors(5000, seed=7))
+    ratios = zero.figures().feature_error_ratios
+    assert math.isnan(ratios["latency"]) and ratios["cpu"] == pytest.approx(1.0, rel=0.1)
+
+
+def test_feature_means_must_match_the_features() -> None:
+    with pytest.raises(ValueError, match="2 feature error means for 3 features"):
+        _feature_monitor(means=(0.2, 1.0))
+
+
+@pytest.mark.parametrize("batch", [7, 700])
+def test_figures_do_not_depend_on_the_batch_size(batch: int) -> None:
+    """The same windows one at a time, in batches of 7 and all at once: the same figures, the
+    decay applied per window whatever the batching."""
+    errors = _errors(700, seed=8, scale=(1.0, 2.0, 0.5))
+    one = _feature_monitor(half_life_windows=50, min_windows=10)
+    other = _feature_monitor(half_life_windows=50, min_windows=10)
+    _feed_errors(one, errors, batch=1)
+    _feed_errors(other, errors, batch=batch)
+    a, b = one.figures(), other.figures()
+    for name in ("windows", "psi", "median_ratio", "over_threshold_share"):
+        assert getattr(b, name) == pytest.approx(getattr(a, name), rel=1e-9), name
+    assert list(b.feature_error_ratios.values()) == pytest.approx(
+        list(a.feature_error_ratios.values()), rel=1e-9
+    )
+    assert a.feature_error_ratios["latency"] == pytest.approx(2.0, rel=0.3)
+
+
+def test_the_feature_ratio_gauge_per_model_version_and_feature() -> None:
+    metrics = ServiceMetrics()
+    metrics.start_model("v1", FEATURES)
+    sample = metrics.registry.get_sample_value
+    name = "sd_drift_feature_error_ratio"
+    for feature in FEATURES:  # present from the start, NaN: not measured yet
+        assert math.isnan(sample(name, {"model_version": "v1", "feature": feature}))
+    monitor = _feature_monitor(min_windows=10)
+    _feed_errors(monitor, _errors(5000, seed=9, scale=(1.0, 3.0, 1.0)))
+    figures = monitor.figures()
+    metrics.record_drift("v1", figures)
+    latency = sample(name, {"model_version": "v1", "feature": "latency"})
+    assert latency == figures.feature_error_ratios["latency"]
+    metrics.model_swapped("v1", "v2")  # a swapped-in model has the same features
+    assert math.isnan(sample(name, {"model_version": "v2", "feature": "cpu"}))

@@ -182,6 +182,16 @@ def test_threshold_is_calibrated_on_the_scores_serving_computes() -> None:
     assert np.mean(scores <= artefact.metadata.global_threshold) > 0.9
 
 
+def test_feature_error_means_are_the_validation_windows_mean_errors() -> None:
+    """Per feature, what drift compares the live errors with: a window's score is the mean of
+    its feature errors, so their means average to the best validation loss (the mean score)."""
+    meta = train(_batches(), _settings(), None).metadata
+    means = meta.feature_error_means
+    assert means is not None and len(means) == len(meta.features)
+    assert all(m > 0 for m in means)
+    assert float(np.mean(means)) == pytest.approx(meta.training["best_val_loss"], rel=1e-5)
+
+
 def test_out_dir_gets_a_loadable_artefact(tmp_path: Path) -> None:
     settings = _settings()
     trained = train(_batches(), settings, tmp_path / "model")

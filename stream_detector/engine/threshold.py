@@ -77,7 +77,8 @@ class AdaptiveThreshold(SlotArrays):
         """Judge B scores (arrival order) against their keys' thresholds; learn from normal ones.
 
         Operator feedback comes in per window: the key's threshold is divided by `divisor`, then
-        raised to at least `floor`, and a window whose `learn` is false is judged but not learnt.
+        raised to at least `floor`, and a window whose `learn` is false is judged but not learnt;
+        nor is one that only the floor keeps from exceeding.
         `warm`, when given (bool [B]), is set to whether each window was judged by its key's own
         threshold rather than the warm-up one.
 
@@ -95,12 +96,16 @@ class AdaptiveThreshold(SlotArrays):
                 warm[rows] = self._count[slot] >= self._warmup
             if divisor is not None:
                 limit = limit / divisor[rows]
+            # A window over the key's own band that only a floor holds back is not learnt: it is
+            # the pattern an operator called harmless, not the key's normal, and learning it
+            # would widen the band until other anomalies of the key pass under it too.
+            unusual = x > limit
             if floor is not None:
                 limit = np.maximum(limit, floor[rows])
             thresholds[rows] = limit
             over = x > limit
             exceed[rows] = over
-            absorb = ~over & np.isfinite(x)
+            absorb = ~unusual & np.isfinite(x)
             if learn is not None:
                 absorb &= learn[rows]
             if absorb.any():

@@ -38,6 +38,11 @@ from stream_detector.evaluation.datasets import (
     load_smap_msl,
 )
 from stream_detector.evaluation.heldout import cut_time
+from stream_detector.evaluation.maintenance import (
+    MAINTENANCE,
+    load_maintenance,
+    maintenance_sections,
+)
 from stream_detector.evaluation.mixed_scale import (
     MIXED_SCALE,
     load_mixed_scale,
@@ -347,6 +352,10 @@ What it reads:
                                 any address inside one detects it), GOOD-SSH logins must not alert
   --dataset mixed_scale         the demo's telemetry with each device scaled by 10^-3 .. 10^7
                                 (generated; recall per decade: keys of any scale alike?)
+  --dataset maintenance         the demo's telemetry with a benign maintenance job (labelled
+                                normal) every 200 readings on 3 of its 30 devices, from after
+                                the train part on (generated; groups `maintenance` and `fleet`:
+                                does a false_positive stop the job's repeats, and only those?)
   --dataset network | network_subtle
                                 the synthetic network scenarios (raw flow events, aggregate mode,
                                 labelled attacks), generated into --out; the scenario brings its
@@ -359,7 +368,7 @@ Operator feedback: --feedback FILE applies feedback CloudEvents to the model bef
 of this same feed). --write-false-positives FILE plays the operator: it marks every model alert
 episode the evaluation judged false, for a second run to replay with --model OUT/model.
 --split-at SHARE keeps an honest figure: only episodes over before the cut are marked, and the
-part after it is scored on its own.
+part after it is scored on its own (held out).
 """
 
 EVALUATE_EPILOG = """\
@@ -372,9 +381,9 @@ examples:
   stream-detector evaluate --events flows.jsonl --labels flows.labels.json --config flows.toml
 
 precision before and after operator feedback (the same model both times):
-  stream-detector evaluate --dataset mixed_scale --out reports/fp0 --split-at 0.5 \\
+  stream-detector evaluate --dataset maintenance --out reports/fp0 --split-at 0.5 \\
       --write-false-positives reports/fp0/false_positives.jsonl
-  stream-detector evaluate --dataset mixed_scale --out reports/fp1 --split-at 0.5 \\
+  stream-detector evaluate --dataset maintenance --out reports/fp1 --split-at 0.5 \\
       --model reports/fp0/model --feedback reports/fp0/false_positives.jsonl
 
 feedback file (--feedback): JSONL, one feedback CloudEvent a line, applied in file order, as
@@ -398,7 +407,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dataset",
         help=f"smap_msl (the default without --events), skab or {WESTERMO} (looked up under "
-        f"./data or the checkout's shared/data), {MIXED_SCALE} or "
+        f"./data or the checkout's shared/data), {MIXED_SCALE}, {MAINTENANCE} or "
         f"{' or '.join(sorted(SCENARIOS))} (generated), a "
         "SMAP/MSL- or SKAB-style directory, or a CSV/JSONL file with input.label_field",
     )
@@ -452,7 +461,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         metavar="FILE",
         help="after the run, write a false_positive event (JSONL) for every model alert episode "
-        "judged false and resolved, for --feedback FILE with --model OUT/model",
+        "judged false and resolved (with --split-at: resolved before the cut), for --feedback "
+        "FILE with --model OUT/model",
     )
     parser.add_argument(
         "--split-at",
@@ -492,6 +502,8 @@ def evaluation_defaults(args: argparse.Namespace) -> dict[str, Any]:
         raise ConfigError("--side picks a Westermo recording point: use it with --dataset westermo")
     if args.dataset == MIXED_SCALE:
         return mixed_scale_sections()
+    if args.dataset == MAINTENANCE:
+        return maintenance_sections()
     if args.dataset is not None and _is_skab_name(args.dataset):
         # The experiments' sensors are the features; everything else stays as configured.
         return {"input": {"value_fields": list(SKAB_FEATURES)}}
@@ -526,6 +538,8 @@ def _load_from_args(args: argparse.Namespace, settings: Settings) -> LabelledDat
         return load_scenario(args.dataset, data_dir, settings, fraction)
     if args.dataset == MIXED_SCALE:
         return load_mixed_scale()
+    if args.dataset == MAINTENANCE:
+        return load_maintenance()
     if args.dataset == WESTERMO:
         return load_westermo(resolve_dataset(WESTERMO), args.side or SIDES[0], settings)
     if settings.input.mode == "aggregate":

@@ -28,6 +28,12 @@ Anomalies (magnitudes in amplitude units; with the default noise 0.05, one unit 
 Signal and anomalies draw from two independent random streams, so a generator with
 `anomaly_rate=0` and the same seed yields the exact clean twin of an anomalous feed: the
 difference between the two is the injected anomalies and nothing else.
+
+Optionally (`maintenance`), a few devices run a recurring benign job (`MaintenanceJob`): the same
+short burst at a fixed period, never labelled. Real feeds have such events (a nightly backup, a
+scheduled self-test) and an operator marks one as a false positive expecting its repeats to stay
+quiet; the job draws no random numbers, so the feed with it differs from the feed without it in
+the job's readings only.
 """
 
 from __future__ import annotations
@@ -123,13 +129,70 @@ class InjectedAnomaly:
 
 
 @dataclass(frozen=True)
+class MaintenanceJob:
+    """A benign job on a few devices (indices), run every `every` readings from tick `first` on.
+
+    Each run lasts `length` readings and has the same shape every time, in amplitude units:
+    vibration steps up by `vibration` for the whole run (a motor or fan at full duty) while
+    temperature rises and falls back in a half-sine bump of height `temperature` (the heat it
+    makes). With the default noise, 2.5 units of vibration are about 17 sigma of that noisy
+    sensor and 1 unit of temperature 20 sigma: as far out as a level shift, so a model that never
+    saw the job flags it. `first` lets it start after the stretch a model was trained on.
+    """
+
+    devices: tuple[int, ...]
+    every: int = 200
+    first: int = 0
+    length: int = 24
+    vibration: float = 2.5
+    temperature: float = 1.0
+
+    def problems(self, devices: int, sensors: tuple[str, ...]) -> list[str]:
+        """What makes this job impossible in a feed of `devices` devices with `sensors`."""
+        problems = []
+        if not self.devices or len(set(self.devices)) != len(self.devices):
+            problems.append("maintenance.devices must list at least one device, each once")
+        if any(not 0 <= d < devices for d in self.devices):
+            problems.append(f"maintenance.devices must be device indices in [0, {devices})")
+        if not 0 < self.length < self.every or self.first < 0:
+            problems.append("maintenance needs 0 < length < every and first >= 0 (readings)")
+        if not {"temperature", "vibration"} & set(sensors):
+            problems.append("maintenance shows on temperature and vibration: keep either")
+        return problems
+
+    def shape(self) -> np.ndarray:
+        """[length, len(SENSORS)] offsets in amplitude units, canonical sensor order."""
+        offsets = np.zeros((self.length, len(SENSORS)))
+        offsets[:, SENSORS.index("vibration")] = self.vibration
+        phase = (np.arange(self.length) + 0.5) / self.length
+        offsets[:, SENSORS.index("temperature")] = self.temperature * np.sin(np.pi * phase)
+        return offsets
+
+    def step(self, tick: int) -> int | None:
+        """Position of `tick` within a run, or None between runs."""
+        since = tick - self.first
+        if since < 0 or since % self.every >= self.length:
+            return None
+        return since % self.every
+
+
+@dataclass(frozen=True)
+class MaintenanceRun:
+    """One run of a maintenance job on one device: an inclusive event-time range, not a label."""
+
+    key: str
+    start_ts: float
+    end_ts: float
+
+
+@dataclass(frozen=True)
 class GeneratorConfig:
     """Shape of the synthetic feed; the defaults suit the demo.
 
     anomaly_rate is the expected number of anomalies per device per day; 0.5 with 200 devices
     starts about one every six readings of the fleet, so even a 30-tick demo shows several while
     ~7% of readings are anomalous. warmup_s is one day, so the model trains on every phase of the
-    cycle before any anomaly appears.
+    cycle before any anomaly appears. maintenance adds a recurring benign job (None: no job).
     """
 
     devices: int = 200
@@ -142,6 +205,7 @@ class GeneratorConfig:
     warmup_s: float = 600.0
     seed: int = 0
     start_ts: float = 1_700_000_000.0
+    maintenance: MaintenanceJob | None = None
 
     def __post_init__(self) -> None:
         problems = []
@@ -166,6 +230,8 @@ class GeneratorConfig:
                 "broken_correlation needs both temperature and humidity sensors;"
                 " add them or drop it from anomaly_kinds"
             )
+        if self.maintenance is not None:
+            problems += self.maintenance.problems(self.devices, self.sensors)
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -213,6 +279,9 @@ class TelemetryGenerator:
         self._anomalies: list[InjectedAnomaly] = []
         # Label index, rebuilt lazily: anomalies sorted by (device, start).
         self._label_cache: tuple[int, np.ndarray, np.ndarray, np.ndarray] | None = None
+        job = config.maintenance
+        self._job_rows = np.array(job.devices if job else (), dtype=np.int64)
+        self._job_shape = job.shape() if job else np.zeros((0, len(SENSORS)))
         log.info(
             "telemetry generator ready",
             devices=n,
@@ -297,6 +366,8 @@ class TelemetryGenerator:
         noise_factor = np.where(kind == _KIND_ID["noise_burst"], self._magnitude, 1.0)
         z = np.stack([climate, coupling * climate, self._pressure, self._bump], axis=1)
         z += eps * self._sigma * noise_factor[:, None]
+        if cfg.maintenance is not None and (step := cfg.maintenance.step(self._tick)) is not None:
+            z[self._job_rows] += self._job_shape[step]
         values = (self._base + self._scale * z)[:, self._columns]
 
         rows = np.flatnonzero(np.isin(kind, _ADDITIVE_IDS))
@@ -359,6 +430,23 @@ class TelemetryGenerator:
     def anomalies(self) -> list[InjectedAnomaly]:
         """Every anomaly injected so far, including one still running (its planned end)."""
         return list(self._anomalies)
+
+    @property
+    def maintenance_runs(self) -> list[MaintenanceRun]:
+        """Every maintenance run started so far, in order of start (a running one: its planned
+        end); empty without a job."""
+        job = self.config.maintenance
+        if job is None:
+            return []
+        runs: list[MaintenanceRun] = []
+        for start in range(job.first, self._tick, job.every):
+            starts = self._ts_at(start, self._job_rows)
+            ends = self._ts_at(start + job.length - 1, self._job_rows)
+            runs += [
+                MaintenanceRun(str(self._keys[row]), float(first), float(last))
+                for row, first, last in zip(self._job_rows, starts, ends, strict=True)
+            ]
+        return runs
 
     def label(
         self, keys: np.ndarray | Iterable[str], ts: np.ndarray | Iterable[float]

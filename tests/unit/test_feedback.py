@@ -1192,3 +1192,20 @@ def test_a_profile_naming_no_feature_of_the_model_holds_for_every_window() -> No
 def test_a_bad_profile_is_refused(profile: Any, match: str) -> None:
     data = _alert_data(profile=profile)
     _rejects(_envelope("false_positive", data), match)
+
+
+def test_a_window_only_a_floor_holds_back_is_not_learnt() -> None:
+    """Over the key's own band but under a false positive's floor: not an alert, and not the
+    key's normal either (learning it would widen the band for every other anomaly)."""
+    threshold = _warm_threshold()
+    reference, _ = _warm_threshold().apply(np.array([0]), np.array([0.0]))
+    limit = float(reference[0])
+    before = _state(threshold)
+    _, exceed = threshold.apply(
+        np.array([0]), np.array([limit * 2.0]), floor=np.array([limit * 3.0])
+    )
+    assert exceed.tolist() == [False]
+    assert _state(threshold) == before
+    # A window under the band itself is learnt as always, floor or not.
+    threshold.apply(np.array([0]), np.array([limit * 0.5]), floor=np.array([limit * 3.0]))
+    assert _state(threshold) != before

@@ -457,10 +457,19 @@ def _add_run(sub: Subcommands, common: argparse.ArgumentParser) -> None:
             "Joins the consumer group on kafka.input_topics, runs each batch through the engine, "
             "publishes alerts to kafka.alert_topic and bad records to kafka.dead_letter_topic, and "
             "commits input offsets only after everything they caused is acknowledged. "
-            "SIGTERM/SIGINT drain, commit and exit 0."
+            "SIGTERM/SIGINT drain, commit and exit 0. With a model registry "
+            "(lifecycle.registry_dir or registry_topic) it serves the registry's active version "
+            "and follows promotions and rollbacks; with lifecycle.retrain it retrains, shadows "
+            "and promotes by itself (README.md, Model lifecycle); with kafka.feedback_topic it "
+            "applies operator feedback (README.md, Operator feedback)."
         ),
     )
-    run.add_argument("--model", type=Path, help="model artefact directory (or model.path)")
+    run.add_argument(
+        "--model",
+        type=Path,
+        help="model artefact directory (or model.path); with a registry, only for its first "
+        "version",
+    )
     run.add_argument("--bootstrap-servers", help="override kafka.bootstrap_servers")
     run.set_defaults(func=cmd_run)
 

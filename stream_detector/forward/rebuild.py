@@ -21,20 +21,12 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Top
 from stream_detector.config import KafkaConfig
 from stream_detector.kafka.clients import create_client
 from stream_detector.kafka.faults import ClientFaults
-from stream_detector.kafka.settings import ClientConfig, consumer_config
+from stream_detector.kafka.settings import reader_config
 
 log = structlog.get_logger(__name__)
 
 _READ_BATCH: Final = 1000
 _READ_WAIT_S: Final = 0.5
-
-
-def _reader_config(kafka: KafkaConfig) -> ClientConfig:
-    """A consumer that is assigned partitions and never commits, in a group of its own (the
-    forwarder's group must not see it), told when it reaches a partition's end."""
-    conf = consumer_config(kafka.model_copy(update={"group_id": f"{kafka.group_id}.rebuild"}))
-    conf["enable.partition.eof"] = True
-    return conf
 
 
 def read_back(
@@ -52,7 +44,9 @@ def read_back(
     remaining = {tp.partition: tp.offset for tp in committed if tp.offset > 0}
     if not remaining:
         return 0
-    reader = create_client(Consumer, {**_reader_config(kafka), "error_cb": faults.on_client_error})
+    # A group of its own: the forwarder's group must not see the read-back.
+    conf = {**reader_config(kafka, "rebuild"), "error_cb": faults.on_client_error}
+    reader = create_client(Consumer, conf)
     read = 0
     try:
         reader.assign(

@@ -40,8 +40,8 @@ from stream_detector.engine.alerts import (
     Alert,
     FeatureContribution,
     alert_id_for,
+    cloudevent,
     episode_id_for,
-    rfc3339,
 )
 
 FeedbackKind = Literal["false_positive", "true_positive", "mute", "unmute", "sensitivity"]
@@ -214,18 +214,7 @@ def feedback_envelope(
     kind: FeedbackKind, event_id: str, source: str, subject: str, data: dict[str, Any], now: float
 ) -> bytes:
     """A feedback event as it goes on the topic (the `feedback` command and tests build these)."""
-    return orjson.dumps(
-        {
-            "specversion": "1.0",
-            "id": event_id,
-            "source": source,
-            "type": feedback_type(kind),
-            "subject": subject,
-            "time": rfc3339(now),
-            "datacontenttype": "application/json",
-            "data": data,
-        }
-    )
+    return cloudevent(event_id, source, feedback_type(kind), subject, now, data)
 
 
 class AlertFacts(Protocol):

@@ -110,17 +110,27 @@ class Alert:
         something inside the batch that produced the alert."""
         data = self.to_dict()
         del data["event_index"]
-        envelope = {
-            "specversion": "1.0",
-            "id": self.alert_id,
-            "source": source,
-            "type": EVENT_TYPES[self.kind],
-            "subject": self.key,
-            "time": rfc3339(self.window_end),
-            "datacontenttype": "application/json",
-            "data": data,
-        }
-        return orjson.dumps(envelope)
+        return cloudevent(
+            self.alert_id, source, EVENT_TYPES[self.kind], self.key, self.window_end, data
+        )
+
+
+def cloudevent(
+    event_id: str, source: str, event_type: str, subject: str, time_s: float, data: Any
+) -> bytes:
+    """A CloudEvents 1.0 structured-mode JSON message with a JSON `data`, as the detector writes
+    its alerts and as operator feedback is written."""
+    envelope = {
+        "specversion": "1.0",
+        "id": event_id,
+        "source": source,
+        "type": event_type,
+        "subject": subject,
+        "time": rfc3339(time_s),
+        "datacontenttype": "application/json",
+        "data": data,
+    }
+    return orjson.dumps(envelope)
 
 
 def rfc3339(epoch_s: float) -> str:

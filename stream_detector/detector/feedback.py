@@ -95,13 +95,19 @@ def feedback_type(kind: FeedbackKind) -> str:
     return FEEDBACK_TYPE_PREFIX + kind
 
 
-def _number(data: dict[str, Any], name: str, *, optional: bool = False) -> float | None:
+# The CloudEvent `type` of each kind, mapped back.
+_KIND_BY_TYPE: Final[dict[str, FeedbackKind]] = {feedback_type(k): k for k in FEEDBACK_KINDS}
+
+
+def _number(data: dict[str, Any], name: str) -> float:
     value = data.get(name)
-    if value is None and optional:
-        return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise FeedbackError(f"data.{name} must be a finite number, got {value!r}")
     return float(value)
+
+
+def _optional_number(data: dict[str, Any], name: str) -> float | None:
+    return None if data.get(name) is None else _number(data, name)
 
 
 def _text(data: dict[str, Any], name: str) -> str:
@@ -131,14 +137,9 @@ def parse_feedback(payload: bytes | None, config: FeedbackConfig) -> FeedbackEve
     if not isinstance(event_id, str) or not event_id:
         raise FeedbackError("id must be a non-empty string: it makes feedback idempotent")
     event_type = envelope.get("type")
-    kind = event_type[len(FEEDBACK_TYPE_PREFIX) :] if isinstance(event_type, str) else None
-    if (
-        not isinstance(event_type, str)
-        or not event_type.startswith(FEEDBACK_TYPE_PREFIX)
-        or (kind not in FEEDBACK_KINDS)
-    ):
-        known = ", ".join(feedback_type(k) for k in FEEDBACK_KINDS)
-        raise FeedbackError(f"unknown type {event_type!r}; one of {known}")
+    kind = _KIND_BY_TYPE.get(event_type) if isinstance(event_type, str) else None
+    if kind is None:
+        raise FeedbackError(f"unknown type {event_type!r}; one of {', '.join(_KIND_BY_TYPE)}")
     data = envelope.get("data")
     if not isinstance(data, dict):
         raise FeedbackError("data must be a JSON object")
@@ -146,20 +147,20 @@ def parse_feedback(payload: bytes | None, config: FeedbackConfig) -> FeedbackEve
         alert = _alert_ref(data)
         return FeedbackEvent(event_id, kind, alert.key, alert=alert)
     if kind == "sensitivity":
-        multiplier = float(_number(data, "multiplier"))  # type: ignore[arg-type]
+        multiplier = _number(data, "multiplier")
         low, high = config.min_sensitivity, config.max_sensitivity
         if not low <= multiplier <= high:
             raise FeedbackError(
                 f"data.multiplier {multiplier} is outside [{low}, {high}] "
                 "(feedback.min_sensitivity, feedback.max_sensitivity)"
             )
-        start = float(_number(data, "effective"))  # type: ignore[arg-type]
+        start = _number(data, "effective")
         return FeedbackEvent(event_id, kind, _text(data, "key"), multiplier=multiplier, start=start)
     pattern = _text(data, "pattern")
     if kind == "unmute":
-        return FeedbackEvent(event_id, kind, pattern, start=float(_number(data, "at")))  # type: ignore[arg-type]
-    start = float(_number(data, "from"))  # type: ignore[arg-type]
-    until = float(_number(data, "until"))  # type: ignore[arg-type]
+        return FeedbackEvent(event_id, kind, pattern, start=_number(data, "at"))
+    start = _number(data, "from")
+    until = _number(data, "until")
     if not start < until <= start + config.max_mute_s:
         raise FeedbackError(
             f"a mute needs from < until <= from + {config.max_mute_s:g} s (feedback.max_mute_s); "
@@ -175,18 +176,18 @@ def _alert_ref(data: dict[str, Any]) -> AlertRef:
         _text(data, "key"),
         _text(data, "model_version"),
     )
-    episode_start = float(_number(data, "episode_start"))  # type: ignore[arg-type]
+    episode_start = _number(data, "episode_start")
     episode = episode_id_for(key, episode_start, version)
     if alert_id not in (alert_id_for(episode, "open"), alert_id_for(episode, "resolve")):
         raise FeedbackError(
             f"unknown alert id {alert_id!r}: no alert of key {key!r} opened at {episode_start} by "
             f"model {version!r} has it (`stream-detector feedback` looks the alert up for you)"
         )
-    score = float(_number(data, "score"))  # type: ignore[arg-type]
+    score = _number(data, "score")
     if score <= 0:
         raise FeedbackError(f"data.score must be positive, got {score}")
-    effective = float(_number(data, "effective"))  # type: ignore[arg-type]
-    episode_end = _number(data, "episode_end", optional=True)
+    effective = _number(data, "effective")
+    episode_end = _optional_number(data, "episode_end")
     if episode_end is not None and episode_end < episode_start:
         raise FeedbackError("data.episode_end is before data.episode_start")
     profile = _profile(data.get("profile"))
@@ -362,21 +363,25 @@ class FeedbackLedger:
         window."""
         if not self._keys or len(keys) == 0:
             return None
-        names = self._keys
-        touched = np.fromiter((k in names for k in keys.tolist()), dtype=bool, count=len(keys))
-        if not touched.any():
+        # One pass over the windows: the rows of each key with feedback, in order.
+        groups: dict[str, list[int]] = {}
+        for row, key in enumerate(keys.tolist()):
+            if key in self._keys:
+                groups.setdefault(key, []).append(row)
+        if not groups:
             return None
         n = len(keys)
         divisor = np.ones(n, dtype=np.float64)
         floor = np.zeros(n, dtype=np.float64)
         learn = np.ones(n, dtype=bool)
-        rows = np.flatnonzero(touched)
-        for key in set(keys[rows].tolist()):
-            mine = rows[keys[rows] == key]
+        index = {name: i for i, name in enumerate(feature_names)}
+        for key, rows in groups.items():
+            mine = np.asarray(rows, dtype=np.int64)
             at = end_ts[mine]
-            entry = names[key]
+            entry = self._keys[key]
             for start, multiplier in entry.sensitivity:
                 divisor[mine[at >= start]] = multiplier  # later events win from their start
+            errors = None
             for marked in entry.floors:
                 if marked.version != model_version:
                     continue
@@ -384,8 +389,11 @@ class FeedbackLedger:
                 # episode still open) is judged as it was.
                 hit = at > marked.start
                 if marked.profile and feature_errors is not None:
-                    hit &= self._alike(feature_errors[mine], feature_names, marked.profile)
-                floor[mine[hit]] = np.maximum(floor[mine[hit]], marked.level)
+                    if errors is None:
+                        errors = np.asarray(feature_errors[mine], dtype=np.float64)
+                    hit &= self._alike(errors, index, marked.profile)
+                chosen = mine[hit]
+                floor[chosen] = np.maximum(floor[chosen], marked.level)
             for start, end in entry.holds:
                 learn[mine[(at >= start) & (at <= end)]] = False
         return Adjustments(divisor, floor, learn)
@@ -393,20 +401,19 @@ class FeedbackLedger:
     def _alike(
         self,
         errors: np.ndarray,
-        names: Sequence[str],
+        index: dict[str, int],
         profile: tuple[tuple[str, float], ...],
     ) -> np.ndarray:
-        """Whether each window's error is spread over the features like `profile` (cosine
-        similarity of the share vectors at least feedback.false_positive_similarity); a profile
-        naming none of the model's features matches every window."""
-        index = {name: i for i, name in enumerate(names)}
-        wanted = np.zeros(len(names), dtype=np.float64)
+        """Whether each window's error (float64 [B, F], features in `index` order) is spread
+        over the features like `profile` (cosine similarity of the share vectors at least
+        feedback.false_positive_similarity); a profile naming none of the model's features
+        matches every window."""
+        wanted = np.zeros(len(index), dtype=np.float64)
         for name, share in profile:
             if name in index:
                 wanted[index[name]] = share
         if not wanted.any():
             return np.ones(len(errors), dtype=bool)
-        errors = np.asarray(errors, dtype=np.float64)
         norms = np.linalg.norm(errors, axis=1) * np.linalg.norm(wanted)
         cosine = np.divide(errors @ wanted, norms, out=np.zeros(len(errors)), where=norms > 0)
         return cosine >= self.config.false_positive_similarity

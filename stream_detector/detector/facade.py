@@ -164,13 +164,13 @@ class Detector:
             scored = self._judge.score(staged, offset, self.feedback, self._normalizer)
             seconds = time.perf_counter() - started
             model_seconds += seconds
-            piece_alerts = self._judge.episodes.update(scored) if len(scored) else []
+            piece_alerts = self._judge.episodes.update(scored)
             if self._shadow is not None:
                 self._shadow.observe(
                     staged, offset, self.feedback, self._normalizer, (scored, piece_alerts, seconds)
                 )
+            alerts += piece_alerts
             if len(scored):
-                alerts += piece_alerts
                 scored_parts.append(scored)
             alerts += self._evict(*self._windows.release_silent())
             offset += cut.report.taken

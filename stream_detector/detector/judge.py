@@ -103,12 +103,12 @@ class ModelJudge:
         adjust = feedback.adjustments(
             due.keys, due.end_ts, self.model_version, result.feature_errors, self.feature_names
         )
-        if adjust is None:
-            thresholds, exceed = self.threshold.apply(due.slots, result.scores, warm=warm)
-        else:
-            thresholds, exceed = self.threshold.apply(
-                due.slots, result.scores, adjust.divisor, adjust.floor, adjust.learn, warm
-            )
+        divisor, floor, learn = (
+            (None, None, None) if adjust is None else (adjust.divisor, adjust.floor, adjust.learn)
+        )
+        thresholds, exceed = self.threshold.apply(
+            due.slots, result.scores, divisor, floor, learn, warm
+        )
         expected = normalizer.denormalize(result.last_reconstruction, staged.mean, staged.std)
         return ScoredWindows(
             slots=due.slots,

@@ -126,7 +126,7 @@ class ShadowRun:
         warm = np.zeros(len(staged.due), dtype=bool)
         started = time.perf_counter()
         scored = self.judge.score(staged, offset, feedback, normalizer, warm)
-        alerts = self.judge.episodes.update(scored) if len(scored) else []
+        alerts = self.judge.episodes.update(scored)
         seconds = time.perf_counter() - started
         self.windows += len(scored)
         if not warm.any():
@@ -135,9 +135,9 @@ class ShadowRun:
         active_scored, active_alerts, active_seconds = active
         share = float(warm.mean())
         self.compared += int(warm.sum())
-        self.candidate.observe(_rows(scored, warm), _of(alerts, compared), seconds * share)
+        self.candidate.observe(scored.select(warm), _of(alerts, compared), seconds * share)
         self.active.observe(
-            _rows(active_scored, warm), _of(active_alerts, compared), active_seconds * share
+            active_scored.select(warm), _of(active_alerts, compared), active_seconds * share
         )
 
     def report(self) -> dict[str, Any]:
@@ -182,12 +182,6 @@ class ShadowRun:
             f"opened {candidate['episodes_opened']} episodes against "
             f"{active['episodes_opened']}, score PSI {mine:g} against {theirs:g}"
         )
-
-
-def _rows(scored: ScoredWindows, keep: np.ndarray) -> ScoredWindows:
-    return ScoredWindows(
-        **{name: getattr(scored, name)[keep] for name in ScoredWindows.__dataclass_fields__}
-    )
 
 
 def _of(alerts: list[Alert], windows: set[tuple[str, int]]) -> list[Alert]:

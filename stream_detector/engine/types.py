@@ -150,3 +150,10 @@ class ScoredWindows:
 
     def __len__(self) -> int:
         return int(self.slots.shape[0])
+
+    def select(self, keep: np.ndarray) -> ScoredWindows:
+        """The windows `keep` (a bool mask or indices) picks, every field alike."""
+        return ScoredWindows(**{name: getattr(self, name)[keep] for name in _SCORED_FIELDS})
+
+
+_SCORED_FIELDS: Final = tuple(ScoredWindows.__dataclass_fields__)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -47,9 +47,7 @@ class _Side:
     drift: DriftMonitor
     opens: int = 0
     seconds: float = 0.0
-
-    def __post_init__(self) -> None:
-        self.keys: set[str] = set()
+    keys: set[str] = field(default_factory=set)  # keys it opened an episode on
 
     def observe(self, scored: ScoredWindows, alerts: list[Alert], seconds: float) -> None:
         self.drift.update(scored)
@@ -94,6 +92,7 @@ class ShadowRun:
         device: torch.device,
     ) -> None:
         self.config: LifecycleConfig = settings.lifecycle
+        self.artefact = candidate  # what a promotion of this version swaps in
         self.judge = ModelJudge(settings, candidate, device)
         self.started_at = datetime.now(UTC).isoformat(timespec="seconds")
         self.concluded = False  # its verdict is recorded (it may shadow on until promoted)

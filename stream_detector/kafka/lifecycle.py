@@ -23,7 +23,7 @@ import shutil
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import structlog
@@ -53,8 +53,8 @@ SHADOW_REPORT = "shadow"
 class _Training:
     """A retrain running in the background; `result` or `error` once it is done."""
 
-    thread: threading.Thread
     out: Path  # where the candidate is written; removed once it is in the registry
+    thread: threading.Thread = field(init=False)
     result: RetrainResult | None = None
     error: str | None = None
 
@@ -118,7 +118,12 @@ class ModelLifecycle:
         if active is None or active == self.detector.model_version:
             self._follow_candidate(active)
             return []
-        artefact = self._load(active)
+        # A promoted shadow is in memory already: no second load of the same artefact.
+        shadow = self.detector.shadow
+        if shadow is not None and shadow.version == active:
+            artefact: ModelArtefact | None = shadow.artefact
+        else:
+            artefact = self._load(active)
         if artefact is None:
             return []
         previous = self.detector.model_version
@@ -203,7 +208,7 @@ class ModelLifecycle:
         parent = self.detector.model_version
         # Registering copies the candidate into the registry; the temporary copy goes after.
         out = Path(tempfile.mkdtemp(prefix="sd-candidate-"))
-        training = _Training(threading.Thread(target=lambda: None), out)
+        training = _Training(out)
 
         def work() -> None:
             try:
@@ -249,7 +254,7 @@ class ModelLifecycle:
             self.registry.register(
                 result.out_dir,
                 source="retrain:stream",
-                parent=self.detector.model_version,
+                parent=result.parent,
                 data_span=result.data_span,
             )
             self.registry.attach_report(version, "retrain", result.report)

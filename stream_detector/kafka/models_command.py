@@ -25,7 +25,7 @@ from stream_detector.detector.registry import (
     RegistryError,
     verified_artefact,
 )
-from stream_detector.kafka.registry_topic import TopicRegistry, open_registry
+from stream_detector.kafka.registry_topic import open_registry
 
 DESCRIPTION: Final = """\
 Reads and changes the model registry that every replica of the service follows: the model
@@ -156,8 +156,7 @@ def _opened(settings: Settings) -> Iterator[ModelRegistry]:
     try:
         yield registry
     finally:
-        if isinstance(registry, TopicRegistry):
-            registry.close()
+        registry.close()
 
 
 # -- list -----------------------------------------------------------------------------------------

@@ -49,7 +49,7 @@ from stream_detector.engine.types import Decoded
 from stream_detector.kafka.faults import ClientFaults
 from stream_detector.kafka.feedback_send import AlertRecord, alert_record
 from stream_detector.kafka.records import ConsumedBatch
-from stream_detector.kafka.registry_topic import TopicRegistry, open_registry
+from stream_detector.kafka.registry_topic import open_registry
 from stream_detector.kafka.topic_reader import (
     Partition,
     ReadTimeout,
@@ -200,7 +200,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         print(f"stream-detector retrain: {exc}", file=sys.stderr)
         return 1
     finally:
-        if isinstance(registry, TopicRegistry):  # its clients, and the artefacts it unpacked
+        if registry is not None:  # a topic store's clients, and the artefacts it unpacked
             registry.close()
     return 0
 

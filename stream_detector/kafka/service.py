@@ -317,14 +317,15 @@ class KafkaService:
             dead_letter_record(r, messages[r.index], dead_letters, seq, max_bytes)
             for r in result.decoded.rejects
         ]
-        if self.feedback is not None and self._leader_partition in self.ownership.assigned:
+        leader = self._leader_partition in self.ownership.assigned
+        if self.feedback is not None and leader:
             records += self.feedback.dead_letters(seq)
         self.policy.produce_batch(seq, records, offsets)
         elapsed = time.perf_counter() - started
         self.metrics.record_batch(len(messages), result, self.detector, elapsed)
+        self.metrics.count_alerts(swap_alerts)
         figures = self._record_drift(result.scored)
         if self.lifecycle is not None:
-            leader = self._leader_partition in self.ownership.assigned
             self.lifecycle.after_batch(result.decoded.batch, alerts, figures, leader)
         for alert in alerts:
             log.info(

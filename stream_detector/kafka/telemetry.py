@@ -17,6 +17,7 @@ from stream_detector.aggregate.streams import StreamAggregators
 from stream_detector.detector.drift import DriftFigures
 from stream_detector.detector.facade import DetectionResult, Detector
 from stream_detector.detector.feedback import FEEDBACK_KINDS
+from stream_detector.engine.alerts import Alert
 from stream_detector.engine.types import REJECT_REASONS
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -218,6 +219,11 @@ class ServiceMetrics:
             )
         self.retrain_due.labels(model_version=model_version).set(0)
 
+    def count_alerts(self, alerts: list[Alert]) -> None:
+        """Alerts published, by kind (a batch's, and the resolves a model swap publishes)."""
+        for kind, count in Tally(alert.kind for alert in alerts).items():
+            self.alerts.labels(kind=kind).inc(count)
+
     def model_swapped(self, previous: str, model_version: str) -> None:
         """The served model changed: sd_model_info and the drift series follow the new one."""
         self.model_swaps.inc()
@@ -258,8 +264,7 @@ class ServiceMetrics:
             self.dead_letters.inc(len(result.decoded.rejects))
         self.windows_scored.inc(len(result.scored))
         self.muted_alerts.inc(result.muted)
-        for kind, count in Tally(alert.kind for alert in result.alerts).items():
-            self.alerts.labels(kind=kind).inc(count)
+        self.count_alerts(result.alerts)
         self.keys_tracked.set(detector.n_keys)
         self.open_episodes.set(detector.open_episodes)
         evicted = detector.evicted_total

@@ -26,6 +26,7 @@ from typing import Final
 import numpy as np
 
 from stream_detector.config import DriftConfig
+from stream_detector.detector.artefact import ModelMetadata
 from stream_detector.engine.types import ScoredWindows
 
 # Shares below this count as this in the PSI: an empty bin would make ln(o / e) infinite.
@@ -172,6 +173,23 @@ class DriftMonitor:
         self.features = tuple(features)
         self._train_errors = _training_errors(self.features, feature_error_means)
         self._error_sums = np.zeros(len(self.features), dtype=np.float64)
+
+    @classmethod
+    def of_model(
+        cls, settings: DriftConfig, meta: ModelMetadata, *, per_feature: bool = True
+    ) -> DriftMonitor:
+        """Drift of the live stream against this model's training: its scores' calibration and,
+        with `per_feature` and where the artefact records them, its features' mean errors."""
+        features = meta.features if per_feature else ()
+        means = meta.feature_error_means if per_feature else None
+        return cls(
+            settings,
+            meta.calibration_quantiles,
+            meta.global_threshold,
+            meta.created_at,
+            features=features,
+            feature_error_means=means,
+        )
 
     def update(self, scored: ScoredWindows) -> None:
         """Fold one batch's windows in, in arrival order: the newest weighs 1, the one before

@@ -78,7 +78,7 @@ def _finite(value: float) -> float | None:
 def _monitor(settings: Settings, meta: ModelMetadata) -> DriftMonitor:
     # Every window of the shadow period counts: it is short, and both sides see the same ones.
     drift = settings.drift.model_copy(update={"min_windows": 1})
-    return DriftMonitor(drift, meta.calibration_quantiles, meta.global_threshold, meta.created_at)
+    return DriftMonitor.of_model(drift, meta, per_feature=False)
 
 
 class ShadowRun:

@@ -27,7 +27,7 @@ import structlog
 from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
 
 from stream_detector.config import ConfigError, Settings
-from stream_detector.detector.artefact import ArtefactError, ModelMetadata
+from stream_detector.detector.artefact import ArtefactError
 from stream_detector.detector.drift import DriftFigures, DriftMonitor, drift_fields
 from stream_detector.detector.facade import load_detector
 from stream_detector.detector.registry import RegistryError
@@ -89,19 +89,6 @@ def _freeze_startup_objects() -> None:
     gc.freeze()
 
 
-def _drift_monitor(settings: Settings, meta: ModelMetadata) -> DriftMonitor:
-    """Drift of the live stream against this model's training: its scores' calibration and,
-    where the artefact records them, its features' mean errors."""
-    return DriftMonitor(
-        settings.drift,
-        meta.calibration_quantiles,
-        meta.global_threshold,
-        meta.created_at,
-        features=meta.features,
-        feature_error_means=meta.feature_error_means,
-    )
-
-
 class KafkaService:
     """One consumer-group member: owns the clients and the detector, and runs the loop."""
 
@@ -123,7 +110,7 @@ class KafkaService:
         self.health.model_loaded = True
         meta = self.detector.metadata
         self.metrics.start_model(self.detector.model_version, meta.features)
-        self.drift = _drift_monitor(settings, meta)
+        self.drift = DriftMonitor.of_model(settings.drift, meta)
         self.lifecycle = (
             None
             if self.registry is None
@@ -341,7 +328,7 @@ class KafkaService:
     def _follow_model(self) -> None:
         """Drift is measured per model version: after a swap, against the new calibration."""
         meta = self.detector.metadata
-        self.drift = _drift_monitor(self.settings, meta)
+        self.drift = DriftMonitor.of_model(self.settings.drift, meta)
         self.drift_version = meta.model_version
 
     def _record_drift(self, scored: ScoredWindows) -> DriftFigures:

@@ -30,6 +30,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
+from pathlib import Path
 from typing import Any, Final, Literal, Protocol
 
 import numpy as np
@@ -167,6 +168,24 @@ def parse_feedback(payload: bytes | None, config: FeedbackConfig) -> FeedbackEve
             f"got from={start}, until={until}"
         )
     return FeedbackEvent(event_id, kind, pattern, start=start, until=until)
+
+
+def read_feedback_file(path: Path, config: FeedbackConfig) -> list[FeedbackEvent]:
+    """The feedback CloudEvents of a JSONL file, one a line, in file order (what `stream-detector
+    feedback --out FILE` and `--write-false-positives` write); blank lines are skipped.
+
+    Raises ValueError naming the first bad line, since a file applied in part would make figures
+    that belong to no feedback anyone gave."""
+    events = []
+    with path.open("rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                events.append(parse_feedback(line.strip(), config))
+            except FeedbackError as exc:
+                raise ValueError(f"line {number}: {exc}") from None
+    return events
 
 
 def _alert_ref(data: dict[str, Any]) -> AlertRef:

@@ -17,15 +17,12 @@ from typing import Any, Final
 
 import numpy as np
 
-from stream_detector.config import FeedbackConfig
 from stream_detector.detector.feedback import (
     FEEDBACK_KINDS,
-    FeedbackError,
     FeedbackEvent,
     FeedbackLedger,
     alert_reference,
     feedback_envelope,
-    parse_feedback,
 )
 from stream_detector.engine.alerts import Alert
 from stream_detector.evaluation.datasets import Channel, LabelledDataset
@@ -39,24 +36,6 @@ SIMULATED_SOURCE: Final = "stream-detector/evaluate"
 SIMULATED_ID_PREFIX: Final = "simulated-fp-"
 WITH_FEEDBACK: Final = "with feedback"
 IN_SAMPLE: Final = "with feedback, in-sample (the feedback was given on this same feed)"
-
-
-def read_feedback_file(path: Path, config: FeedbackConfig) -> list[FeedbackEvent]:
-    """The feedback CloudEvents of a JSONL file, one a line, in file order (what `stream-detector
-    feedback --out FILE` and `--write-false-positives` write); blank lines are skipped.
-
-    Raises ValueError naming the first bad line, since a file applied in part would make figures
-    that belong to no feedback anyone gave."""
-    events = []
-    with path.open("rb") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                events.append(parse_feedback(line.strip(), config))
-            except FeedbackError as exc:
-                raise ValueError(f"line {number}: {exc}") from None
-    return events
 
 
 def feedback_summary(

@@ -20,7 +20,7 @@ import structlog
 from stream_detector.config import ConfigError, Settings, settings_to_dict
 from stream_detector.detector.artefact import ModelArtefact, load_artefact
 from stream_detector.detector.facade import Detector
-from stream_detector.detector.feedback import FeedbackEvent
+from stream_detector.detector.feedback import FeedbackEvent, read_feedback_file
 from stream_detector.detector.training import train
 from stream_detector.evaluation.baseline_detector import BaselineDetector, calibrate
 from stream_detector.evaluation.baselines import (
@@ -51,7 +51,6 @@ from stream_detector.evaluation.mixed_scale import (
 from stream_detector.evaluation.operator_feedback import (
     feedback_summary,
     held_out_label,
-    read_feedback_file,
     simulated_false_positives,
     write_feedback_file,
 )

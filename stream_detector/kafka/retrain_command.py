@@ -33,12 +33,7 @@ from stream_detector.aggregate.decoder import decoder_for
 from stream_detector.config import FeedbackConfig, KafkaConfig, Settings
 from stream_detector.detector.artefact import ArtefactError, load_artefact_and_settings
 from stream_detector.detector.exclusions import Span, episode_spans
-from stream_detector.detector.feedback import (
-    FeedbackError,
-    FeedbackEvent,
-    FeedbackLedger,
-    parse_feedback,
-)
+from stream_detector.detector.feedback import FeedbackLedger, read_feedback_file
 from stream_detector.detector.registry import ModelEntry, ModelRegistry, RegistryError
 from stream_detector.detector.retrain import RetrainResult, recent_events, retrain
 from stream_detector.detector.sources import read_batches
@@ -299,8 +294,16 @@ def feedback_spans(path: Path, config: FeedbackConfig) -> list[Span]:
     service builds (duplicates counted once, open episodes held for true_positive_hold_s). A bad
     line is refused, not skipped: a true positive lost would be trained on as normal."""
     ledger = FeedbackLedger(config)
-    for number, line in _lines(path, "--feedback"):
-        ledger.apply(_parsed(line, config, f"--feedback {path} line {number}"))
+    try:
+        events = read_feedback_file(path, config)
+    except FileNotFoundError:
+        raise RetrainInputError(f"--feedback {path} does not exist") from None
+    except OSError as exc:
+        raise RetrainInputError(f"cannot read --feedback {path}: {exc.strerror}") from None
+    except ValueError as exc:  # "line N: why"
+        raise RetrainInputError(f"--feedback {path} {exc}") from None
+    for event in events:
+        ledger.apply(event)
     spans = ledger.labelled_spans()
     log.info("retrain: feedback read", path=str(path), events=len(ledger), spans=len(spans))
     return spans
@@ -317,13 +320,6 @@ def _lines(path: Path, option: str) -> Iterator[tuple[int, bytes]]:
         raise RetrainInputError(f"{option} {path} does not exist") from None
     except OSError as exc:
         raise RetrainInputError(f"cannot read {option} {path}: {exc.strerror}") from None
-
-
-def _parsed(line: bytes, config: FeedbackConfig, where: str) -> FeedbackEvent:
-    try:
-        return parse_feedback(line, config)
-    except FeedbackError as exc:
-        raise RetrainInputError(f"{where}: {exc}") from None
 
 
 # -- the alerts ----------------------------------------------------------------------------------

@@ -17,13 +17,13 @@ from stream_detector.detector.feedback import (
     FeedbackEvent,
     feedback_envelope,
     parse_feedback,
+    read_feedback_file,
 )
 from stream_detector.engine.alerts import Alert, AlertKind, alert_id_for, episode_id_for
 from stream_detector.evaluation.datasets import Channel, LabelledDataset
 from stream_detector.evaluation.heldout import after_cut
 from stream_detector.evaluation.operator_feedback import (
     SIMULATED_ID_PREFIX,
-    read_feedback_file,
     simulated_false_positives,
 )
 from stream_detector.evaluation.report import format_table

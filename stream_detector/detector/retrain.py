@@ -17,17 +17,21 @@ from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import structlog
 
 from stream_detector.config import Settings
 from stream_detector.detector.artefact import ModelArtefact
 from stream_detector.detector.exclusions import ExcludedSpans, Span
+from stream_detector.detector.registry import ModelEntry, ModelRegistry
 from stream_detector.detector.training import train
 from stream_detector.engine.types import Decoded
 
 log = structlog.get_logger(__name__)
+
+# The name of the report a retrain leaves on its candidate in the registry.
+RETRAIN_REPORT: Final = "retrain"
 
 
 @dataclass(frozen=True)
@@ -121,3 +125,15 @@ def retrain(
         data_span=span,
         report=report,
     )
+
+
+def register_candidate(registry: ModelRegistry, result: RetrainResult, source: str) -> ModelEntry:
+    """Put a retrained candidate into the registry, its parent the version it was trained to
+    succeed, with its report under RETRAIN_REPORT."""
+    if result.out_dir is None:
+        raise ValueError("a candidate is registered from the directory it was written to")
+    entry = registry.register(
+        result.out_dir, source=source, parent=result.parent, data_span=result.data_span
+    )
+    registry.attach_report(entry.version, RETRAIN_REPORT, result.report)
+    return entry

@@ -38,7 +38,12 @@ from stream_detector.detector.drift import DriftFigures
 from stream_detector.detector.facade import Detector
 from stream_detector.detector.recent import RecentEpisodes, RecentEvents
 from stream_detector.detector.registry import ModelRegistry, RegistryError
-from stream_detector.detector.retrain import RetrainResult, retrain
+from stream_detector.detector.retrain import (
+    RETRAIN_REPORT,
+    RetrainResult,
+    register_candidate,
+    retrain,
+)
 from stream_detector.engine.alerts import Alert
 from stream_detector.engine.types import EventBatch
 from stream_detector.kafka.telemetry import ServiceMetrics
@@ -156,7 +161,7 @@ class ModelLifecycle:
             for entry in self.registry.entries()
             if entry.parent == active
             and entry.version not in served
-            and "retrain" in entry.reports
+            and RETRAIN_REPORT in entry.reports
             and entry.reports.get(SHADOW_REPORT, {}).get("verdict", "pass") == "pass"
         ]
         return waiting[-1] if waiting else None
@@ -251,13 +256,7 @@ class ModelLifecycle:
         candidate = result.artefact
         version = candidate.metadata.model_version
         try:
-            self.registry.register(
-                result.out_dir,
-                source="retrain:stream",
-                parent=result.parent,
-                data_span=result.data_span,
-            )
-            self.registry.attach_report(version, "retrain", result.report)
+            register_candidate(self.registry, result, "retrain:stream")
         except RegistryError as exc:
             self.metrics.retrains.labels(outcome="failed").inc()
             log.warning("candidate not registered; the active model stays", error=str(exc))

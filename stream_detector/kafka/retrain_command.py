@@ -34,8 +34,13 @@ from stream_detector.config import FeedbackConfig, KafkaConfig, Settings
 from stream_detector.detector.artefact import ArtefactError, load_artefact_and_settings
 from stream_detector.detector.exclusions import Span, episode_spans
 from stream_detector.detector.feedback import FeedbackLedger, read_feedback_file
-from stream_detector.detector.registry import ModelEntry, ModelRegistry, RegistryError
-from stream_detector.detector.retrain import RetrainResult, recent_events, retrain
+from stream_detector.detector.registry import ModelRegistry, RegistryError
+from stream_detector.detector.retrain import (
+    RetrainResult,
+    recent_events,
+    register_candidate,
+    retrain,
+)
 from stream_detector.detector.sources import read_batches
 from stream_detector.engine.alerts import EVENT_TYPES, rfc3339
 from stream_detector.engine.decode import RecordDecoder
@@ -239,7 +244,7 @@ def run_retrain(
     print(_summary(result))
     if options.register:
         assert registry is not None  # checked first
-        entry = register(registry, result, _source(options))
+        entry = register_candidate(registry, result, _source(options))
         print(f"registered {entry.version} (source {entry.source}, parent {entry.parent})")
     return result
 
@@ -274,16 +279,6 @@ def _recent(options: RetrainOptions, settings: Settings) -> list[Decoded]:
         return recent_events(read_batches(options.input, decoder), options.events)
     messages = read_recent(settings.kafka, options.events, options.timeout_s)
     return list(decode_messages(messages, decoder))
-
-
-def register(registry: ModelRegistry, result: RetrainResult, source: str) -> ModelEntry:
-    """Put the candidate into the registry, its parent the active model, with its report."""
-    assert result.out_dir is not None  # the command always writes the candidate
-    entry = registry.register(
-        result.out_dir, source=source, parent=result.parent, data_span=result.data_span
-    )
-    registry.attach_report(entry.version, "retrain", result.report)
-    return entry
 
 
 # -- feedback --------------------------------------------------------------------------------------

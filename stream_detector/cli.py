@@ -101,6 +101,11 @@ def _settings(
     return settings
 
 
+def _broker_settings(args: argparse.Namespace) -> Settings:
+    """The settings of a command whose only own override is --bootstrap-servers."""
+    return _settings(args, {"kafka": {"bootstrap_servers": args.bootstrap_servers}})
+
+
 def _preset(name: str | None) -> dict[str, Any] | None:
     """The sections of --preset NAME, the layer beneath --config; None without one."""
     if name is None:
@@ -248,7 +253,7 @@ def cmd_feedback(args: argparse.Namespace) -> int:
 
     if args.timeout < 1:
         raise CliError(f"--timeout must be at least 1 second, got {args.timeout:g}")
-    settings = _settings(args, {"kafka": {"bootstrap_servers": args.bootstrap_servers}})
+    settings = _broker_settings(args)
     options = FeedbackOptions(
         kind=_FEEDBACK_KINDS[args.event],
         target=args.target,
@@ -271,13 +276,13 @@ def cmd_feedback(args: argparse.Namespace) -> int:
 def cmd_retrain(args: argparse.Namespace) -> int:
     from stream_detector.kafka.retrain_command import run
 
-    return run(_settings(args, {"kafka": {"bootstrap_servers": args.bootstrap_servers}}), args)
+    return run(_broker_settings(args), args)
 
 
 def cmd_models(args: argparse.Namespace) -> int:
     from stream_detector.kafka.models_command import ModelsError, run
 
-    settings = _settings(args, {"kafka": {"bootstrap_servers": args.bootstrap_servers}})
+    settings = _broker_settings(args)
     try:
         return run(settings, args)
     except ModelsError as exc:
@@ -337,7 +342,7 @@ def cmd_broker(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     from stream_detector.demo.commands import GenerateOptions, run_generate
 
-    settings = _settings(args, {"kafka": {"bootstrap_servers": args.bootstrap_servers}})
+    settings = _broker_settings(args)
     options = GenerateOptions(
         topic=args.topic,
         devices=args.devices,

@@ -133,6 +133,10 @@ def cloudevent(
     return orjson.dumps(envelope)
 
 
+# 9999-12-31T23:59:59Z: the last instant an RFC 3339 timestamp (and Python's datetime) can write.
+LATEST_EPOCH_S: Final = 253_402_300_799.0
+
+
 def rfc3339(epoch_s: float) -> str:
     """UTC with millisecond precision and a 'Z' suffix, the form most consumers parse."""
     stamp = datetime.fromtimestamp(epoch_s, tz=UTC).isoformat(timespec="milliseconds")

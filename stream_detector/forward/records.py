@@ -14,6 +14,7 @@ import orjson
 
 from stream_detector.engine.alerts import (
     EVENT_TYPES,
+    LATEST_EPOCH_S,
     Alert,
     AlertKind,
     FeatureContribution,
@@ -26,8 +27,6 @@ _EVENT_KINDS: Final[dict[str, AlertKind]] = {
 }
 _SEVERITIES: Final = frozenset(get_args(Severity))
 _REASONS: Final = frozenset(get_args(ResolveReason))
-# 9999-12-31T23:59:59Z: the last instant an RFC 3339 timestamp (and Python's datetime) can write.
-_LATEST_EPOCH_S: Final = 253_402_300_799.0
 
 
 class MalformedAlert(ValueError):
@@ -91,7 +90,7 @@ def _number(data: dict[str, Any], name: str, where: str = "data") -> float:
 def _time(data: dict[str, Any], name: str) -> float:
     """An event time (epoch s); Alertmanager gets it as an RFC 3339 timestamp, so it must be one."""
     value = _number(data, name)
-    if not 0 <= value <= _LATEST_EPOCH_S:
+    if not 0 <= value <= LATEST_EPOCH_S:
         raise MalformedAlert(f"data.{name} is {value!r}, not an epoch time")
     return value
 

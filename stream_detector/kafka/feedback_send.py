@@ -39,7 +39,7 @@ from stream_detector.detector.feedback import (
     feedback_type,
     parse_feedback,
 )
-from stream_detector.engine.alerts import EVENT_TYPES, FeatureContribution, rfc3339
+from stream_detector.engine.alerts import EVENT_TYPES, LATEST_EPOCH_S, FeatureContribution, rfc3339
 from stream_detector.kafka.clients import create_client
 from stream_detector.kafka.faults import ClientFaults, FatalServiceError
 from stream_detector.kafka.preflight import wait_for_topics
@@ -53,8 +53,6 @@ _DURATION: Final = re.compile(r"(?:\d+(?:\.\d+)?[smhd])+")
 _DURATION_PART: Final = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
 # The report of a message that timed out comes just after message.timeout.ms; flush waits for it.
 _DELIVERY_GRACE_S: Final = 5.0
-# 9999-12-31T23:59:59Z: the last instant RFC 3339 (and the event's own `time`) can write.
-_LATEST_EPOCH_S: Final = 253_402_300_799.0
 
 
 class FeedbackInputError(ValueError):
@@ -88,7 +86,7 @@ def parse_time(text: str) -> float:
     except ValueError:
         pass
     else:
-        if not 0 <= seconds <= _LATEST_EPOCH_S:
+        if not 0 <= seconds <= LATEST_EPOCH_S:
             raise ValueError(
                 f"{text!r} is not epoch seconds between 1970 and 9999 (milliseconds? divide by "
                 "1000)"

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-import numpy as np
 import structlog
 
 from stream_detector.evaluation.datasets import Channel, LabelledDataset
@@ -61,12 +60,9 @@ def maintenance_sections() -> dict[str, dict[str, Any]]:
 def generate_maintenance() -> tuple[LabelledDataset, TelemetryGenerator]:
     """The dataset, and the generator that made it (its anomalies and maintenance runs)."""
     generator = TelemetryGenerator(FEED)
-    keys, ts, values = zip(*generator.ticks(TRAIN_TICKS + TEST_TICKS), strict=True)
-    keys_tick = np.stack(keys)  # [ticks, devices]
-    ts_tick = np.stack(ts)
-    values_tick = np.stack(values)  # [ticks, devices, sensors]
-    labels_tick = generator.label(keys_tick.reshape(-1), ts_tick.reshape(-1))
-    labels_tick = labels_tick.reshape(ts_tick.shape).astype(np.int8)
+    keys_tick, ts_tick, values_tick, labels_tick = generator.labelled_ticks(
+        TRAIN_TICKS + TEST_TICKS
+    )
     cut = TRAIN_TICKS
     channels = []
     for device in range(FEED.devices):

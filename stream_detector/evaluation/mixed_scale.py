@@ -37,13 +37,9 @@ def load_mixed_scale() -> LabelledDataset:
     """Generate the feed (deterministic) as one key per device: its first day is the train part,
     the next two days (with anomalies) the test part."""
     generator = TelemetryGenerator(_FEED)
-    keys, ts, values = zip(*generator.ticks(_TRAIN_TICKS + _TEST_TICKS), strict=True)
-    keys_tick = np.stack(keys)  # [ticks, devices]
-    ts_tick = np.stack(ts)
-    values_tick = np.stack(values)  # [ticks, devices, sensors]
     # Labels belong to a device and its times, the same in every decade: computed once each.
-    labels_tick = generator.label(keys_tick.reshape(-1), ts_tick.reshape(-1))
-    labels_tick = labels_tick.reshape(ts_tick.shape).astype(np.int8)
+    ticks = generator.labelled_ticks(_TRAIN_TICKS + _TEST_TICKS)
+    keys_tick, ts_tick, values_tick, labels_tick = ticks
     cut = _TRAIN_TICKS
     channels = []
     for decade in DECADES:

@@ -240,6 +240,16 @@ def _key_width(devices: int) -> int:
     return max(4, len(str(devices - 1)))
 
 
+class LabelledTicks(NamedTuple):
+    """Ticks as arrays: keys and ts [ticks, devices], values [ticks, devices, sensors], labels
+    (int8, 1 inside an injected anomaly of the device) [ticks, devices]."""
+
+    keys: np.ndarray
+    ts: np.ndarray
+    values: np.ndarray
+    labels: np.ndarray
+
+
 class TelemetryGenerator:
     """Emits one reading per device per tick, injecting anomalies and remembering them as labels."""
 
@@ -326,6 +336,16 @@ class TelemetryGenerator:
         """The next `n` ticks, lazily, so a long feed never sits in memory."""
         for _ in range(n):
             yield self.next_tick()
+
+    def labelled_ticks(self, n: int) -> LabelledTicks:
+        """The next `n` ticks at once, as arrays by tick and device, with their labels: what an
+        evaluation dataset cuts into per-device channels."""
+        keys, ts, values = zip(*self.ticks(n), strict=True)
+        keys_tick, ts_tick = np.stack(keys), np.stack(ts)
+        labels = self.label(keys_tick.reshape(-1), ts_tick.reshape(-1))
+        return LabelledTicks(
+            keys_tick, ts_tick, np.stack(values), labels.reshape(ts_tick.shape).astype(np.int8)
+        )
 
     def messages(self, n_ticks: int) -> Iterator[list[bytes]]:
         """The next `n_ticks` ticks as JSON payloads, one list per tick, shaped for mapping_for."""

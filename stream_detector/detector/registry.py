@@ -137,6 +137,30 @@ class ModelRegistry(Protocol):
         ...
 
 
+class RegistryState:
+    """The registry as its store last read it: what both stores answer reads from. A store
+    keeps `_entries` (by version, in registration order) and `_history` up to date."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, ModelEntry] = {}
+        self._history: list[HistoryRecord] = []
+
+    def entries(self) -> list[ModelEntry]:
+        return list(self._entries.values())
+
+    def entry(self, version: str) -> ModelEntry:
+        try:
+            return self._entries[version]
+        except KeyError:
+            raise unknown_version(version, self._entries) from None
+
+    def history(self) -> list[HistoryRecord]:
+        return list(self._history)
+
+    def active(self) -> str | None:
+        return self._history[-1].version if self._history else None
+
+
 # -- the semantics every store shares --------------------------------------------------------------
 
 

@@ -43,6 +43,7 @@ from stream_detector.detector.registry import (
     ModelEntry,
     RecordError,
     RegistryError,
+    RegistryState,
     checked_registration,
     entry_json,
     history_json,
@@ -52,7 +53,6 @@ from stream_detector.detector.registry import (
     promotion,
     report_json,
     rollback,
-    unknown_version,
     verified_artefact,
 )
 from stream_detector.engine.alerts import rfc3339
@@ -70,7 +70,7 @@ _SEQUENCE: Final = "sequence"
 _INDENTED: Final = orjson.OPT_INDENT_2
 
 
-class DirectoryRegistry:
+class DirectoryRegistry(RegistryState):
     """`ModelRegistry` in the directory `root` (created by the first change).
 
     Reads answer from what the last refresh (or change) read; a change reads the files again
@@ -79,29 +79,13 @@ class DirectoryRegistry:
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
-        self._entries: dict[str, ModelEntry] = {}
-        self._history: list[HistoryRecord] = []
+        super().__init__()
         self._next_sequence = 0
         self.refresh()
-
-    def entries(self) -> list[ModelEntry]:
-        return list(self._entries.values())
-
-    def entry(self, version: str) -> ModelEntry:
-        try:
-            return self._entries[version]
-        except KeyError:
-            raise unknown_version(version, self._entries) from None
 
     def artefact_dir(self, version: str) -> Path:
         self.entry(version)
         return self.root / MODELS_DIR / version
-
-    def history(self) -> list[HistoryRecord]:
-        return list(self._history)
-
-    def active(self) -> str | None:
-        return self._history[-1].version if self._history else None
 
     def refresh(self) -> None:
         with self._locked(exclusive=False):

@@ -61,6 +61,7 @@ from stream_detector.detector.registry import (
     ModelRegistry,
     RecordError,
     RegistryError,
+    RegistryState,
     checked_registration,
     entry_json,
     history_json,
@@ -70,7 +71,6 @@ from stream_detector.detector.registry import (
     promotion,
     report_json,
     rollback,
-    unknown_version,
     verified_artefact,
 )
 from stream_detector.detector.registry_dir import DirectoryRegistry
@@ -106,7 +106,7 @@ def open_registry(settings: Settings, cache_dir: Path | None = None) -> ModelReg
     return None
 
 
-class TopicRegistry:
+class TopicRegistry(RegistryState):
     """`ModelRegistry` on `topic`; not thread-safe. Reads answer from the topic as read up to
     the last refresh (or change); `close` lets the clients go.
 
@@ -129,8 +129,7 @@ class TopicRegistry:
         if cache_dir is None:
             cache_dir = Path(tempfile.mkdtemp(prefix="sd-registry-"))
         self.cache_dir = Path(cache_dir)
-        self._entries: dict[str, ModelEntry] = {}
-        self._history: list[HistoryRecord] = []
+        super().__init__()
         self._next_offset: int | None = None  # after the last record applied
         self._faults = ClientFaults(kafka.bootstrap_servers)
         self._producer: Producer | None = None
@@ -144,24 +143,9 @@ class TopicRegistry:
             self.close()
             raise
 
-    def entries(self) -> list[ModelEntry]:
-        return list(self._entries.values())
-
-    def entry(self, version: str) -> ModelEntry:
-        try:
-            return self._entries[version]
-        except KeyError:
-            raise unknown_version(version, self._entries) from None
-
     def artefact_dir(self, version: str) -> Path:
         self.entry(version)
         return self.cache_dir / version
-
-    def history(self) -> list[HistoryRecord]:
-        return list(self._history)
-
-    def active(self) -> str | None:
-        return self._history[-1].version if self._history else None
 
     def refresh(self) -> None:
         self._read_to_end(through=-1)

@@ -42,6 +42,8 @@ N_KEYS = 20
 SHIFT = 300  # the step the new normal starts at
 LEVEL, NOISE_BEFORE, NOISE_AFTER = 3.0, 0.1, 0.4
 INJECTED = 6.0
+# Steps fed per injected anomaly in the rollback test: past its end by more than a cool-down.
+ANOMALY_FEED = 120
 
 
 def _events(
@@ -223,8 +225,11 @@ def test_a_promotion_rolled_back_serves_the_old_version_again(
         return feed.step
 
     def anomaly_alerts(key: str, step: int) -> list[dict[str, Any]]:
-        """The alerts of an anomaly injected on `key` after `step` (the events from there)."""
-        events = _events(step, step + 60, {key: (step + 20, step + 30)})
+        """The alerts of an anomaly injected on `key` after `step` (the events from there).
+        The feed runs on well past the anomaly, so that an episode the key had open already
+        (a warm-up alert of a model just swapped in) resolves after it: that resolve, not a new
+        open, is then the anomaly's alert."""
+        events = _events(step, step + ANOMALY_FEED, {key: (step + 20, step + 30)})
         produce_events(service_setup.input_topic, events)
 
         def raised() -> list[dict[str, Any]]:
@@ -241,5 +246,5 @@ def test_a_promotion_rolled_back_serves_the_old_version_again(
     assert main([models[0], "rollback", *models[1:]]) == 0
     registry.refresh()
     assert registry.active() == first
-    step = serve_until(first, step + 61)
+    step = serve_until(first, step + ANOMALY_FEED + 1)
     assert {a["model_version"] for a in anomaly_alerts("k09", step + 1)} == {first}

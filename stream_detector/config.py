@@ -520,6 +520,15 @@ class ThresholdConfig(_Section):
         "0 (the default) leaves each key to its own band: the global threshold is set by the "
         "noisiest keys, and a floor from it silences every key that is quiet by nature.",
     )
+    flat_factor: float = Field(
+        2.0,
+        ge=0,
+        description="A feature that repeats one value for this many times the longest run of "
+        "equal values its key completed before (and for at least one window) is a flat line: "
+        "its windows exceed whatever their score, since a stuck sensor is reconstructed too "
+        "well to score high. Judged on readings (input.mode = 'events') only: bucket counts "
+        "repeat by nature. 0 disables.",
+    )
 
 
 class EpisodeConfig(_Section):

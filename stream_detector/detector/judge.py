@@ -37,6 +37,7 @@ def empty_scored(n_features: int) -> ScoredWindows:
         feature_errors=np.empty((0, n_features), dtype=np.float32),
         actual=np.empty((0, n_features), dtype=np.float32),
         expected=np.empty((0, n_features), dtype=np.float32),
+        flat=np.empty((0, n_features), dtype=bool),
     )
 
 
@@ -106,9 +107,15 @@ class ModelJudge:
         divisor, floor, learn = (
             (None, None, None) if adjust is None else (adjust.divisor, adjust.floor, adjust.learn)
         )
+        # A flat line exceeds whatever its score (it is reconstructed too well to score high),
+        # and its low scores are not the key's normal: they are not learnt.
+        flat = staged.flat.any(axis=1)
+        if flat.any():
+            learn = ~flat if learn is None else learn & ~flat
         thresholds, exceed = self.threshold.apply(
             due.slots, result.scores, divisor, floor, learn, warm
         )
+        exceed |= flat
         expected = normalizer.denormalize(result.last_reconstruction, staged.mean, staged.std)
         return ScoredWindows(
             slots=due.slots,
@@ -123,4 +130,5 @@ class ModelJudge:
             # The window's newest row is the event that completed it, already on the host.
             actual=staged.batch.values[due.event_index],
             expected=expected.astype(np.float32, copy=False),
+            flat=staged.flat,
         )

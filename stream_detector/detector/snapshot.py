@@ -40,7 +40,8 @@ from stream_detector.config import Settings
 # 2: aggregate mode's open buckets and watermark per partition (version 1 had none; refused).
 # 3: each key's latest scored window (episodes.last_start / last_end), which the resolve alert of
 #    an evicted key reports; older checkpoints are refused (cold start with a warning).
-FORMAT_VERSION = 3
+# 4: the flat-line tracker's runs per key and feature ("flat.*"), when flat lines are judged.
+FORMAT_VERSION = 4
 _META = "__meta__"
 _KEYS = "__keys__"
 _KEY_OFFSETS = "__key_offsets__"

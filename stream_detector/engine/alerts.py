@@ -38,6 +38,13 @@ Each alert is published as a CloudEvents 1.0 structured-mode JSON message:
     window fields are then those of the key's last scored window) or ``"model_changed"`` (another
     model version took over while the episode was open; window fields as for ``"evicted"``);
     ``null`` on an open alert
+  - ``flat_features``: the features that repeated one value for far longer than the key's own
+    history makes normal (a stuck sensor, engine/flat.py) in that same window; such a window
+    exceeds whatever its score, which is then under the threshold. Empty for an anomaly found
+    by the reconstruction error alone
+  - ``anomaly_end``: resolve only, the event time (epoch s) of the end of the episode's last
+    exceeding window: where the anomaly itself ended, ``episodes.cooldown`` windows before the
+    resolve; ``null`` on an open alert
 """
 
 from __future__ import annotations
@@ -98,11 +105,14 @@ class Alert:
     windows_over: int
     event_index: int
     reason: ResolveReason | None = None
+    flat_features: tuple[str, ...] = ()
+    anomaly_end: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able fields (top_features as a list of objects), for logs and the wire."""
         data = asdict(self)
         data["top_features"] = list(data["top_features"])
+        data["flat_features"] = list(data["flat_features"])
         return data
 
     def to_cloudevent(self, source: str) -> bytes:

@@ -61,7 +61,10 @@ class EpisodeTracker(SlotArrays):
     episode_start:  end time of the window that opened the episode (with the key and model
                     version it determines the episode id, so the id needs no storage)
     peak*:          the highest-scoring window of the run or episode (score, threshold and the
-                    per-feature errors / actual / expected needed to explain it at resolve time)
+                    per-feature errors / actual / expected / flat needed to explain it at resolve
+                    time)
+    anomaly_end:    end time of the episode's latest exceeding window (where the anomaly itself
+                    ended, which the resolve alert reports)
     last_start/end: start and end time of the key's latest scored window (what a resolve alert
                     for an evicted key reports)
 
@@ -76,7 +79,7 @@ class EpisodeTracker(SlotArrays):
         # episode opens, the last times by every scored window), so a reset leaves them be.
         *slot_fields(
             "episode_start", "peak", "peak_threshold", "peak_errors", "peak_actual",
-            "peak_expected", "last_start", "last_end", reset=False,
+            "peak_expected", "peak_flat", "anomaly_end", "last_start", "last_end", reset=False,
         ),
     )
 
@@ -103,6 +106,8 @@ class EpisodeTracker(SlotArrays):
         self._peak_errors = np.empty((0, n_features), dtype=np.float32)
         self._peak_actual = np.empty((0, n_features), dtype=np.float32)
         self._peak_expected = np.empty((0, n_features), dtype=np.float32)
+        self._peak_flat = np.empty((0, n_features), dtype=bool)
+        self._anomaly_end = np.empty(0, dtype=np.float64)
         self._last_start = np.empty(0, dtype=np.float64)
         self._last_end = np.empty(0, dtype=np.float64)
         self.ensure_capacity(capacity)
@@ -197,6 +202,7 @@ class EpisodeTracker(SlotArrays):
             if not state.is_open and state.run == 0:
                 state.peak = -np.inf  # a new run: forget the previous run's peak
             self._track_peak(slot, state, scored, row)
+            self._anomaly_end[slot] = scored.end_ts[row]
             if state.is_open:
                 state.calm = 0
                 state.windows_over += 1
@@ -212,7 +218,7 @@ class EpisodeTracker(SlotArrays):
             score, threshold = float(scored.scores[row]), float(scored.thresholds[row])
             return self._alert(
                 "open", state, str(scored.keys[row]), self._window(scored, row),
-                score, threshold, features,
+                score, threshold, features, self._flat_names(scored.flat[row]),
             )
         if not state.is_open:
             state.run = 0
@@ -245,13 +251,17 @@ class EpisodeTracker(SlotArrays):
         )
         peak_threshold = float(self._peak_threshold[slot])
         return self._alert(
-            "resolve", state, key, window, state.peak, peak_threshold, features, reason
+            "resolve", state, key, window, state.peak, peak_threshold, features,
+            self._flat_names(self._peak_flat[slot]), reason, float(self._anomaly_end[slot]),
         )
 
     def _explain(
         self, errors: np.ndarray, actual: np.ndarray, expected: np.ndarray
     ) -> tuple[FeatureContribution, ...]:
         return top_contributions(self._names, errors, actual, expected, self._top)
+
+    def _flat_names(self, flat: np.ndarray) -> tuple[str, ...]:
+        return tuple(name for name, is_flat in zip(self._names, flat.tolist()) if is_flat)
 
     def _track_peak(self, slot: int, state: _KeyState, scored: ScoredWindows, row: int) -> None:
         score = float(scored.scores[row])
@@ -262,6 +272,7 @@ class EpisodeTracker(SlotArrays):
         self._peak_errors[slot] = scored.feature_errors[row]
         self._peak_actual[slot] = scored.actual[row]
         self._peak_expected[slot] = scored.expected[row]
+        self._peak_flat[slot] = scored.flat[row]
 
     def _alert(
         self,
@@ -272,7 +283,9 @@ class EpisodeTracker(SlotArrays):
         score: float,
         threshold: float,
         features: tuple[FeatureContribution, ...],
+        flat_features: tuple[str, ...],
         reason: ResolveReason | None = None,
+        anomaly_end: float | None = None,
     ) -> Alert:
         episode_id = episode_id_for(key, state.episode_start, self._model_version)
         window_start, window_end, event_index = window
@@ -292,6 +305,8 @@ class EpisodeTracker(SlotArrays):
             windows_over=state.windows_over,
             event_index=event_index,
             reason=reason,
+            flat_features=flat_features,
+            anomaly_end=anomaly_end,
         )
         log.debug(
             "episode " + ("opened" if kind == "open" else "resolved"),

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from stream_detector.config import Settings
+from stream_detector.engine.flat import FlatLineTracker
 from stream_detector.engine.normalize import KeyNormalizer
 from stream_detector.engine.slots import SlotArrays
 from stream_detector.engine.types import DueWindows, EventBatch, IngestReport
@@ -48,6 +49,8 @@ class StagedWindows:
     # float32 [B, F]: each window's key statistics right after its last event (its scaling).
     mean: np.ndarray
     std: np.ndarray
+    # bool [B, F]: features in a flat line at the window's last event (all false when off).
+    flat: np.ndarray
 
 
 class WindowStage:
@@ -87,6 +90,13 @@ class WindowStage:
         # The per-slot stages that follow the store's slots, by the name their arrays carry in
         # a snapshot. The store is not among them: it keeps itself in step as slots change.
         self._followers: dict[str, SlotArrays] = {"normalizer": self.normalizer}
+        # Flat lines are judged on readings only: bucket counts repeat by nature.
+        self.flat: FlatLineTracker | None = None
+        if settings.input.mode == "events" and settings.threshold.flat_factor > 0:
+            self.flat = FlatLineTracker(
+                n_features, settings.threshold.flat_factor, window.size, self.store.capacity
+            )
+            self._followers["flat"] = self.flat
         # Followers kept in step but left out of snapshots (a shadow model's state).
         self._transient: set[str] = set()
 
@@ -158,4 +168,8 @@ class WindowStage:
             report.event_slots, cut.batch.values, record=cut.due.event_index
         )
         normalised = self.normalizer.normalize(cut.due.values, mean, std, self.store.ring.upload)
-        return StagedWindows(cut.batch, cut.due, normalised, report, mean, std)
+        if self.flat is None:
+            flat = np.zeros(mean.shape, dtype=bool)
+        else:
+            flat = self.flat.update(report.event_slots, cut.batch.values, cut.due.event_index)
+        return StagedWindows(cut.batch, cut.due, normalised, report, mean, std, flat)

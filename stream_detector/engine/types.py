@@ -134,6 +134,8 @@ class ScoredWindows:
     feature_errors: float32 [B, F]  mean squared reconstruction error per feature (normalised units)
     actual:         float32 [B, F]  raw value of the window's last event
     expected:       float32 [B, F]  reconstruction of the last event, in raw units
+    flat:           bool [B, F]     features in a flat line at the window's last event
+                                    (engine/flat.py); such a window exceeds whatever its score
     """
 
     slots: np.ndarray
@@ -147,6 +149,7 @@ class ScoredWindows:
     feature_errors: np.ndarray
     actual: np.ndarray
     expected: np.ndarray
+    flat: np.ndarray
 
     def __len__(self) -> int:
         return int(self.slots.shape[0])

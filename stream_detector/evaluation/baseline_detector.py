@@ -117,5 +117,6 @@ class BaselineDetector:
             feature_errors=np.zeros((n, self._n_features), dtype=np.float32),
             actual=batch.values[due.rows],
             expected=np.full((n, self._n_features), np.nan, dtype=np.float32),
+            flat=np.zeros((n, self._n_features), dtype=bool),
         )
         return scored, self._episodes.update(scored)

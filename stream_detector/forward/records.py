@@ -70,6 +70,8 @@ def decode_alert(value: bytes | None) -> Alert:
         windows_over=_count(data, "windows_over"),
         event_index=-1,  # only meaningful inside the batch that produced the alert
         reason=None if data.get("reason") is None else _choice(data, "reason", _REASONS),
+        flat_features=_flat_features(data),
+        anomaly_end=None if data.get("anomaly_end") is None else _time(data, "anomaly_end"),
     )
 
 
@@ -107,6 +109,17 @@ def _choice(data: dict[str, Any], name: str, allowed: frozenset[str]) -> Any:
     if value not in allowed:
         raise MalformedAlert(f"data.{name} is {value!r}, not one of {sorted(allowed)}")
     return value
+
+
+def _flat_features(data: dict[str, Any]) -> tuple[str, ...]:
+    """The optional list of flat-line feature names (absent from alerts of older versions)."""
+    names = data.get("flat_features", [])
+    if not isinstance(names, list):
+        raise MalformedAlert(f"data.flat_features is {names!r}, not a list")
+    for n, name in enumerate(names):
+        if not isinstance(name, str) or not name:
+            raise MalformedAlert(f"data.flat_features[{n}] is {name!r}, not a non-empty string")
+    return tuple(names)
 
 
 def _top_features(data: dict[str, Any]) -> tuple[FeatureContribution, ...]:

@@ -15,6 +15,7 @@ from stream_detector.detector.facade import Detector
 from stream_detector.detector.replay import replay
 from stream_detector.detector.training import train
 from stream_detector.engine.decode import Decoder
+from stream_detector.engine.stage import WindowStage
 
 # Event times in 2023, above input.min_timestamp's floor.
 T0 = 1_700_000_000.0
@@ -145,3 +146,42 @@ def test_events_going_back_in_time_are_accepted_and_counted(artefact: ModelArtef
     assert len(result.decoded.batch) == 3 and not result.decoded.rejects
     # k0's event is behind its own t=29; k1's second event is behind its first in the batch.
     assert detector.out_of_order_total == 2
+
+
+def _stuck(payloads: list[bytes], key: str, steps: range) -> list[bytes]:
+    """The feed with `key` repeating, over `steps`, the value it read just before them."""
+    out, frozen = [], None
+    for step, line in enumerate(payloads):
+        event = orjson.loads(line)
+        if event["key"] == key and step // len(KEYS) == steps.start - 1:
+            frozen = event["value"]
+        if event["key"] == key and step // len(KEYS) in steps:
+            event["value"] = frozen
+        out.append(orjson.dumps(event))
+    return out
+
+
+def test_a_stuck_sensor_opens_an_episode_that_names_it_flat(artefact: ModelArtefact) -> None:
+    payloads = _stuck(_messages(400, None, seed=13), "sensor-3", range(250, 300))
+    alerts = _run(artefact, payloads, batch=100)
+    assert {a.key for a in alerts} == {"sensor-3"}
+    opened, resolved = alerts
+    assert opened.kind == "open" and opened.flat_features == ("value",)
+    # Flat from the window-size-th repeated reading on: the run is 8 long at step 257.
+    assert T0 + 257 <= opened.window_end <= T0 + 262
+    assert opened.score < opened.threshold  # reconstructed well: only the flat line exceeds
+    # The anomaly ends with the last flat window; the resolve comes a cool-down later.
+    assert resolved.kind == "resolve" and resolved.anomaly_end == T0 + 299
+    assert resolved.window_end > resolved.anomaly_end
+
+
+def test_bucket_counts_are_never_judged_flat() -> None:
+    settings = load_settings(
+        None,
+        {
+            "input": {"mode": "aggregate", "value_fields": ["n"]},
+            "aggregate": {"features": [{"name": "n", "agg": "count"}]},
+        },
+    )
+    stage = WindowStage(settings, np.zeros(1), np.ones(1), stride=1)
+    assert stage.flat is None and "flat" not in stage.slot_stages

@@ -48,6 +48,7 @@ def _scored(
         feature_errors=f if errors is None else errors.astype(np.float32),
         actual=f,
         expected=f,
+        flat=np.zeros((n, 1), dtype=bool),
     )
 
 

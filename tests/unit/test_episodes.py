@@ -42,6 +42,7 @@ def make_scored(
         feature_errors=np.asarray(errors, dtype=np.float32).reshape(n, F),
         actual=np.tile(np.arange(F, dtype=np.float32) * 10, (n, 1)),
         expected=np.tile(np.arange(F, dtype=np.float32), (n, 1)),
+        flat=np.zeros((n, F), dtype=bool),
     )
 
 

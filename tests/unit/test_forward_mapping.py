@@ -72,8 +72,17 @@ def wire(alert: Alert) -> Alert:
 
 
 def test_a_cloudevent_reads_back_into_the_alert_it_was_written_from() -> None:
-    for alert in (opened(), resolved(opened())):
+    stuck = replace(opened(), flat_features=("metrics.humidity",))
+    ended = replace(resolved(opened()), anomaly_end=opened().window_end + 40)
+    for alert in (opened(), resolved(opened()), stuck, ended):
         assert wire(alert) == replace(alert, event_index=-1)
+
+
+def test_an_alert_of_an_older_detector_reads_without_the_newer_fields() -> None:
+    envelope = orjson.loads(resolved(opened()).to_cloudevent(SOURCE))
+    del envelope["data"]["flat_features"], envelope["data"]["anomaly_end"]
+    alert = decode_alert(orjson.dumps(envelope))
+    assert alert.flat_features == () and alert.anomaly_end is None
 
 
 def test_fields_a_newer_detector_adds_are_ignored() -> None:
@@ -111,6 +120,9 @@ def _edited(change: Any) -> bytes:
         (_edited(lambda e: e["data"].update(top_features={})), "not a list"),
         (_edited(lambda e: e["data"].update(top_features=[{"name": "t"}])),
          "data.top_features[0].actual is None"),
+        (_edited(lambda e: e["data"].update(flat_features="t")), "data.flat_features is 't'"),
+        (_edited(lambda e: e["data"].update(flat_features=[""])), "data.flat_features[0]"),
+        (_edited(lambda e: e["data"].update(anomaly_end=-5)), "data.anomaly_end"),
     ],
 )
 def test_anything_but_our_alert_is_refused_with_the_reason(

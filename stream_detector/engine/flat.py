@@ -1,0 +1,83 @@
+"""Flat lines: a sensor that repeats one value for longer than its own history makes normal.
+
+An autoencoder reconstructs a flat window almost perfectly, so a stuck sensor scores *lower*
+than ordinary noise and no threshold on the reconstruction error can find it. The tracker looks
+at the readings themselves instead: per key and feature, how long the current run of exactly
+equal values is, and how long the longest run the key completed before it was. A run is flat
+once it is ``factor`` times that longest run and at least ``min_run`` events (one window) long.
+
+Judged against the key's own history, so a sensor that is naturally coarse (it repeats a value
+for 30 readings at times) needs a run of 60 before it counts, and a noisy one (runs of 1) counts
+after one window. A key that has never changed value is not judged at all (no completed run):
+constant since it was first seen is not news. A run once found flat is not learnt as normal
+when it ends, so a sensor that keeps getting stuck keeps being found.
+
+Events are folded in per key in arrival order (`scan.rank_steps`), so the flags of a window do
+not depend on where the stream was cut into batches.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from stream_detector.engine.scan import rank_steps
+from stream_detector.engine.slots import SlotArrays, SlotField
+
+
+class FlatLineTracker(SlotArrays):
+    """Per-slot, per-feature run lengths of repeated values, in arrays indexed by slot.
+
+    last:     the feature's latest value (NaN: none yet; NaN never equals anything)
+    run:      length of the run of equal values ending at the latest event
+    longest:  the longest run completed before the current one (runs found flat excluded)
+    flagged:  whether the current run has been found flat
+    """
+
+    SLOT_FIELDS = (
+        SlotField("last", float("nan")),
+        SlotField("run"),
+        SlotField("longest"),
+        SlotField("flagged", False),
+    )
+
+    def __init__(
+        self, n_features: int, factor: float, min_run: int, capacity: int = 1024
+    ) -> None:
+        if factor <= 0 or min_run < 1:
+            raise ValueError("need factor > 0 and min_run >= 1")
+        self._factor = float(factor)
+        self._min_run = int(min_run)
+        self._last = np.empty((0, n_features), dtype=np.float64)
+        self._run = np.empty((0, n_features), dtype=np.int64)
+        self._longest = np.empty((0, n_features), dtype=np.int64)
+        self._flagged = np.empty((0, n_features), dtype=bool)
+        self.ensure_capacity(capacity)
+
+    def update(self, slots: np.ndarray, values: np.ndarray, record: np.ndarray) -> np.ndarray:
+        """Fold events (slot [N], values [N, F], arrival order) into their slots' runs; return,
+        for the events at positions ``record`` (the last events of due windows), which of their
+        features were in a flat run right after them (bool [R, F])."""
+        values = np.asarray(values, dtype=np.float64)
+        wanted = np.full(len(slots), -1, dtype=np.int64)
+        wanted[record] = np.arange(len(record))
+        flat = np.zeros((len(record), values.shape[1]), dtype=bool)
+        for rows in rank_steps(slots):
+            slot = slots[rows]
+            value = values[rows]
+            same = value == self._last[slot]
+            run = self._run[slot]
+            ended = ~same & ~self._flagged[slot]
+            self._longest[slot] = np.where(
+                ended, np.maximum(self._longest[slot], run), self._longest[slot]
+            )
+            run = np.where(same, run + 1, 1)
+            longest = self._longest[slot]
+            now_flat = (longest > 0) & (run >= np.maximum(self._factor * longest, self._min_run))
+            self._flagged[slot] = np.where(same, self._flagged[slot] | now_flat, now_flat)
+            self._run[slot] = run
+            self._last[slot] = value
+            out = wanted[rows]
+            hit = out >= 0
+            if hit.any():
+                flat[out[hit]] = now_flat[hit]
+        return flat

@@ -85,8 +85,9 @@ PROTOCOL_NOTES = (
     "across keys in fixed-size batches like a multi-key topic; the train part warms the per-key "
     "window, normalisation and threshold state as a deployed detector's history would. Metrics "
     "count the test part only.",
-    "An alert episode is active from the event that triggered its open alert to the event that "
-    "triggered its resolve alert (or the key's last event if never resolved).",
+    "An alert episode is active from the event that triggered its open alert to the end of its "
+    "last exceeding window, the resolve alert's anomaly_end (the resolve itself comes "
+    "episodes.cooldown calm windows later), or to the key's last event if never resolved.",
     "point_wise: each test event is a sample, predicted positive while an episode is active. "
     "point_adjusted: as point_wise, but a labelled range with any predicted event counts as "
     "wholly predicted. event_wise: a labelled range (maximal run of label 1) is detected if any "

@@ -1,9 +1,11 @@
 """What one method decided over the stream: its window scores and its alert episodes per key.
 
 Alerts are the detector's real output, so episodes are rebuilt from them alone: an episode is
-active from the event that triggered its open alert to the event that triggered its resolve alert.
-An episode still open when a key's data ends (or dropped without a resolve because the engine
-evicted the key) is taken to last until the key's last event. The alerts themselves are kept
+active from the event that triggered its open alert to the end of its last exceeding window, which
+its resolve alert reports (`anomaly_end`; the resolve itself comes a cool-down later, and the calm
+windows of the cool-down are not part of the anomaly). An episode still open when a key's data
+ends (or dropped without a resolve because the engine evicted the key) is taken to last until the
+key's last event. The alerts themselves are kept
 beside the episodes: a simulated operator answers them with feedback that names them.
 """
 
@@ -68,11 +70,24 @@ class TraceRecorder:
                 start, open_alert = opened
                 self._spans.append((start, row, (open_alert, alert)))
 
+    @staticmethod
+    def _end_row(stream: Stream, start: int, resolved_at: int, resolve: Alert) -> int:
+        """The row of the key's last event at or before the resolve's `anomaly_end` (not before
+        the episode's opening row); the resolve's own row when the alert does not say."""
+        if resolve.anomaly_end is None:
+            return resolved_at
+        rows = np.flatnonzero(stream.key_id == stream.key_id[start])
+        rows = rows[(rows >= start) & (rows <= resolved_at)]
+        return int(rows[stream.ts[rows] <= resolve.anomaly_end][-1:].max(initial=start))
+
     def finish(self, stream: Stream) -> MethodTrace:
         n_keys = int(stream.key_id.max()) + 1 if len(stream) else 0
         last_row = np.full(n_keys, -1, dtype=np.int64)
         np.maximum.at(last_row, stream.key_id, np.arange(len(stream), dtype=np.int64))
-        spans = self._spans + [
+        spans = [
+            (start, self._end_row(stream, start, resolved_at, alerts[1]), alerts)
+            for start, resolved_at, alerts in self._spans
+        ] + [
             (start, int(last_row[stream.key_id[start]]), (alert, None))
             for start, alert in self._opened.values()
         ]

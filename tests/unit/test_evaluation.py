@@ -94,6 +94,7 @@ def _no_windows() -> ScoredWindows:
         slots=empty.astype(np.int64), keys=empty.astype(object), event_index=empty.astype(np.int64),
         start_ts=empty, end_ts=empty, scores=empty, thresholds=empty, exceed=empty.astype(bool),
         feature_errors=np.empty((0, 1)), actual=np.empty((0, 1)), expected=np.empty((0, 1)),
+        flat=np.empty((0, 1), dtype=bool),
     )
 
 
@@ -109,6 +110,18 @@ def test_trace_turns_alerts_into_test_local_episodes() -> None:
     # e1 lies wholly in the train part; e2 opened at local -2 and is clipped to 0; e3 opens at
     # local 6 and lasts to the key's last event.
     assert trace.episodes[0].tolist() == [[0, 2], [6, 9]]
+
+
+def test_an_episode_ends_where_its_resolve_says_the_anomaly_ended() -> None:
+    # One key, event time = row: 6 train rows, then test rows at times 6..15.
+    dataset = LabelledDataset("toy", ("value",), (_channel("a", 6, 10, None, 1),), ())
+    stream = build_stream(dataset)
+    recorder = TraceRecorder("m")
+    resolve = dataclasses.replace(_alert("resolve", "e1", 14), anomaly_end=10.0)
+    recorder.record(0, _no_windows(), [_alert("open", "e1", 8), resolve])
+    # Open at local 2; the last exceeding window ended at time 10 (local 4), not at the
+    # resolve's row (local 8), which came a cool-down later.
+    assert recorder.finish(stream).episodes[0].tolist() == [[2, 4]]
 
 
 def _write_channel(path: Path, values: np.ndarray, labels: np.ndarray | None) -> None:

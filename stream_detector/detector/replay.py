@@ -47,8 +47,9 @@ def _float_or_none(value: float) -> float | None:
 class _EpisodeCursor:
     """Follows open episodes per key across batches, from the alerts the engine emitted."""
 
-    def __init__(self) -> None:
+    def __init__(self, feature_names: tuple[str, ...]) -> None:
         self._open: dict[str, str] = {}
+        self._names = feature_names
 
     def lines(
         self, result: DetectionResult, offset: int, bucket_width: float | None = None
@@ -63,6 +64,11 @@ class _EpisodeCursor:
         score[scored.event_index] = scored.scores
         threshold[scored.event_index] = scored.thresholds
         exceed[scored.event_index] = scored.exceed
+        flat_at = {
+            int(row): [name for name, is_flat in zip(self._names, flags) if is_flat]
+            for row, flags in zip(scored.event_index.tolist(), scored.flat.tolist())
+            if any(flags)
+        }
         alerts_at: dict[int, list[Any]] = {}
         for alert in result.alerts:
             alerts_at.setdefault(alert.event_index, []).append(alert)
@@ -92,6 +98,7 @@ class _EpisodeCursor:
                 "score": _float_or_none(score[row]),
                 "threshold": _float_or_none(threshold[row]),
                 "anomaly": bool(exceed[row]),
+                "flat_features": flat_at.get(row, []),
                 "episode_id": self._open.get(key),
                 "alerts": kinds,
             }
@@ -124,7 +131,7 @@ def replay(
 ) -> ReplaySummary:
     """Replay `input_path` through `detector`, writing JSON lines to `out`."""
     summary = ReplaySummary()
-    cursor = _EpisodeCursor()
+    cursor = _EpisodeCursor(detector.feature_names)
     aggregators = detector.aggregators()
     width = None if aggregators is None else aggregators.width
     offset = 0

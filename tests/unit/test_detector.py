@@ -185,3 +185,18 @@ def test_bucket_counts_are_never_judged_flat() -> None:
     )
     stage = WindowStage(settings, np.zeros(1), np.ones(1), stride=1)
     assert stage.flat is None and "flat" not in stage.slot_stages
+
+
+def test_replay_lines_name_the_features_in_a_flat_line(
+    artefact: ModelArtefact, tmp_path: Path
+) -> None:
+    source = tmp_path / "stuck.jsonl"
+    payloads = _stuck(_messages(400, None, seed=13), "sensor-3", range(250, 300))
+    source.write_bytes(b"\n".join(payloads) + b"\n")
+    out = io.BytesIO()
+    replay(source, Detector(_settings(), artefact), out, batch_size=256)
+    lines = [orjson.loads(line) for line in out.getvalue().splitlines()]
+    flat = [line for line in lines if line["flat_features"]]
+    assert flat and {line["key"] for line in flat} == {"sensor-3"}
+    assert all(line["flat_features"] == ["value"] and line["anomaly"] for line in flat)
+    assert all(T0 + 257 <= line["ts"] <= T0 + 299 for line in flat)

@@ -53,15 +53,22 @@ class FlatLineTracker(SlotArrays):
         self._flagged = np.empty((0, n_features), dtype=bool)
         self.ensure_capacity(capacity)
 
-    def update(self, slots: np.ndarray, values: np.ndarray, record: np.ndarray) -> np.ndarray:
+    def update(
+        self,
+        slots: np.ndarray,
+        values: np.ndarray,
+        record: np.ndarray,
+        steps: list[np.ndarray] | None = None,
+    ) -> np.ndarray:
         """Fold events (slot [N], values [N, F], arrival order) into their slots' runs; return,
         for the events at positions ``record`` (the last events of due windows), which of their
-        features were in a flat run right after them (bool [R, F])."""
+        features were in a flat run right after them (bool [R, F]). ``steps``: `rank_steps` of
+        ``slots``, when the caller has them already."""
         values = np.asarray(values, dtype=np.float64)
         wanted = np.full(len(slots), -1, dtype=np.int64)
         wanted[record] = np.arange(len(record))
         flat = np.zeros((len(record), values.shape[1]), dtype=bool)
-        for rows in rank_steps(slots):
+        for rows in rank_steps(slots) if steps is None else steps:
             slot = slots[rows]
             value = values[rows]
             same = value == self._last[slot]

@@ -99,7 +99,11 @@ class KeyNormalizer(SlotArrays):
         self.ensure_capacity(capacity)
 
     def update(
-        self, slots: np.ndarray, values: np.ndarray, record: np.ndarray | None = None
+        self,
+        slots: np.ndarray,
+        values: np.ndarray,
+        record: np.ndarray | None = None,
+        steps: list[np.ndarray] | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Fold events (slot [N], values [N, F], arrival order) into their slots' statistics,
         one event at a time per slot, so any cut of a key's stream into batches gives the same
@@ -112,7 +116,8 @@ class KeyNormalizer(SlotArrays):
 
         ``record``: positions among the N events after which the statistics are wanted (the
         last events of due windows); returns their (mean [R, F], std [R, F]) float32, with the
-        prior pooled in as `stats` does (empty without ``record``).
+        prior pooled in as `stats` does (empty without ``record``). ``steps``: `rank_steps` of
+        ``slots``, when the caller has them already.
         """
         values = np.asarray(values, dtype=np.float64)
         record = np.empty(0, dtype=np.int64) if record is None else record
@@ -121,7 +126,7 @@ class KeyNormalizer(SlotArrays):
         seen_n = np.zeros(len(record), dtype=np.float64)
         seen_mean = np.zeros((len(record), self.n_features), dtype=np.float64)
         seen_m2 = np.zeros_like(seen_mean)
-        for rows in rank_steps(slots):
+        for rows in rank_steps(slots) if steps is None else steps:
             slot = slots[rows]
             n_a = self._n[slot]
             kept_a = np.minimum(n_a, self.horizon - 1)

@@ -26,6 +26,7 @@ from torch import Tensor
 from stream_detector.config import Settings
 from stream_detector.engine.flat import FlatLineTracker
 from stream_detector.engine.normalize import KeyNormalizer
+from stream_detector.engine.scan import rank_steps
 from stream_detector.engine.slots import SlotArrays
 from stream_detector.engine.types import DueWindows, EventBatch, IngestReport
 from stream_detector.engine.windows import WindowStore
@@ -164,12 +165,16 @@ class WindowStage:
         """The second half of a step: fold the events into their keys' statistics and normalise
         each window with its key's statistics right after its own last event."""
         report = cut.report
+        # Both per-event stages step through the events by rank within key: ranked once.
+        steps = rank_steps(report.event_slots)
         mean, std = self.normalizer.update(
-            report.event_slots, cut.batch.values, record=cut.due.event_index
+            report.event_slots, cut.batch.values, record=cut.due.event_index, steps=steps
         )
         normalised = self.normalizer.normalize(cut.due.values, mean, std, self.store.ring.upload)
         if self.flat is None:
             flat = np.zeros(mean.shape, dtype=bool)
         else:
-            flat = self.flat.update(report.event_slots, cut.batch.values, cut.due.event_index)
+            flat = self.flat.update(
+                report.event_slots, cut.batch.values, cut.due.event_index, steps=steps
+            )
         return StagedWindows(cut.batch, cut.due, normalised, report, mean, std, flat)

@@ -70,22 +70,13 @@ class TraceRecorder:
                 start, open_alert = opened
                 self._spans.append((start, row, (open_alert, alert)))
 
-    @staticmethod
-    def _end_row(stream: Stream, start: int, resolved_at: int, resolve: Alert) -> int:
-        """The row of the key's last event at or before the resolve's `anomaly_end` (not before
-        the episode's opening row); the resolve's own row when the alert does not say."""
-        if resolve.anomaly_end is None:
-            return resolved_at
-        rows = np.flatnonzero(stream.key_id == stream.key_id[start])
-        rows = rows[(rows >= start) & (rows <= resolved_at)]
-        return int(rows[stream.ts[rows] <= resolve.anomaly_end][-1:].max(initial=start))
-
     def finish(self, stream: Stream) -> MethodTrace:
         n_keys = int(stream.key_id.max()) + 1 if len(stream) else 0
         last_row = np.full(n_keys, -1, dtype=np.int64)
         np.maximum.at(last_row, stream.key_id, np.arange(len(stream), dtype=np.int64))
+        rows_of = _RowsByKey(stream, n_keys)
         spans = [
-            (start, self._end_row(stream, start, resolved_at, alerts[1]), alerts)
+            (start, rows_of.end_row(start, resolved_at, alerts[1]), alerts)
             for start, resolved_at, alerts in self._spans
         ] + [
             (start, int(last_row[stream.key_id[start]]), (alert, None))
@@ -107,6 +98,27 @@ class TraceRecorder:
         )
         keep = stream.is_test[rows]
         return _split_by_key(stream.key_id[rows][keep], table[keep])
+
+
+class _RowsByKey:
+    """Each key's stream rows in order (a key's event times rise with its rows), to find where a
+    resolved episode's anomaly ended without a pass over the stream per episode."""
+
+    def __init__(self, stream: Stream, n_keys: int) -> None:
+        self._stream = stream
+        self._rows = np.argsort(stream.key_id, kind="stable")
+        self._first = np.searchsorted(stream.key_id[self._rows], np.arange(n_keys + 1))
+
+    def end_row(self, start: int, resolved_at: int, resolve: Alert) -> int:
+        """The row of the key's last event at or before the resolve's `anomaly_end`, between the
+        episode's opening row and the resolve's; the resolve's own row when the alert does not
+        say where the anomaly ended."""
+        if resolve.anomaly_end is None:
+            return resolved_at
+        key = self._stream.key_id[start]
+        rows = self._rows[self._first[key] : self._first[key + 1]]
+        at = np.searchsorted(self._stream.ts[rows], resolve.anomaly_end, side="right") - 1
+        return int(min(max(rows[at] if at >= 0 else start, start), resolved_at))
 
 
 def _episodes_by_key(

@@ -116,7 +116,11 @@ def annotations(alert: Alert) -> dict[str, str]:
     """What a person reading the alert needs: what happened, to which key, and which features
     the model found furthest from what it expected."""
     ratio = alert.score / alert.threshold if alert.threshold > 0 else float("inf")
-    if alert.kind == "open":
+    flat = ", ".join(alert.flat_features)
+    if alert.kind == "open" and flat:
+        # A flat line exceeds whatever its score, which is then under the threshold.
+        summary = f"{alert.key}: flat line on {flat} ({alert.severity})"
+    elif alert.kind == "open":
         summary = (
             f"{alert.key}: anomaly ({alert.severity}), score {alert.score:.4g} is {ratio:.3g}x "
             f"its threshold {alert.threshold:.4g}"
@@ -139,12 +143,17 @@ def annotations(alert: Alert) -> dict[str, str]:
         episode = f"Episode opened at {rfc3339(alert.episode_start)}"
     else:
         where = "at the episode's peak"
-        episode = (
-            f"Episode from {rfc3339(alert.episode_start)} to {rfc3339(alert.window_end)}"
-        )
+        ended = alert.window_end if alert.anomaly_end is None else alert.anomaly_end
+        episode = f"Episode from {rfc3339(alert.episode_start)}, anomalous until {rfc3339(ended)}"
+    flat_line = (
+        f"Flat line: {flat} repeated one value far longer than this key's history makes normal. "
+        if flat
+        else ""
+    )
     description = (
-        f"Top features {where}, actual vs expected: {features or 'none reported'}. {episode}, "
-        f"{alert.windows_over} window(s) over the threshold; model {alert.model_version}."
+        f"{flat_line}Top features {where}, actual vs expected: {features or 'none reported'}. "
+        f"{episode}, {alert.windows_over} window(s) over the threshold; "
+        f"model {alert.model_version}."
     )
     result = {
         "summary": summary,

@@ -203,6 +203,17 @@ def test_annotations_explain_the_alert() -> None:
     assert ended["alert_id"] == resolve.alert_id and ended["reason"] == "cooldown"
 
 
+def test_a_flat_line_is_named_and_a_resolve_says_where_the_anomaly_ended() -> None:
+    stuck = replace(opened(), score=0.01, severity="low", flat_features=("metrics.humidity",))
+    annotations = MAPPING.opened(stuck).annotations
+    assert annotations["summary"] == "device-0042: flat line on metrics.humidity (low)"
+    assert annotations["description"].startswith("Flat line: metrics.humidity repeated one value")
+    end = stuck.window_end + 40
+    resolve = replace(resolved(stuck), anomaly_end=end)
+    ended = MAPPING.resolved(resolve, MAPPING.opened(stuck)).annotations
+    assert f"anomalous until {rfc3339(end)}" in ended["description"]
+
+
 def test_generator_url_fills_the_link_template_quoted_and_is_left_out_without_one() -> None:
     alert = opened(key="rack 7/dev#1")
     payload = MAPPING.opened(alert).payload(now=0.0, valid_for_s=1.0)

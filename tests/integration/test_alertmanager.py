@@ -234,7 +234,9 @@ def test_episodes_fire_resolve_and_survive_an_alertmanager_restart(
         assert alert["labels"] == expected_labels(opened)
         assert alert["annotations"]["alert_id"] == opened.alert_id
         assert alert["annotations"]["episode_id"] == eid
-        assert alert["annotations"]["summary"].startswith(f"{opened.key}: anomaly")
+        flat = ", ".join(opened.flat_features)
+        what = f"flat line on {flat}" if flat else "anomaly"
+        assert alert["annotations"]["summary"].startswith(f"{opened.key}: {what}")
         assert instant(alert["startsAt"]) == pytest.approx(opened.episode_start, abs=1e-3)
         assert "generatorURL" not in alert or not alert["generatorURL"]
     wait_until(lambda: set(webhook.alerts("firing")) >= set(early), 30, "firing notifications")

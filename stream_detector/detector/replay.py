@@ -25,6 +25,7 @@ import orjson
 
 from stream_detector.detector.facade import DetectionResult, Detector
 from stream_detector.detector.sources import read_batches
+from stream_detector.engine.flat import flat_feature_names
 
 
 @dataclass
@@ -64,10 +65,12 @@ class _EpisodeCursor:
         score[scored.event_index] = scored.scores
         threshold[scored.event_index] = scored.thresholds
         exceed[scored.event_index] = scored.exceed
+        # Flat lines are rare: only their windows are looked at one by one.
         flat_at = {
-            int(row): [name for name, is_flat in zip(self._names, flags) if is_flat]
-            for row, flags in zip(scored.event_index.tolist(), scored.flat.tolist())
-            if any(flags)
+            int(scored.event_index[window]): list(
+                flat_feature_names(self._names, scored.flat[window])
+            )
+            for window in np.flatnonzero(scored.flat.any(axis=1)).tolist()
         }
         alerts_at: dict[int, list[Any]] = {}
         for alert in result.alerts:

@@ -33,6 +33,7 @@ from stream_detector.engine.alerts import (
     severity_for,
     top_contributions,
 )
+from stream_detector.engine.flat import flat_feature_names
 from stream_detector.engine.slots import SlotArrays, slot_fields
 from stream_detector.engine.types import ScoredWindows
 
@@ -218,7 +219,7 @@ class EpisodeTracker(SlotArrays):
             score, threshold = float(scored.scores[row]), float(scored.thresholds[row])
             return self._alert(
                 "open", state, str(scored.keys[row]), self._window(scored, row),
-                score, threshold, features, self._flat_names(scored.flat[row]),
+                score, threshold, features, flat_feature_names(self._names, scored.flat[row]),
             )
         if not state.is_open:
             state.run = 0
@@ -252,16 +253,14 @@ class EpisodeTracker(SlotArrays):
         peak_threshold = float(self._peak_threshold[slot])
         return self._alert(
             "resolve", state, key, window, state.peak, peak_threshold, features,
-            self._flat_names(self._peak_flat[slot]), reason, float(self._anomaly_end[slot]),
+            flat_feature_names(self._names, self._peak_flat[slot]), reason,
+            float(self._anomaly_end[slot]),
         )
 
     def _explain(
         self, errors: np.ndarray, actual: np.ndarray, expected: np.ndarray
     ) -> tuple[FeatureContribution, ...]:
         return top_contributions(self._names, errors, actual, expected, self._top)
-
-    def _flat_names(self, flat: np.ndarray) -> tuple[str, ...]:
-        return tuple(name for name, is_flat in zip(self._names, flat.tolist()) if is_flat)
 
     def _track_peak(self, slot: int, state: _KeyState, scored: ScoredWindows, row: int) -> None:
         score = float(scored.scores[row])

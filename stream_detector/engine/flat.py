@@ -18,10 +18,18 @@ not depend on where the stream was cut into batches.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from stream_detector.engine.scan import rank_steps
 from stream_detector.engine.slots import SlotArrays, SlotField
+
+
+def flat_feature_names(names: Sequence[str], flat: np.ndarray) -> tuple[str, ...]:
+    """The names of the features one window's flags (bool [F]) mark as in a flat line, in
+    feature order: what alerts and replay lines report."""
+    return tuple(name for name, is_flat in zip(names, flat.tolist(), strict=True) if is_flat)
 
 
 class FlatLineTracker(SlotArrays):

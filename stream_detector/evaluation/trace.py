@@ -72,14 +72,12 @@ class TraceRecorder:
 
     def finish(self, stream: Stream) -> MethodTrace:
         n_keys = int(stream.key_id.max()) + 1 if len(stream) else 0
-        last_row = np.full(n_keys, -1, dtype=np.int64)
-        np.maximum.at(last_row, stream.key_id, np.arange(len(stream), dtype=np.int64))
         rows_of = _RowsByKey(stream, n_keys)
         spans = [
             (start, rows_of.end_row(start, resolved_at, alerts[1]), alerts)
             for start, resolved_at, alerts in self._spans
         ] + [
-            (start, int(last_row[stream.key_id[start]]), (alert, None))
+            (start, rows_of.last_row(start), (alert, None))
             for start, alert in self._opened.values()
         ]
         episodes, alerts = _episodes_by_key(stream, spans)
@@ -101,13 +99,23 @@ class TraceRecorder:
 
 
 class _RowsByKey:
-    """Each key's stream rows in order (a key's event times rise with its rows), to find where a
-    resolved episode's anomaly ended without a pass over the stream per episode."""
+    """Each key's stream rows in order (a key's event times rise with its rows), grouped once, to
+    find where each episode ends (its anomaly's end, or the key's last row) without a pass over
+    the stream per episode."""
 
     def __init__(self, stream: Stream, n_keys: int) -> None:
         self._stream = stream
-        self._rows = np.argsort(stream.key_id, kind="stable")
-        self._first = np.searchsorted(stream.key_id[self._rows], np.arange(n_keys + 1))
+        self._rows_by_key = np.argsort(stream.key_id, kind="stable")
+        self._first = np.searchsorted(stream.key_id[self._rows_by_key], np.arange(n_keys + 1))
+
+    def _rows(self, row: int) -> np.ndarray:
+        """The rows of the key of stream row `row`, in order."""
+        key = self._stream.key_id[row]
+        return self._rows_by_key[self._first[key] : self._first[key + 1]]
+
+    def last_row(self, row: int) -> int:
+        """The last row of the key of stream row `row`: where an episode never resolved ends."""
+        return int(self._rows(row)[-1])
 
     def end_row(self, start: int, resolved_at: int, resolve: Alert) -> int:
         """The row of the key's last event at or before the resolve's `anomaly_end`, between the
@@ -115,8 +123,7 @@ class _RowsByKey:
         say where the anomaly ended."""
         if resolve.anomaly_end is None:
             return resolved_at
-        key = self._stream.key_id[start]
-        rows = self._rows[self._first[key] : self._first[key + 1]]
+        rows = self._rows(start)
         at = np.searchsorted(self._stream.ts[rows], resolve.anomaly_end, side="right") - 1
         return int(min(max(rows[at] if at >= 0 else start, start), resolved_at))
 

@@ -76,9 +76,12 @@ def decode_alert(value: bytes | None) -> Alert:
 
 
 def _text(data: dict[str, Any], name: str, where: str = "data") -> str:
-    value = data.get(name)
+    return _nonempty_text(data.get(name), f"{where}.{name}")
+
+
+def _nonempty_text(value: Any, path: str) -> str:
     if not isinstance(value, str) or not value:
-        raise MalformedAlert(f"{where}.{name} is {value!r}, not a non-empty string")
+        raise MalformedAlert(f"{path} is {value!r}, not a non-empty string")
     return value
 
 
@@ -116,10 +119,9 @@ def _flat_features(data: dict[str, Any]) -> tuple[str, ...]:
     names = data.get("flat_features", [])
     if not isinstance(names, list):
         raise MalformedAlert(f"data.flat_features is {names!r}, not a list")
-    for n, name in enumerate(names):
-        if not isinstance(name, str) or not name:
-            raise MalformedAlert(f"data.flat_features[{n}] is {name!r}, not a non-empty string")
-    return tuple(names)
+    return tuple(
+        _nonempty_text(name, f"data.flat_features[{n}]") for n, name in enumerate(names)
+    )
 
 
 def _top_features(data: dict[str, Any]) -> tuple[FeatureContribution, ...]:

@@ -169,14 +169,14 @@ def service_setup(
     group_id = f"sd-{uuid.uuid4().hex[:8]}"
     sections = {name: dict(values) for name, values in trained_sections.items()}
     sections["model"] = {**sections["model"], "path": str(model_dir)}
+    # batch_size and batch_timeout_s stay at their defaults: the service is tested at the batching
+    # its users run, and a test that needs other batches sets them and says why.
     sections["kafka"] = {
         "bootstrap_servers": kafka_bootstrap,
         "input_topics": [input_topic],
         "alert_topic": alert_topic,
         "dead_letter_topic": dead_letter_topic,
         "group_id": group_id,
-        "batch_size": 500,
-        "batch_timeout_s": 0.2,
         "session_timeout_ms": 2000,
         "shutdown_timeout_s": 15.0,
     }

@@ -8,10 +8,12 @@ topic and offset.
 
 from __future__ import annotations
 
+import math
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -23,7 +25,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import orjson
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -265,6 +267,57 @@ def sine_feed(
         for s in range(n_steps)
         for k in range(n_keys)
     ]
+
+
+class PacedProducer(threading.Thread):
+    """Produces `events` at `rate` a second, in order, each 10 ms chunk when it is due (as
+    stream_detector.benchmarking.pacer does), so the service sees a live stream, not a backlog."""
+
+    CHUNK_S = 0.01
+
+    def __init__(self, bootstrap: str, topic: str, events: list[dict[str, Any]], rate: float):
+        super().__init__(name="paced-producer", daemon=True)
+        self.topic = topic
+        self.messages = [encode_event(e) for e in events]
+        self.rate = rate
+        self.producer = Producer(
+            {"bootstrap.servers": bootstrap, "partitioner": "murmur2_random", "linger.ms": 5}
+        )
+        self.sent = 0
+        self.began = math.nan
+        self.ended = math.nan
+        self.failures: list[str] = []
+        self.error: BaseException | None = None
+
+    def _on_delivery(self, error: KafkaError | None, _message: Any) -> None:
+        if error is not None:
+            self.failures.append(error.str())
+
+    def run(self) -> None:
+        try:
+            self.producer.list_topics(self.topic, timeout=30)
+            per_chunk = max(1, int(self.rate * self.CHUNK_S))
+            self.began = time.monotonic()
+            for start in range(0, len(self.messages), per_chunk):
+                delay = self.began + start / self.rate - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)  # pacing the offered rate, not waiting for a condition
+                for key, value in self.messages[start : start + per_chunk]:
+                    while True:
+                        try:
+                            self.producer.produce(
+                                self.topic, value=value, key=key, on_delivery=self._on_delivery
+                            )
+                            break
+                        except BufferError:
+                            self.producer.poll(0.05)
+                self.sent = min(start + per_chunk, len(self.messages))
+                self.producer.poll(0)
+            if self.producer.flush(60):
+                raise RuntimeError("paced events were not acknowledged by the broker")
+            self.ended = time.monotonic()
+        except BaseException as exc:  # surfaced by the test
+            self.error = exc
 
 
 def model_settings() -> dict[str, Any]:

@@ -3,21 +3,28 @@
 Three keys see the same level shift again and again. After the first episode an operator marks
 k03's alert a false positive and mutes k07 for a span covering the second shift. The service must
 then stay silent on k03's repeats (the other keys still alert), publish nothing of k07's muted
-episode and alert on k07 again once the mute is over; after a SIGKILL, two replicas that take
+episode and alert on k07 again once the mute is over, also when it is SIGKILLed at a random point
+while the second part streams in and restarted; after another SIGKILL, two replicas that take
 the partitions over between them must still hold the feedback; and a malformed feedback record
-must reach the dead-letter topic with its reason.
+must reach the dead-letter topic with its reason (at least once). The service runs at its default
+batching.
 """
 
 from __future__ import annotations
 
+import os
+import secrets
 import signal
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import pytest
 from kafka_harness import (
     T0,
+    PacedProducer,
     ServiceProcess,
     ServiceSetup,
     committed_offsets,
@@ -42,6 +49,10 @@ SHIFTS: dict[str, list[tuple[int, int]]] = {
 }
 MUTE = (T0 + 280.0, T0 + 340.0)  # covers the second shift only
 PARTS = ((0, 260), (260, 420), (420, 560))
+# The second part is paced over PACE_S seconds and the service SIGKILLed at a random point in
+# [KILL_FROM, KILL_TO] x PACE_S of it (SD_KILL_SEED pins the draw).
+PACE_S = 8.0
+KILL_FROM, KILL_TO = 0.15, 0.85
 
 
 def _feed(first: int, stop: int) -> list[dict[str, Any]]:
@@ -77,7 +88,15 @@ def _mute(pattern: str, start: float, until: float) -> bytes:
     return feedback_envelope("mute", uuid.uuid4().hex, "test", pattern, data, T0)
 
 
-def test_feedback_holds_through_restart_and_rebalance(
+def _all_committed(bootstrap: str, setup: ServiceSetup, total: int) -> Callable[[], bool]:
+    def check() -> bool:
+        committed = committed_offsets(bootstrap, setup.group_id, setup.input_topic)
+        return sum(committed.values()) == total
+
+    return check
+
+
+def test_feedback_holds_through_kills_and_rebalance(
     service_setup: ServiceSetup,
     start_service: Callable[..., ServiceProcess],
     topic_factory: Callable[..., str],
@@ -113,9 +132,33 @@ def test_feedback_holds_through_restart_and_rebalance(
     assert metrics["sd_feedback_duplicates_total"] == 1, "the same event id twice is applied once"
     assert metrics["sd_feedback_rejected_total"] == 1
 
+    # Part two streams in live; the service is killed somewhere in it and restarted at once.
+    seed = int(os.environ.get("SD_KILL_SEED") or secrets.randbelow(2**31))
+    kill_at = float(np.random.default_rng(seed).uniform(KILL_FROM, KILL_TO)) * PACE_S
+    run = f"SD_KILL_SEED={seed}, kill at {kill_at:.2f} s of part two"
+    print(run)
     second = _feed(*PARTS[1])
-    produce_events(service_setup.input_topic, second)
-    wait_until(settled(service, len(first) + len(second)), 60, "part two processed")
+    producer = PacedProducer(kafka_bootstrap, topic, second, len(second) / PACE_S)
+    producer.start()
+    wait_until(
+        lambda: time.monotonic() - producer.began >= kill_at or producer.error is not None,
+        PACE_S + 30,
+        f"the kill time ({run})",
+    )
+    assert producer.error is None, producer.error
+    assert 0 < producer.sent < len(second), f"the kill lands mid-stream ({run})"
+    # Whichever instance processed k07's muted shift counted it (the restart may process it again).
+    muted_before_kill = service.metrics()["sd_muted_alerts_total"]
+    service.signal_and_wait(signal.SIGKILL, 10)
+    service = start_service(kafka=kafka)
+    producer.join(PACE_S + 60)
+    assert not producer.is_alive() and producer.error is None and not producer.failures, run
+    wait_until(
+        _all_committed(kafka_bootstrap, service_setup, len(first) + len(second)),
+        90,
+        f"every input offset of parts one and two committed after the restart ({run})",
+    )
+    assert service.metrics().get("sd_feedback_events_total{kind=false_positive}", 0) == 1, run
     alerts = _alerts(consume_all(service_setup.alert_topic))
     part_two = T0 + PARTS[1][0]
     assert not _opens(alerts, "k03", part_two), "k03's repeat alerted after a false_positive"
@@ -123,12 +166,17 @@ def test_feedback_holds_through_restart_and_rebalance(
     muted = [a for a in alerts if a["key"] == "k07" and MUTE[0] <= a["episode_start"] < MUTE[1]]
     assert not muted, f"k07 alerted while muted: {muted}"
     assert _opens(alerts, "k07", MUTE[1]), "k07 must alert again once its mute is over"
-    assert service.metrics()["sd_muted_alerts_total"] >= 1
+    assert muted_before_kill + service.metrics()["sd_muted_alerts_total"] >= 1, run
 
+    # The one bad record, dead-lettered at least once: the restarted replica, owning partition 0
+    # again, dead-letters the bad records it read before (README, Operator feedback).
     dead = [r for r in consume_all(service_setup.dead_letter_topic) if r.headers.get("reason")]
-    assert [r.headers["reason"] for r in dead] == [b"bad_feedback"]
-    assert dead[0].value == b"{not json"
-    assert dead[0].headers["source_topic"] == feedback_topic.encode()
+    assert dead, "the malformed feedback record was not dead-lettered"
+    where = dead[0].headers["source_offset"]
+    assert {
+        (r.headers["reason"], r.value, r.headers["source_topic"], r.headers["source_offset"])
+        for r in dead
+    } == {(b"bad_feedback", b"{not json", feedback_topic.encode(), where)}
 
     # SIGKILL, then two replicas share the partitions: each reads the feedback again.
     service.signal_and_wait(signal.SIGKILL, 10)
@@ -137,8 +185,7 @@ def test_feedback_holds_through_restart_and_rebalance(
     produce_events(service_setup.input_topic, third)
     total = len(first) + len(second) + len(third)
     wait_until(
-        lambda: sum(committed_offsets(kafka_bootstrap, service_setup.group_id, topic).values())
-        == total,
+        _all_committed(kafka_bootstrap, service_setup, total),
         90,
         "every input offset committed by the two replicas (at their checkpoints)",
     )

@@ -21,7 +21,6 @@ import math
 import os
 import secrets
 import signal
-import threading
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -29,14 +28,13 @@ from typing import Any
 
 import numpy as np
 import pytest
-from confluent_kafka import KafkaError, Producer
 from kafka_harness import (
     T0,
+    PacedProducer,
     Record,
     ServiceProcess,
     ServiceSetup,
     committed_offsets,
-    encode_event,
     sine_feed,
     wait_until,
 )
@@ -79,57 +77,6 @@ def _feed(seed: int) -> list[dict[str, Any]]:
         if any(a <= event["ts"] < b for a, b in shifts[event["key"]]):
             event["value"] = round(event["value"] + SHIFT, 5)
     return feed
-
-
-class PacedProducer(threading.Thread):
-    """Produces `events` at `rate` a second, in order, each 10 ms chunk when it is due (as
-    stream_detector.benchmarking.pacer does), so the service sees a live stream, not a backlog."""
-
-    CHUNK_S = 0.01
-
-    def __init__(self, bootstrap: str, topic: str, events: list[dict[str, Any]], rate: float):
-        super().__init__(name="paced-producer", daemon=True)
-        self.topic = topic
-        self.messages = [encode_event(e) for e in events]
-        self.rate = rate
-        self.producer = Producer(
-            {"bootstrap.servers": bootstrap, "partitioner": "murmur2_random", "linger.ms": 5}
-        )
-        self.sent = 0
-        self.began = math.nan
-        self.ended = math.nan
-        self.failures: list[str] = []
-        self.error: BaseException | None = None
-
-    def _on_delivery(self, error: KafkaError | None, _message: Any) -> None:
-        if error is not None:
-            self.failures.append(error.str())
-
-    def run(self) -> None:
-        try:
-            self.producer.list_topics(self.topic, timeout=30)
-            per_chunk = max(1, int(self.rate * self.CHUNK_S))
-            self.began = time.monotonic()
-            for start in range(0, len(self.messages), per_chunk):
-                delay = self.began + start / self.rate - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)  # pacing the offered rate, not waiting for a condition
-                for key, value in self.messages[start : start + per_chunk]:
-                    while True:
-                        try:
-                            self.producer.produce(
-                                self.topic, value=value, key=key, on_delivery=self._on_delivery
-                            )
-                            break
-                        except BufferError:
-                            self.producer.poll(0.05)
-                self.sent = min(start + per_chunk, len(self.messages))
-                self.producer.poll(0)
-            if self.producer.flush(60):
-                raise RuntimeError("paced events were not acknowledged by the broker")
-            self.ended = time.monotonic()
-        except BaseException as exc:  # surfaced by the test
-            self.error = exc
 
 
 def _events(service: ServiceProcess, name: str) -> list[dict[str, Any]]:
@@ -186,11 +133,8 @@ def test_sigkill_at_random_points_at_default_batching_delivers_exactly_the_refer
     run = f"SD_KILL_SEED={seed}, kills planned at {[round(t, 2) for t in kill_at]} s"
     print(run)
 
-    # The service's own batching: the fixture's batch_size and batch_timeout_s removed, so the
-    # config file leaves them at their defaults.
-    kafka = service_setup.sections["kafka"]
-    kafka.pop("batch_size")
-    kafka.pop("batch_timeout_s")
+    # The service's own batching: the fixture leaves batch_size and batch_timeout_s at their
+    # defaults.
     state = {"dir": str(tmp_path / "state"), "checkpoint_interval_s": CHECKPOINT_S}
     service_setup.sections["state"] = state
     settings = load_settings(None, service_setup.sections)

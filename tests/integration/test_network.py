@@ -165,7 +165,7 @@ def test_sigkill_restart_keeps_open_buckets_and_watermarks(
     sections = _sections()
     state = {"store": "local", "dir": str(tmp_path / "state"), "checkpoint_interval_s": 0.3}
     overrides = {
-        "kafka": {"input_topics": [flows], "batch_size": 200},
+        "kafka": {"input_topics": [flows]},
         "model": {"path": str(network_model)},
         "state": state,
         **{name: sections[name] for name in ("input", "aggregate", "window", "normalize", "threshold")},

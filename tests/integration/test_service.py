@@ -179,6 +179,7 @@ def test_sigkill_and_restart_delivers_every_alert_at_least_once(
     # More anomalies, spread out, so that alerts are in flight whenever the kill lands.
     anomalies = {f"k{i:02d}": (40 + 10 * i, 50 + 10 * i) for i in range(0, N_KEYS, 2)}
     feed = sine_feed(N_KEYS, 240, seed=11, shifted=anomalies)
+    # Batches of 20: many commits in this small feed, so the kill lands between two of them.
     first = start_service(kafka={"batch_size": 20}, **DETERMINISTIC)
     produce_events(service_setup.input_topic, feed)
     wait_until(lambda: first.metrics()["sd_alerts_total{kind=open}"] >= 1, 60, "a first alert")
@@ -228,6 +229,7 @@ def test_sigterm_drains_commits_and_exits_zero(
     start_service, service_setup, produce_events, consume_all, kafka_bootstrap, feed
 ) -> None:
     timeout_s = service_setup.sections["kafka"]["shutdown_timeout_s"]
+    # Batches of 40: this small feed is still being consumed when the SIGTERM comes.
     service = start_service(kafka={"batch_size": 40}, **DETERMINISTIC)
     produce_events(service_setup.input_topic, feed)
     wait_until(lambda: service.metrics()["sd_events_in_total"] > 0, 30, "consumption to start")

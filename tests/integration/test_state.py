@@ -121,6 +121,7 @@ def test_sigkill_restart_resumes_warm_and_loses_no_alert(
     first_part, second_part = _split(sine_feed(N_KEYS, RESTART_STEP + 40, seed=11, shifted=shifted))
     state = {"store": "local", "dir": str(tmp_path / "state"), "checkpoint_interval_s": 0.3}
 
+    # Batches of 10 and checkpoints every 0.3 s: several checkpoints before the kill lands.
     first = start_service(kafka={"batch_size": 10}, state=state, **STATEFUL)
     # The tail of the first part is produced only right before the kill, so the kill lands
     # mid-stream however fast this machine works through the head.
@@ -267,6 +268,7 @@ def test_exactly_once_checkpoints_in_the_transaction_and_hands_over_exactly(
 ) -> None:
     changelog = topic_factory("state", partitions=2)
     state = {"store": "kafka", "changelog_topic": changelog, "checkpoint_interval_s": 0.3}
+    # Batches of 50: several transactions, so checkpoints are written at intervals, not only last.
     kafka = {"processing_guarantee": "exactly_once", "batch_size": 50}
     shifted = {f"k{i:02d}": (RESTART_STEP + 2, RESTART_STEP + 12) for i in range(0, N_KEYS, 2)}
     first_part, second_part = _split(sine_feed(N_KEYS, RESTART_STEP + 30, seed=7, shifted=shifted))

@@ -5,8 +5,8 @@ bundled artefact is always trained with the window, features and architecture th
 (`load_artefact` would refuse it otherwise), and a tuning change is made in one place.
 
 Timeline of a demo feed: the first `warmup_ticks` readings of every device are anomaly-free and
-are produced at once as a backlog, so each key's normalisation and threshold warm up on normal data
-within seconds; the live feed after it carries the injected anomalies.
+are produced at once as a backlog, so each key's normalisation and its own threshold warm up on
+normal data within seconds; the live feed after it carries the injected anomalies.
 """
 
 from __future__ import annotations
@@ -23,9 +23,21 @@ from stream_detector.scenarios.telemetry import GeneratorConfig, mapping_for
 
 BUNDLED_MODEL_DIR: Final = Path(__file__).resolve().parent / "model"
 
-# Readings per device played as a backlog before the live feed. A key is scored once it has
-# normalize.warmup events and judged by its own threshold after threshold.warmup more windows.
-WARMUP_TICKS: Final = 128
+
+def _own_threshold_ticks(sections: dict[str, Any]) -> int:
+    """Readings after which a device's windows are judged by its own threshold: its first window
+    comes at its max(window.size, normalize.warmup)-th reading, one more every window.stride
+    readings, and its threshold is its own once threshold.warmup windows were learnt."""
+    window, normalize, threshold = sections["window"], sections["normalize"], sections["threshold"]
+    first = max(window["size"], normalize["warmup"])
+    return first + threshold["warmup"] * window["stride"]
+
+
+# Readings per device played as a backlog before the live feed: enough for every device's own
+# threshold to take over before the first live reading. A shorter backlog leaves the live feed's
+# first minutes to the warm-up threshold (the global one x 1.5), which is too low for the noisier
+# devices, and a newcomer's first alerts would be false.
+WARMUP_TICKS: Final = _own_threshold_ticks(preset("iot_demo"))
 # With `demo --train` the backlog is a whole simulated day, which the model is fitted on: a shorter
 # stretch shows each device in one phase of its cycle only, and the model then takes the rest of
 # the cycle for anomalies.

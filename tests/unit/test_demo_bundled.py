@@ -6,9 +6,10 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from stream_detector.demo.offline import score_offline, train_from_feed
+from stream_detector.demo.offline import feed_batches, score_offline, train_from_feed
 from stream_detector.demo.scenario import (
     BUNDLED_MODEL_DIR,
     WARMUP_TICKS,
@@ -16,6 +17,8 @@ from stream_detector.demo.scenario import (
     generator_config,
 )
 from stream_detector.detector.artefact import load_artefact
+from stream_detector.detector.facade import Detector
+from stream_detector.scenarios.telemetry import TelemetryGenerator
 
 
 def test_bundled_model_is_small_and_fits_the_demo_settings() -> None:
@@ -34,6 +37,28 @@ def test_bundled_model_finds_most_injected_anomalies_without_flooding() -> None:
     assert score.injected >= 30
     assert score.recall is not None and score.recall >= 0.6
     assert score.precision is not None and score.precision >= 0.6
+
+
+def test_the_backlog_leaves_every_device_judged_by_its_own_threshold() -> None:
+    # The live feed's first windows are judged by each device's own threshold, not by the
+    # warm-up one (the global threshold x global_factor), which is too low for noisy devices.
+    feed = generator_config(devices=20, seed=3)
+    settings = demo_settings(feed, {"model": {"device": "cpu"}})
+    artefact = load_artefact(BUNDLED_MODEL_DIR, settings)
+    detector = Detector(settings, artefact)
+    warmup_threshold = np.float32(
+        artefact.metadata.global_threshold * settings.threshold.global_factor
+    )
+    live_from = feed.start_ts + feed.warmup_s
+    judged: dict[str, list[float]] = {}
+    for decoded in feed_batches(TelemetryGenerator(feed), WARMUP_TICKS + 8, detector.decoder):
+        scored = detector.process(decoded).scored
+        live = scored.end_ts >= live_from
+        for key, threshold in zip(scored.keys[live], scored.thresholds[live], strict=True):
+            judged.setdefault(str(key), []).append(float(threshold))
+    assert len(judged) == 20, "every device has live windows"
+    for key, thresholds in judged.items():
+        assert warmup_threshold not in thresholds, f"{key} is still warming up when live"
 
 
 TINY = {

@@ -14,7 +14,7 @@ import pytest
 
 from stream_detector.cli import main
 from stream_detector.config import InputConfig
-from stream_detector.demo.scenario import generator_config
+from stream_detector.demo.scenario import WARMUP_TICKS, generator_config
 from stream_detector.demo.signals import StopSignals, children_shielded
 from stream_detector.engine.decode import Decoder
 from stream_detector.scenarios.telemetry import mapping_for
@@ -25,19 +25,19 @@ pytestmark = pytest.mark.usefixtures("logging_left_as_found")
 def test_generate_writes_a_feed_the_decoder_reads_and_its_labels(tmp_path: Path) -> None:
     out, labels = tmp_path / "feed.jsonl", tmp_path / "labels.json"
     code = main(
-        ["generate", "--out", str(out), "--labels", str(labels), "--devices", "5", "--ticks", "400",
-         "--anomaly-rate", "20"]
+        ["generate", "--out", str(out), "--labels", str(labels), "--devices", "5", "--ticks",
+         str(WARMUP_TICKS + 300), "--anomaly-rate", "20"]
     )
     assert code == 0
     lines = out.read_bytes().splitlines()
-    assert len(lines) == 5 * 400
+    assert len(lines) == 5 * (WARMUP_TICKS + 300)
     decoded = Decoder(InputConfig(**mapping_for(generator_config(5)))).decode_messages(lines)
-    assert not decoded.rejects and len(decoded.batch) == 2000
+    assert not decoded.rejects and len(decoded.batch) == len(lines)
     injected = orjson.loads(labels.read_bytes())
-    assert injected, "a high anomaly rate over 400 readings injects some"
+    assert injected, "a high anomaly rate over 300 readings injects some"
     assert {a["key"] for a in injected} <= set(decoded.batch.keys)
     # Anomalies start only after the demo's anomaly-free warm-up stretch.
-    assert min(a["start_ts"] for a in injected) >= decoded.batch.ts.min() + 128 - 1
+    assert min(a["start_ts"] for a in injected) >= decoded.batch.ts.min() + WARMUP_TICKS - 1
 
 
 @pytest.mark.parametrize(

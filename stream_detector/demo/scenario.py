@@ -24,20 +24,23 @@ from stream_detector.scenarios.telemetry import GeneratorConfig, mapping_for
 BUNDLED_MODEL_DIR: Final = Path(__file__).resolve().parent / "model"
 
 
-def _own_threshold_ticks(sections: dict[str, Any]) -> int:
+def _own_threshold_ticks(settings: Settings) -> int:
     """Readings after which a device's windows are judged by its own threshold: its first window
-    comes at its max(window.size, normalize.warmup)-th reading, one more every window.stride
-    readings, and its threshold is its own once threshold.warmup windows were learnt."""
-    window, normalize, threshold = sections["window"], sections["normalize"], sections["threshold"]
-    first = max(window["size"], normalize["warmup"])
-    return first + threshold["warmup"] * window["stride"]
+    falls due at the first reading count that is at least window.size and normalize.warmup and a
+    whole number of window.stride steps past window.size (the window store's rule), one more
+    every window.stride readings, and its threshold is its own once threshold.warmup windows
+    were learnt."""
+    window = settings.window
+    wait = max(settings.normalize.warmup - window.size, 0)
+    first = window.size + -(-wait // window.stride) * window.stride
+    return first + settings.threshold.warmup * window.stride
 
 
 # Readings per device played as a backlog before the live feed: enough for every device's own
 # threshold to take over before the first live reading. A shorter backlog leaves the live feed's
 # first minutes to the warm-up threshold (the global one x 1.5), which is too low for the noisier
 # devices, and a newcomer's first alerts would be false.
-WARMUP_TICKS: Final = _own_threshold_ticks(preset("iot_demo"))
+WARMUP_TICKS: Final = _own_threshold_ticks(load_settings(None, preset("iot_demo")))
 # With `demo --train` the backlog is a whole simulated day, which the model is fitted on: a shorter
 # stretch shows each device in one phase of its cycle only, and the model then takes the rest of
 # the cycle for anomalies.

@@ -18,6 +18,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -232,6 +233,33 @@ def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
         return {tp.partition: tp.offset for tp in committed}
     finally:
         consumer.close()
+
+
+def partition_ends(records: Iterable[Record]) -> dict[int, int]:
+    """Per partition, the offset after its last record among `records`."""
+    ends: dict[int, int] = defaultdict(int)
+    for record in records:
+        ends[record.partition] = max(ends[record.partition], record.offset + 1)
+    return dict(ends)
+
+
+def committed_at(bootstrap: str, group: str, topic: str, ends: dict[int, int]) -> bool:
+    """Whether `group` has committed every partition of `topic` exactly at `ends`."""
+    committed = committed_offsets(bootstrap, group, topic)
+    return all(committed.get(p, -1) == end for p, end in ends.items())
+
+
+def input_committed(
+    bootstrap: str, setup: ServiceSetup, consume_all: Callable[..., list[Record]]
+) -> Callable[[], bool]:
+    """A check for wait_until: the service's group has committed its whole input topic, as far
+    as the topic reaches when the check runs."""
+
+    def check() -> bool:
+        ends = partition_ends(consume_all(setup.input_topic, timeout=5))
+        return committed_at(bootstrap, setup.group_id, setup.input_topic, ends)
+
+    return check
 
 
 # -- a synthetic feed and a tiny model -------------------------------------------------------------

@@ -27,7 +27,7 @@ from kafka_harness import (
     PacedProducer,
     ServiceProcess,
     ServiceSetup,
-    committed_offsets,
+    input_committed,
     settled,
     sine_feed,
     wait_until,
@@ -88,14 +88,6 @@ def _mute(pattern: str, start: float, until: float) -> bytes:
     return feedback_envelope("mute", uuid.uuid4().hex, "test", pattern, data, T0)
 
 
-def _all_committed(bootstrap: str, setup: ServiceSetup, total: int) -> Callable[[], bool]:
-    def check() -> bool:
-        committed = committed_offsets(bootstrap, setup.group_id, setup.input_topic)
-        return sum(committed.values()) == total
-
-    return check
-
-
 def test_feedback_holds_through_kills_and_rebalance(
     service_setup: ServiceSetup,
     start_service: Callable[..., ServiceProcess],
@@ -153,8 +145,9 @@ def test_feedback_holds_through_kills_and_rebalance(
     service = start_service(kafka=kafka)
     producer.join(PACE_S + 60)
     assert not producer.is_alive() and producer.error is None and not producer.failures, run
+    assert len(consume_all(topic)) == len(first) + len(second), run
     wait_until(
-        _all_committed(kafka_bootstrap, service_setup, len(first) + len(second)),
+        input_committed(kafka_bootstrap, service_setup, consume_all),
         90,
         f"every input offset of parts one and two committed after the restart ({run})",
     )
@@ -184,8 +177,9 @@ def test_feedback_holds_through_kills_and_rebalance(
     third = _feed(*PARTS[2])
     produce_events(service_setup.input_topic, third)
     total = len(first) + len(second) + len(third)
+    assert len(consume_all(topic)) == total
     wait_until(
-        _all_committed(kafka_bootstrap, service_setup, total),
+        input_committed(kafka_bootstrap, service_setup, consume_all),
         90,
         "every input offset committed by the two replicas (at their checkpoints)",
     )

@@ -34,7 +34,8 @@ from kafka_harness import (
     Record,
     ServiceProcess,
     ServiceSetup,
-    committed_offsets,
+    committed_at,
+    partition_ends,
     sine_feed,
     wait_until,
 )
@@ -92,13 +93,6 @@ def _checkpoints(service: ServiceProcess) -> dict[int, int]:
             partition = int(where.rsplit(":", 1)[1])
             newest[partition] = max(newest.get(partition, -1), int(offset))
     return newest
-
-
-def _ends(records: list[Record]) -> dict[int, int]:
-    ends: dict[int, int] = defaultdict(int)
-    for record in records:
-        ends[record.partition] = max(ends[record.partition], record.offset + 1)
-    return dict(ends)
 
 
 def _reference(sections: dict[str, dict[str, Any]], inputs: list[Record]) -> dict[str, Any]:
@@ -181,12 +175,12 @@ def test_sigkill_at_random_points_at_default_batching_delivers_exactly_the_refer
 
     inputs = consume_all(service_setup.input_topic)
     assert len(inputs) == len(feed)
-    ends = _ends(inputs)
+    ends = partition_ends(inputs)
 
     def all_committed() -> bool:
-        committed = committed_offsets(kafka_bootstrap, service_setup.group_id,
-                                      service_setup.input_topic)
-        return all(committed.get(p, -1) == end for p, end in ends.items())
+        return committed_at(
+            kafka_bootstrap, service_setup.group_id, service_setup.input_topic, ends
+        )
 
     # Offsets are committed only after a checkpoint, which waits for every alert so far to be
     # acknowledged: once the whole input is committed, every alert is in the topic.

@@ -22,8 +22,9 @@ from confluent_kafka import Producer
 from kafka_harness import (
     T0,
     ServiceSetup,
-    committed_offsets,
     encode_event,
+    input_committed,
+    partition_ends,
     sine_feed,
     wait_until,
 )
@@ -82,22 +83,6 @@ def _split(feed: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[
     return [e for e in feed if e["ts"] < cut], [e for e in feed if e["ts"] >= cut]
 
 
-def _ends(records: list[Any]) -> dict[int, int]:
-    ends: dict[int, int] = defaultdict(int)
-    for record in records:
-        ends[record.partition] = max(ends[record.partition], record.offset + 1)
-    return dict(ends)
-
-
-def _all_committed(bootstrap: str, setup: ServiceSetup, consume_all: Any) -> Any:
-    def check() -> bool:
-        ends = _ends(consume_all(setup.input_topic, timeout=5))
-        committed = committed_offsets(bootstrap, setup.group_id, setup.input_topic)
-        return all(committed.get(p, -1) == end for p, end in ends.items())
-
-    return check
-
-
 def _events(service: Any, name: str) -> list[dict[str, Any]]:
     return [e for e in service.log_events() if e.get("event") == name]
 
@@ -139,12 +124,12 @@ def test_sigkill_restart_resumes_warm_and_loses_no_alert(
     first.process.wait(10)
 
     second = start_service(state=state, **STATEFUL)
-    wait_until(_all_committed(kafka_bootstrap, service_setup, consume_all), 90, "the catch-up")
+    wait_until(input_committed(kafka_bootstrap, service_setup, consume_all), 90, "the catch-up")
     restored = {e["partition"]: e["offset"] for e in _events(second, "partition state restored")}
     assert set(restored) == {0, 1, 2, 3}, "every partition resumes from its checkpoint"
     assert sum(restored.values()) < len(first_part), "the kill should land mid-stream"
     produce_events(service_setup.input_topic, second_part)
-    wait_until(_all_committed(kafka_bootstrap, service_setup, consume_all), 90, "the second part")
+    wait_until(input_committed(kafka_bootstrap, service_setup, consume_all), 90, "the second part")
 
     inputs = consume_all(service_setup.input_topic)
     sections = _sections(service_setup, state)
@@ -173,7 +158,7 @@ def test_stopped_instance_hands_its_partitions_state_to_the_other(
     first = start_service(state=state, **STATEFUL)
     second = start_service(state=state, **STATEFUL)
     produce_events(service_setup.input_topic, first_part)
-    wait_until(_all_committed(kafka_bootstrap, service_setup, consume_all), 90, "the first part")
+    wait_until(input_committed(kafka_bootstrap, service_setup, consume_all), 90, "the first part")
     assert first.signal_and_wait(signal.SIGTERM, timeout=30) == 0
     handed = _checkpointed(first)
     assert handed, "the stopping instance checkpoints its partitions"
@@ -183,7 +168,7 @@ def test_stopped_instance_hands_its_partitions_state_to_the_other(
         "the other instance to restore them",
     )
     produce_events(service_setup.input_topic, second_part)
-    wait_until(_all_committed(kafka_bootstrap, service_setup, consume_all), 90, "the second part")
+    wait_until(input_committed(kafka_bootstrap, service_setup, consume_all), 90, "the second part")
 
     inputs = consume_all(service_setup.input_topic)
     expected = _reference(_sections(service_setup, state), inputs)
@@ -213,7 +198,7 @@ def test_snapshot_of_another_model_is_refused_and_the_service_runs_on(
     feed = sine_feed(N_KEYS, 200, seed=9, shifted={"k07": (150, 162)})
     service = start_service(state=state, **STATEFUL)
     produce_events(service_setup.input_topic, feed)
-    wait_until(_all_committed(kafka_bootstrap, service_setup, consume_all), 90, "the feed")
+    wait_until(input_committed(kafka_bootstrap, service_setup, consume_all), 90, "the feed")
 
     refused = _events(service, "checkpoint refused; partition starts cold")
     assert sorted(e["partition"] for e in refused) == [0, 1, 2, 3]
@@ -277,7 +262,7 @@ def test_exactly_once_checkpoints_in_the_transaction_and_hands_over_exactly(
     produce_events(service_setup.input_topic, first_part)
     wait_until(_processed(first, len(first_part)), 90, "the first part")
     assert first.signal_and_wait(signal.SIGTERM, timeout=30) == 0
-    ends = _ends(consume_all(service_setup.input_topic))
+    ends = partition_ends(consume_all(service_setup.input_topic))
     assert len(_events(first, "checkpoint written")) > 1, "interval checkpoints, not only the last"
 
     # The changelog, read committed, holds a checkpoint of every partition at exactly the
@@ -336,11 +321,11 @@ def test_checkpoint_past_the_partition_end_is_detected_and_the_partition_read_co
     service = start_service(state=state, **STATEFUL)
     assert len(_events(service, "partition state restored")) == 4
     produce_events(service_setup.input_topic, feed)
-    wait_until(_all_committed(kafka_bootstrap, service_setup, consume_all), 90, "the feed")
+    wait_until(input_committed(kafka_bootstrap, service_setup, consume_all), 90, "the feed")
 
     warned = _events(service, "checkpoint offset is past the end of its partition; dropping its "
                      "state and reading the partition from the beginning")
-    ends = _ends(consume_all(service_setup.input_topic))
+    ends = partition_ends(consume_all(service_setup.input_topic))
     assert sorted(e["partition"] for e in warned) == [0, 1, 2, 3]
     assert all(e["checkpoint_offset"] == past_end and e["log_end"] <= ends[e["partition"]]
                for e in warned)

@@ -5,6 +5,7 @@ Nothing here times anything or judges a slope: a soak's figures mean something o
 
 from __future__ import annotations
 
+import mmap
 import sys
 from pathlib import Path
 
@@ -102,9 +103,11 @@ def test_feed_staggers_the_devices_first_readings() -> None:
 @linux_only
 def test_rss_is_this_process_resident_size() -> None:
     before = rss_mb()
-    block = np.ones(64 * 1024 * 1024 // 8)  # 64 MB, touched
-    assert rss_mb() - before > 50
-    del block
+    # 64 MB of fresh pages, each touched: a malloc'd block could reuse memory already resident
+    # (freed by an earlier test and kept by the allocator), which would not move the figure.
+    with mmap.mmap(-1, 64 * 1024 * 1024) as block:
+        np.frombuffer(block, dtype=np.uint8)[::4096] = 1
+        assert rss_mb() - before > 50
 
 
 @pytest.fixture(scope="module")

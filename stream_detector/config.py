@@ -542,6 +542,14 @@ class EpisodeConfig(_Section):
         "spells inside stays one episode.",
     )
     top_features: int = Field(3, ge=1, description="Contributing features named in an alert.")
+    alert_new_keys: bool = Field(
+        False,
+        description="Open an episode (reason 'new_key') at the first event of a key the model "
+        "was not trained on, each time one comes that the detector does not hold (never seen, "
+        "or forgotten after window.idle_ttl_s); it resolves after `cooldown` calm windows of "
+        "the key. News in a network feed (a new source address), noise where keys come and go. "
+        "Needs a model that records its training keys (trained by this version).",
+    )
 
 
 # librdkafka size properties the service derives from its own settings, and from which.

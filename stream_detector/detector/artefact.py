@@ -41,11 +41,12 @@ log = structlog.get_logger(__name__)
 # 2: metadata records model_settings, the settings the model was trained under, by name.
 # 3: and input_mapping, how records became keys, times and features (see mapping.py).
 # 4: and feature_error_means, the validation windows' mean error per feature (for drift).
-ARTEFACT_FORMAT = 4
+# 5: and training_keys, the keys of the training data (what a key "new" to the model means).
+ARTEFACT_FORMAT = 5
 # Older artefacts still load, without the fields added since: nothing else about them changed.
-_READABLE_FORMATS = (2, 3, ARTEFACT_FORMAT)
+_READABLE_FORMATS = (2, 3, 4, ARTEFACT_FORMAT)
 # The fields each format added, absent from the formats before it.
-_ADDED_IN = {"input_mapping": 3, "feature_error_means": 4}
+_ADDED_IN = {"input_mapping": 3, "feature_error_means": 4, "training_keys": 5}
 WEIGHTS_FILE = "model.safetensors"
 METADATA_FILE = "metadata.json"
 _VERSION_PREFIX = "lstm-ae-"
@@ -86,6 +87,8 @@ class ModelMetadata:
     training: dict[str, Any]
     # None for an artefact of format 3 or older, or one whose training did not record them.
     feature_error_means: tuple[float, ...] | None
+    # Sorted; None for an artefact of format 4 or older, or one whose training did not record them.
+    training_keys: tuple[str, ...] | None
 
 
 @dataclass(frozen=True)
@@ -105,6 +108,8 @@ class TrainingResult:
     training: dict[str, Any]
     # Mean per-feature reconstruction error of the validation windows, in feature order.
     feature_error_means: tuple[float, ...] | None = None
+    # The distinct keys of the training data.
+    training_keys: tuple[str, ...] | None = None
 
 
 def model_version_of(weights: bytes) -> str:
@@ -164,6 +169,7 @@ def _assemble(
             if result.feature_error_means is None
             else tuple(float(v) for v in result.feature_error_means)
         ),
+        training_keys=None if result.training_keys is None else tuple(sorted(result.training_keys)),
     )
     try:  # what training writes must be what loading accepts
         _checked_metadata(asdict(metadata))
@@ -366,6 +372,9 @@ def _checked_metadata(raw: Mapping[str, Any]) -> ModelMetadata:
     error_means = None
     if raw.get("feature_error_means") is not None:
         error_means = _get(raw, "feature_error_means", _error_means(n))
+    training_keys = None
+    if raw.get("training_keys") is not None:
+        training_keys = _get(raw, "training_keys", _keys)
     return ModelMetadata(
         format_version=raw["format_version"],
         model_version=_get(raw, "model_version", _pattern(_VERSION_PATTERN)),
@@ -385,6 +394,7 @@ def _checked_metadata(raw: Mapping[str, Any]) -> ModelMetadata:
         global_threshold=_get(raw, "global_threshold", _number(positive=True)),
         training=_get(raw, "training", _record),
         feature_error_means=error_means,
+        training_keys=training_keys,
     )
 
 
@@ -483,6 +493,19 @@ def _names(value: Any) -> tuple[str, ...]:
     if len(set(names)) != len(names):
         raise _BadValue(f" is {list(names)!r}, which names a feature twice")
     return names
+
+
+def _keys(value: Any) -> tuple[str, ...]:
+    """Distinct strings in ascending order, as training writes them."""
+    if not isinstance(value, list | tuple):
+        raise _BadValue(f" is {value!r}, not a list of keys")
+    for i, key in enumerate(value):
+        if type(key) is not str:
+            raise _BadValue(f"[{i}] is {key!r}, not a string")
+    keys = tuple(value)
+    if any(a >= b for a, b in zip(keys, keys[1:], strict=False)):
+        raise _BadValue(" is not a list of distinct keys in ascending order")
+    return keys
 
 
 def _record(value: Any) -> dict[str, Any]:

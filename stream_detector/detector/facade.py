@@ -159,6 +159,8 @@ class Detector:
         while len(batch):
             cut = self._stage.cut(batch)
             alerts += self._evict(cut.report.freed_slots, cut.report.freed_keys)
+            # Opened before the step's windows are judged: a key's first event precedes them.
+            new_keys = self._judge.open_new_keys(cut, offset)
             staged = self._stage.normalise(cut)
             started = time.perf_counter()
             scored = self._judge.score(staged, offset, self.feedback, self._normalizer)
@@ -169,6 +171,8 @@ class Detector:
                 self._shadow.observe(
                     staged, offset, self.feedback, self._normalizer, (scored, piece_alerts, seconds)
                 )
+            if new_keys:
+                piece_alerts = sorted(new_keys + piece_alerts, key=lambda a: a.event_index)
             alerts += piece_alerts
             if len(scored):
                 scored_parts.append(scored)

@@ -10,17 +10,21 @@ shadow of the active one, while every key keeps its windows.
 from __future__ import annotations
 
 import numpy as np
+import structlog
 import torch
 
 from stream_detector.config import Settings
 from stream_detector.detector.artefact import ModelArtefact
 from stream_detector.detector.feedback import FeedbackLedger
+from stream_detector.engine.alerts import Alert
 from stream_detector.engine.episodes import EpisodeTracker
 from stream_detector.engine.model import WindowScorer
 from stream_detector.engine.normalize import KeyNormalizer
-from stream_detector.engine.stage import StagedWindows, WindowStage
+from stream_detector.engine.stage import CutWindows, StagedWindows, WindowStage
 from stream_detector.engine.threshold import AdaptiveThreshold
 from stream_detector.engine.types import ScoredWindows
+
+log = structlog.get_logger(__name__)
 
 
 def empty_scored(n_features: int) -> ScoredWindows:
@@ -68,6 +72,18 @@ class ModelJudge:
         self.episodes = EpisodeTracker(
             settings.episodes, self.feature_names, self.model_version, capacity=0
         )
+        # The keys a first event of which is no news: None while the rule is off.
+        self.known_keys: frozenset[str] | None = None
+        if settings.episodes.alert_new_keys:
+            if meta.training_keys is None:
+                log.warning(
+                    "episodes.alert_new_keys is on, but the model records no training keys "
+                    "(trained by an older version): no key is alerted as new; retrain the model "
+                    "with this version",
+                    model_version=self.model_version,
+                )
+            else:
+                self.known_keys = frozenset(meta.training_keys)
 
     def without_episodes(self, settings: Settings) -> ModelJudge:
         """This judge with its thresholds as learnt, and no episode open or pending: a shadow's
@@ -85,6 +101,25 @@ class ModelJudge:
     def detach(stage: WindowStage, prefix: str) -> None:
         stage.remove_slot_stage(prefix + "threshold")
         stage.remove_slot_stage(prefix + "episodes")
+
+    def open_new_keys(self, cut: CutWindows, offset: int) -> list[Alert]:
+        """Open alerts for the keys the model was not trained on that took a fresh slot in
+        this step, at their first event (event indices count from the whole batch's start, as
+        in `score`); none while the rule is off."""
+        rows = cut.report.new_key_rows
+        if self.known_keys is None or len(rows) == 0:
+            return []
+        keys = cut.batch.keys[rows]
+        known = self.known_keys
+        unknown = np.fromiter((key not in known for key in keys.tolist()), bool, len(keys))
+        rows = rows[unknown]
+        return self.episodes.open_new_keys(
+            cut.report.event_slots[rows],
+            keys[unknown],
+            cut.batch.ts[rows],
+            rows + offset,
+            self.metadata.global_threshold,
+        )
 
     def score(
         self,

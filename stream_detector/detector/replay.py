@@ -81,7 +81,8 @@ class _EpisodeCursor:
             key = batch.keys[row]
             kinds = []
             for alert in alerts_at.get(row, ()):
-                kinds.append(alert.kind)
+                # A new key's episode opens at an event that no window scored: say why.
+                kinds.append("new_key" if alert.reason == "new_key" else alert.kind)
                 if alert.kind == "open":
                     self._open[key] = alert.episode_id
             index = int(batch.index[row])

@@ -49,8 +49,12 @@ class CollectedWindows:
     mean: np.ndarray
     std: np.ndarray
     n_events: int
-    n_keys: int
+    keys: tuple[str, ...]  # the distinct keys of the events, sorted
     n_excluded: int = 0  # windows left out for overlapping an excluded span
+
+    @property
+    def n_keys(self) -> int:
+        return len(self.keys)
 
 
 def collect_windows(
@@ -76,7 +80,8 @@ def collect_windows(
     values = np.concatenate([batch.values for batch in decoded]).astype(np.float64)
     mean = values.mean(axis=0).astype(np.float32)
     std = np.maximum(values.std(axis=0), settings.normalize.min_std).astype(np.float32)
-    n_keys = len(np.unique(np.concatenate([batch.keys for batch in decoded])))
+    keys = tuple(str(key) for key in np.unique(np.concatenate([batch.keys for batch in decoded])))
+    n_keys = len(keys)
 
     # Pass 2: the serving path, batch by batch, so warm-up and evictions look as they will live.
     stage = WindowStage(settings, mean, std, settings.train.stride)
@@ -112,7 +117,7 @@ def collect_windows(
         mean=mean,
         std=std,
         n_events=n_events,
-        n_keys=n_keys,
+        keys=keys,
         n_excluded=n_excluded,
     )
 
@@ -191,6 +196,7 @@ def train(
             "warnings": calibration.warnings,
         },
         feature_error_means=calibration.feature_error_means,
+        training_keys=collected.keys,
     )
     model = model.cpu()
     if out_dir is None:

@@ -32,12 +32,15 @@ Each alert is published as a CloudEvents 1.0 structured-mode JSON message:
   - ``model_version``: the model that scored the window
   - ``episode_start``: event time (epoch s) of the end of the window that opened the episode
   - ``windows_over``: exceeding windows in the episode so far
-  - ``reason``: resolve only, why the episode ended: ``"cooldown"`` (``episodes.cooldown``
+  - ``reason``: on a resolve alert, why the episode ended: ``"cooldown"`` (``episodes.cooldown``
     normal windows in a row) or ``"evicted"`` (the key was forgotten, silent past
     ``window.idle_ttl_s`` or pushed out by ``window.max_keys``, while the episode was open; the
     window fields are then those of the key's last scored window) or ``"model_changed"`` (another
-    model version took over while the episode was open; window fields as for ``"evicted"``);
-    ``null`` on an open alert
+    model version took over while the episode was open; window fields as for ``"evicted"``).
+    On an open alert: ``"new_key"`` for a key the model was not trained on, opened at its first
+    event (``episodes.alert_new_keys``): no window of it was scored yet, so ``score`` is 0,
+    ``threshold`` the global one and ``top_features`` empty, and the window fields are that
+    event's time; ``null`` for every other open alert
   - ``flat_features``: the features that repeated one value for far longer than the key's own
     history makes normal (a stuck sensor, engine/flat.py) in that same window; such a window
     exceeds whatever its score, which is then under the threshold. Empty for an anomaly found
@@ -60,6 +63,7 @@ import orjson
 
 AlertKind = Literal["open", "resolve"]
 ResolveReason = Literal["cooldown", "evicted", "model_changed"]
+OpenReason = Literal["new_key"]
 Severity = Literal["low", "medium", "high", "critical"]
 
 # (lower bound of score/threshold, severity), highest first.
@@ -104,7 +108,7 @@ class Alert:
     episode_start: float
     windows_over: int
     event_index: int
-    reason: ResolveReason | None = None
+    reason: ResolveReason | OpenReason | None = None
     flat_features: tuple[str, ...] = ()
     anomaly_end: float | None = None
 

@@ -27,6 +27,7 @@ from stream_detector.engine.alerts import (
     Alert,
     AlertKind,
     FeatureContribution,
+    OpenReason,
     ResolveReason,
     alert_id_for,
     episode_id_for,
@@ -142,6 +143,42 @@ class EpisodeTracker(SlotArrays):
             log.info("open episodes resolved", resolved=len(alerts), reason=reason)
         return alerts
 
+    def open_new_keys(
+        self,
+        slots: np.ndarray,
+        keys: np.ndarray,
+        ts: np.ndarray,
+        event_index: np.ndarray,
+        threshold: float,
+    ) -> list[Alert]:
+        """Open an episode (reason "new_key") on each of ``slots``, fresh slots whose keys
+        (``keys[i]``) the model was not trained on, at the key's first event (time ``ts[i]``,
+        ``event_index[i]``); ``threshold`` is the one judging the key until it has its own.
+
+        The key's windows then carry the episode as any other: exceeding ones add to it, and
+        `cooldown` calm ones resolve it. Until one exceeds, the episode's peak is this event
+        (score 0, nothing to explain) and the anomaly ends where it began.
+        """
+        alerts = []
+        for row, slot in enumerate(np.asarray(slots, dtype=np.int64).tolist()):
+            at = float(ts[row])
+            state = _KeyState(
+                run=0, is_open=True, calm=0, windows_over=0, episode_start=at, peak=0.0
+            )
+            self._peak_threshold[slot] = threshold
+            self._peak_errors[slot] = self._peak_actual[slot] = self._peak_expected[slot] = 0.0
+            self._peak_flat[slot] = False
+            self._anomaly_end[slot] = at
+            self._last_start[slot] = self._last_end[slot] = at
+            self._store(slot, state)
+            alerts.append(
+                self._alert(
+                    "open", state, str(keys[row]), (at, at, int(event_index[row])),
+                    0.0, threshold, (), (), "new_key",
+                )
+            )
+        return alerts
+
     def update(self, scored: ScoredWindows) -> list[Alert]:
         """Advance every key over its windows (arrival order); return alerts in arrival order."""
         if len(scored) == 0:
@@ -246,9 +283,14 @@ class EpisodeTracker(SlotArrays):
         window: tuple[float, float, int],
         reason: ResolveReason,
     ) -> Alert:
-        """The resolve alert of the slot's open episode, explained by its peak window."""
-        features = self._explain(
-            self._peak_errors[slot], self._peak_actual[slot], self._peak_expected[slot]
+        """The resolve alert of the slot's open episode, explained by its peak window (by
+        nothing when no window exceeded: a new key's episode that stayed calm)."""
+        features = (
+            self._explain(
+                self._peak_errors[slot], self._peak_actual[slot], self._peak_expected[slot]
+            )
+            if state.windows_over
+            else ()
         )
         peak_threshold = float(self._peak_threshold[slot])
         return self._alert(
@@ -283,7 +325,7 @@ class EpisodeTracker(SlotArrays):
         threshold: float,
         features: tuple[FeatureContribution, ...],
         flat_features: tuple[str, ...],
-        reason: ResolveReason | None = None,
+        reason: ResolveReason | OpenReason | None = None,
         anomaly_end: float | None = None,
     ) -> Alert:
         episode_id = episode_id_for(key, state.episode_start, self._model_version)

@@ -125,6 +125,9 @@ class IngestReport:
     # int64 [taken]: slot of each taken event's key after the ingest.
     event_slots: np.ndarray
     taken: int
+    # int64, ascending: the row of the first taken event of each key that held no slot before
+    # the ingest (never seen, or forgotten since), where a rule on new keys looks.
+    new_key_rows: np.ndarray
 
 
 @dataclass(frozen=True)

@@ -258,7 +258,7 @@ class WindowStore(SlotArrays):
         if len(batch) == 0:
             none = np.empty(0, dtype=np.int64)
             return self._no_windows(), IngestReport(
-                none, np.empty(0, dtype=object), 0, 0, none, 0
+                none, np.empty(0, dtype=object), 0, 0, none, 0, none
             )
         groups = _KeyGroups.of(batch.keys, self.registry)
         taken, forgotten = self._plan(batch, groups)
@@ -288,7 +288,9 @@ class WindowStore(SlotArrays):
         freed_keys = self._release(idle)
         lru_freed, lru_keys = self._make_room(slots, in_batch)
         self.keys_seen_total += len(slots)
-        self.keys_new_total += int(np.count_nonzero(slots < 0))
+        untracked = slots < 0
+        self.keys_new_total += int(np.count_nonzero(untracked))
+        new_key_rows = np.sort(groups.order[groups.start[untracked]])
         self._assign(groups.keys, slots)
         due = self._gather_and_write(batch, stride, min_events, groups, slots)
         self._last_seq[slots] = self._seq + last_row
@@ -306,6 +308,7 @@ class WindowStore(SlotArrays):
             len(idle),
             slots[groups.inverse],
             len(batch),
+            new_key_rows,
         )
         return due, report
 

@@ -117,7 +117,9 @@ def annotations(alert: Alert) -> dict[str, str]:
     the model found furthest from what it expected."""
     ratio = alert.score / alert.threshold if alert.threshold > 0 else float("inf")
     flat = ", ".join(alert.flat_features)
-    if alert.kind == "open" and flat:
+    if alert.kind == "open" and alert.reason == "new_key":
+        summary = f"{alert.key}: new key, not among the model's training keys"
+    elif alert.kind == "open" and flat:
         # A flat line exceeds whatever its score, which is then under the threshold.
         summary = f"{alert.key}: flat line on {flat} ({alert.severity})"
     elif alert.kind == "open":

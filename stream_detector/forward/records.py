@@ -18,6 +18,7 @@ from stream_detector.engine.alerts import (
     Alert,
     AlertKind,
     FeatureContribution,
+    OpenReason,
     ResolveReason,
     Severity,
 )
@@ -26,7 +27,11 @@ _EVENT_KINDS: Final[dict[str, AlertKind]] = {
     event_type: kind for kind, event_type in EVENT_TYPES.items()
 }
 _SEVERITIES: Final = frozenset(get_args(Severity))
-_REASONS: Final = frozenset(get_args(ResolveReason))
+# The reasons each kind of alert may give.
+_REASONS: Final[dict[AlertKind, frozenset[str]]] = {
+    "open": frozenset(get_args(OpenReason)),
+    "resolve": frozenset(get_args(ResolveReason)),
+}
 
 
 class MalformedAlert(ValueError):
@@ -69,7 +74,7 @@ def decode_alert(value: bytes | None) -> Alert:
         episode_start=_time(data, "episode_start"),
         windows_over=_count(data, "windows_over"),
         event_index=-1,  # only meaningful inside the batch that produced the alert
-        reason=None if data.get("reason") is None else _choice(data, "reason", _REASONS),
+        reason=None if data.get("reason") is None else _choice(data, "reason", _REASONS[kind]),
         flat_features=_flat_features(data),
         anomaly_end=None if data.get("anomaly_end") is None else _time(data, "anomaly_end"),
     )

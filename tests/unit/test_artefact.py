@@ -62,6 +62,7 @@ RESULT = TrainingResult(
     global_threshold=0.4,
     training={"epochs_run": 3, "best_epoch": 2, "val_loss": [0.3, 0.2, 0.25]},
     feature_error_means=(0.05, 0.15),
+    training_keys=("pump-2", "pump-10", "pump-1"),
 )
 
 
@@ -109,6 +110,7 @@ def test_metadata_describes_the_model(saved: Path) -> None:
     assert meta.global_threshold == 0.4
     assert meta.training["val_loss"] == [0.3, 0.2, 0.25]
     assert meta.feature_error_means == (0.05, 0.15)
+    assert meta.training_keys == ("pump-1", "pump-10", "pump-2")
     assert meta.model_version == model_version_of((saved / WEIGHTS_FILE).read_bytes())
     assert meta.model_version.startswith("lstm-ae-") and len(meta.model_version) == 8 + 12
 
@@ -218,7 +220,7 @@ def test_an_artefact_without_feature_error_means_still_loads(tmp_path: Path, sav
     """Format 3 artefacts were written before training recorded them; a format 4 one whose
     training did not (e.g. built by hand) records null. Either loads, without them."""
     data = orjson.loads((saved / METADATA_FILE).read_bytes())
-    del data["feature_error_means"]
+    del data["feature_error_means"], data["training_keys"]
     data["format_version"] = 3
     (saved / METADATA_FILE).write_bytes(orjson.dumps(data))
     loaded = load_artefact(saved, _settings(), CPU).metadata
@@ -239,10 +241,29 @@ def test_a_format_4_artefact_must_record_feature_error_means(saved: Path) -> Non
     with pytest.raises(ArtefactError, match=r"missing \['feature_error_means'\]"):
         load_artefact(saved, _settings(), CPU)
     data["feature_error_means"] = None
+    del data["training_keys"]
     data["format_version"] = 3  # a format 3 artefact has no such field, not even null
     (saved / METADATA_FILE).write_bytes(orjson.dumps(data))
     with pytest.raises(ArtefactError, match=r"unknown \['feature_error_means'\]"):
         load_artefact(saved, _settings(), CPU)
+
+
+def test_a_format_4_artefact_loads_without_training_keys(tmp_path: Path, saved: Path) -> None:
+    """Written before training recorded its keys: it serves, with no key known (the new-key
+    rule then stays off, with a warning), and a format 5 one must say, null or a list."""
+    data = orjson.loads((saved / METADATA_FILE).read_bytes())
+    del data["training_keys"]
+    (saved / METADATA_FILE).write_bytes(orjson.dumps(data))
+    with pytest.raises(ArtefactError, match=r"missing \['training_keys'\]"):
+        load_artefact(saved, _settings(), CPU)
+    data["format_version"] = 4
+    (saved / METADATA_FILE).write_bytes(orjson.dumps(data))
+    loaded = load_artefact(saved, _settings(), CPU).metadata
+    assert loaded.format_version == 4 and loaded.training_keys is None
+    settings = _settings()
+    without = replace(RESULT, training_keys=None)
+    save_artefact(tmp_path / "null", _model(settings), settings, without)
+    assert load_artefact(tmp_path / "null", settings, CPU).metadata.training_keys is None
 
 
 def test_weights_are_safetensors_and_loading_never_unpickles(
@@ -308,6 +329,10 @@ def test_resaving_over_an_artefact_replaces_it(tmp_path: Path) -> None:
         ("feature_error_means", [0.1], "feature_error_means needs 2 numbers, one per feature"),
         ("feature_error_means", [0.1, "0.3"], "feature_error_means[1] is '0.3', not a number"),
         ("feature_error_means", {"cpu": 0.1}, "feature_error_means needs 2 numbers"),
+        ("training_keys", "pump-1", "training_keys is 'pump-1', not a list of keys"),
+        ("training_keys", ["pump-1", 7], "training_keys[1] is 7, not a string"),
+        ("training_keys", ["pump-2", "pump-1"], "not a list of distinct keys in ascending order"),
+        ("training_keys", ["pump-1", "pump-1"], "not a list of distinct keys in ascending order"),
     ],
 )
 def test_every_unusable_metadata_value_is_refused_by_name(

@@ -3,7 +3,8 @@
 Random feeds (keys going silent past the idle TTL, more keys than max_keys, warm-up, spikes)
 are fed one event at a time (the reference) and cut into random batches, with a restart from a
 snapshot at a random point; every scored window and every alert must be the same. Events mode
-and aggregate mode (raw events into buckets) both.
+and aggregate mode (raw events into buckets) both; the model is trained on some of the keys, so
+the others open new-key episodes whenever they come (back).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from stream_detector.detector.training import train
 
 T0 = 1_700_000_000.0
 N_KEYS = 6
+TRAINED_KEYS = 4  # keys k4 and k5 are new to the model
 
 EVENTS_SECTIONS = {
     "window": {"size": 4, "max_keys": 4, "initial_capacity": 2, "idle_ttl_s": 6.0},
@@ -31,7 +33,7 @@ EVENTS_SECTIONS = {
     "model": {"hidden_size": 4, "latent_size": 2, "device": "cpu", "batch_size": 7},
     "train": {"epochs": 1, "batch_size": 64, "seed": 0, "max_windows": 400},
     "threshold": {"warmup": 3, "alpha": 0.3, "sensitivity": 1.5},
-    "episodes": {"min_consecutive": 1, "cooldown": 2},
+    "episodes": {"min_consecutive": 1, "cooldown": 2, "alert_new_keys": True},
 }
 
 AGGREGATE_SECTIONS = {
@@ -81,7 +83,7 @@ def _train(mode: Mode) -> ModelArtefact:
     payloads = [
         mode.payload(k, T0 + t * 0.5, float(np.sin(t / 3 + k) + rng.normal(0, 0.1)))
         for t in range(400)
-        for k in range(N_KEYS)
+        for k in range(TRAINED_KEYS)
     ]
     decoded = decoder_for(settings).decode_messages(payloads)
     return train([decoded], settings, out_dir=None)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import orjson
 import pytest
+import structlog
 
 from stream_detector.config import Settings, load_settings
 from stream_detector.detector.artefact import ModelArtefact
@@ -200,3 +202,61 @@ def test_replay_lines_name_the_features_in_a_flat_line(
     assert flat and {line["key"] for line in flat} == {"sensor-3"}
     assert all(line["flat_features"] == ["value"] and line["anomaly"] for line in flat)
     assert all(T0 + 257 <= line["ts"] <= T0 + 299 for line in flat)
+
+
+def _with_a_new_key(n_steps: int, first_step: int) -> list[bytes]:
+    """The trained keys' feed with "sensor-new", a key the model never saw but shaped like
+    sensor-1, from `first_step`."""
+    rng = np.random.default_rng(6)
+    new = [
+        orjson.dumps({
+            "key": "sensor-new",
+            "ts": T0 + step + 0.5,
+            "value": float(np.sin(step / 6.0 + 1) * 2 + rng.normal(0, 0.05) + 10),
+        })
+        for step in range(first_step, n_steps)
+    ]
+    return sorted(_messages(n_steps, None, seed=5) + new, key=lambda m: orjson.loads(m)["ts"])
+
+
+def _new_key_settings(artefact_settings: Settings) -> Settings:
+    episodes = artefact_settings.episodes.model_copy(update={"alert_new_keys": True})
+    return artefact_settings.model_copy(update={"episodes": episodes})
+
+
+def test_a_key_the_model_was_not_trained_on_opens_an_episode_at_its_first_event(
+    artefact: ModelArtefact,
+) -> None:
+    assert artefact.metadata.training_keys == tuple(sorted(KEYS))
+    payloads = _with_a_new_key(200, first_step=50)
+    detector = Detector(_new_key_settings(_settings()), artefact)
+    alerts = [a for start in range(0, len(payloads), 60)
+              for a in detector.process_messages(payloads[start : start + 60]).alerts]
+    arrivals = [a for a in alerts if a.reason == "new_key"]
+    assert [(a.kind, a.key, a.window_end) for a in arrivals] == [
+        ("open", "sensor-new", T0 + 50.5)
+    ]
+    # Its own calm windows resolve it, once the key is warm and judged.
+    resolves = [a for a in alerts if a.kind == "resolve" and a.key == "sensor-new"]
+    assert [a.episode_id for a in resolves] == [arrivals[0].episode_id]
+    assert resolves[0].anomaly_end == T0 + 50.5
+    # Off by default, and off (with a warning) for a model that records no training keys.
+    assert not [a for a in _run(artefact, payloads, batch=60) if a.key == "sensor-new"]
+    older = ModelArtefact(artefact.model, replace(artefact.metadata, training_keys=None))
+    with structlog.testing.capture_logs() as logs:
+        detector = Detector(_new_key_settings(_settings()), older)
+    assert any("no training keys" in log["event"] for log in logs)
+    assert not [a for a in detector.process_messages(payloads).alerts if a.key == "sensor-new"]
+
+
+def test_replay_lines_say_where_a_new_key_arrived(artefact: ModelArtefact, tmp_path: Path) -> None:
+    source = tmp_path / "arrival.jsonl"
+    source.write_bytes(b"\n".join(_with_a_new_key(120, first_step=50)) + b"\n")
+    out = io.BytesIO()
+    replay(source, Detector(_new_key_settings(_settings()), artefact), out, batch_size=256)
+    lines = [orjson.loads(line) for line in out.getvalue().splitlines()]
+    arrived = [line for line in lines if "new_key" in line["alerts"]]
+    assert [(line["key"], line["ts"], line["score"]) for line in arrived] == [
+        ("sensor-new", T0 + 50.5, None)
+    ]
+    assert arrived[0]["episode_id"] is not None

@@ -273,3 +273,42 @@ def test_dropping_keys_for_another_owner_sends_no_resolve() -> None:
     assert len(t.update(make_scored([0], [True]))) == 1
     t.reset(np.array([0]))
     assert t.open_episodes == 0
+
+
+def _open_new(t: EpisodeTracker, slot: int, at: float, row: int) -> list:
+    return t.open_new_keys(
+        np.array([slot]), np.array([f"key-{slot}"], dtype=object), np.array([at]),
+        np.array([row]), threshold=0.7,
+    )
+
+
+def test_a_new_key_opens_at_its_first_event_and_calm_windows_resolve_it() -> None:
+    t = tracker(min_consecutive=2, cooldown=3)
+    opened = _open_new(t, 0, 990.0, 0)
+    assert summary(opened) == [("open", "key-0", 0, 0)]
+    alert = opened[0]
+    assert alert.reason == "new_key"
+    assert (alert.window_start, alert.window_end, alert.episode_start) == (990.0, 990.0, 990.0)
+    assert (alert.score, alert.threshold, alert.top_features) == (0.0, 0.7, ())
+    assert t.open_episodes == 1
+    resolved = t.update(make_scored([0, 0, 0], [False] * 3, first_row=1))
+    assert summary(resolved) == [("resolve", "key-0", 3, 0)]
+    # No window exceeded: nothing to explain, and the anomaly ended where it began.
+    assert resolved[0].episode_id == alert.episode_id
+    assert (resolved[0].reason, resolved[0].score, resolved[0].top_features) == (
+        "cooldown", 0.0, ()
+    )
+    assert resolved[0].anomaly_end == 990.0
+
+
+def test_exceeding_windows_of_a_new_key_join_its_episode() -> None:
+    t = tracker(min_consecutive=2, cooldown=2)
+    opened = _open_new(t, 0, 990.0, 0)
+    pattern = [True, True, False, False]
+    alerts = t.update(make_scored([0] * 4, pattern, scores=[4.0, 6.0, 0.1, 0.1], first_row=1))
+    # No second open: the windows belong to the episode the key's arrival opened.
+    assert summary(alerts) == [("resolve", "key-0", 4, 2)]
+    resolve = alerts[0]
+    assert resolve.episode_id == opened[0].episode_id
+    assert resolve.score == 6.0 and resolve.anomaly_end == 1002.0
+    assert [f.name for f in resolve.top_features] == ["net", "disk"]

@@ -117,6 +117,7 @@ def _edited(change: Any) -> bytes:
         (_edited(lambda e: e["data"].update(severity="urgent")), "data.severity is 'urgent'"),
         (_edited(lambda e: e["data"].update(windows_over=2.5)), "not an integer"),
         (_edited(lambda e: e["data"].update(reason="bored")), "data.reason is 'bored'"),
+        (_edited(lambda e: e["data"].update(reason="cooldown")), "data.reason is 'cooldown'"),
         (_edited(lambda e: e["data"].update(top_features={})), "not a list"),
         (_edited(lambda e: e["data"].update(top_features=[{"name": "t"}])),
          "data.top_features[0].actual is None"),
@@ -212,6 +213,17 @@ def test_a_flat_line_is_named_and_a_resolve_says_where_the_anomaly_ended() -> No
     resolve = replace(resolved(stuck), anomaly_end=end)
     ended = MAPPING.resolved(resolve, MAPPING.opened(stuck)).annotations
     assert f"anomalous until {rfc3339(end)}" in ended["description"]
+
+
+def test_a_new_key_reads_back_and_is_announced_as_one() -> None:
+    arrived = replace(
+        opened(), window_start=1_763_899_231.0, score=0.0, severity="low", top_features=(),
+        windows_over=0, reason="new_key",
+    )
+    assert decode_alert(arrived.to_cloudevent(SOURCE)) == replace(arrived, event_index=-1)
+    annotations = MAPPING.opened(arrived).annotations
+    assert annotations["summary"] == "device-0042: new key, not among the model's training keys"
+    assert annotations["reason"] == "new_key"
 
 
 def test_generator_url_fills_the_link_template_quoted_and_is_left_out_without_one() -> None:

@@ -546,9 +546,10 @@ class EpisodeConfig(_Section):
         False,
         description="Open an episode (reason 'new_key') at the first event of a key the model "
         "was not trained on, each time one comes that the detector does not hold (never seen, "
-        "or forgotten after window.idle_ttl_s); it resolves after `cooldown` calm windows of "
-        "the key. News in a network feed (a new source address), noise where keys come and go. "
-        "Needs a model that records its training keys (trained by this version).",
+        "or forgotten: silent past window.idle_ttl_s, or pushed out at window.max_keys); it "
+        "resolves after `cooldown` calm windows of the key. News in a network feed (a new "
+        "source address), noise where keys come and go. Needs a model that records its "
+        "training keys (trained by this version).",
     )
 
 

@@ -161,6 +161,8 @@ class Detector:
             alerts += self._evict(cut.report.freed_slots, cut.report.freed_keys)
             # Opened before the step's windows are judged: a key's first event precedes them.
             new_keys = self._judge.open_new_keys(cut, offset)
+            if self._shadow is not None:  # its episodes too, so both sides' opens compare alike
+                self._shadow.judge.open_new_keys(cut, offset)
             staged = self._stage.normalise(cut)
             started = time.perf_counter()
             scored = self._judge.score(staged, offset, self.feedback, self._normalizer)

@@ -145,7 +145,7 @@ def parse_feedback(payload: bytes | None, config: FeedbackConfig) -> FeedbackEve
     if not isinstance(data, dict):
         raise FeedbackError("data must be a JSON object")
     if kind in ("false_positive", "true_positive"):
-        alert = _alert_ref(data)
+        alert = _alert_ref(data, kind)
         return FeedbackEvent(event_id, kind, alert.key, alert=alert)
     if kind == "sensitivity":
         multiplier = _number(data, "multiplier")
@@ -188,8 +188,12 @@ def read_feedback_file(path: Path, config: FeedbackConfig) -> list[FeedbackEvent
     return events
 
 
-def _alert_ref(data: dict[str, Any]) -> AlertRef:
-    """The alert a false/true positive names, checked against its own id."""
+def _alert_ref(data: dict[str, Any], kind: FeedbackKind) -> AlertRef:
+    """The alert a false/true positive names, checked against its own id.
+
+    A score of 0 is a new key's arrival that no window of it exceeded: it can be confirmed (a
+    true positive holds nothing back by its score), but a false positive would raise the key's
+    threshold to nothing."""
     alert_id, key, version = (
         _text(data, "alert_id"),
         _text(data, "key"),
@@ -203,8 +207,14 @@ def _alert_ref(data: dict[str, Any]) -> AlertRef:
             f"model {version!r} has it (`stream-detector feedback` looks the alert up for you)"
         )
     score = _number(data, "score")
-    if score <= 0:
-        raise FeedbackError(f"data.score must be positive, got {score}")
+    if score < 0 or (score == 0 and kind == "false_positive"):
+        hint = (
+            "; a new key's arrival that no window exceeded has no score to raise the key's "
+            "threshold to: mute the key if its arrivals are not news"
+            if score == 0
+            else ""
+        )
+        raise FeedbackError(f"data.score must be positive, got {score}{hint}")
     effective = _number(data, "effective")
     episode_end = _optional_number(data, "episode_end")
     if episode_end is not None and episode_end < episode_start:

@@ -118,7 +118,7 @@ class ModelJudge:
             keys[unknown],
             cut.batch.ts[rows],
             rows + offset,
-            self.metadata.global_threshold,
+            self.threshold.warmup_threshold,
         )
 
     def score(

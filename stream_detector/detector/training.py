@@ -39,6 +39,9 @@ MIN_TRAINING_WINDOWS = 10
 MIN_SOUND_WINDOWS = 1000
 # Validation-score quantiles stored in the artefact, for choosing thresholds after the fact.
 CALIBRATION_QUANTILES = (0.5, 0.9, 0.99, 0.995, 0.999)
+# The most key text (UTF-8 bytes) recorded as the training keys: about 10,000 addresses. The
+# artefact must still fit one registry-topic record (kafka.max_message_bytes, 1 MB by default).
+MAX_TRAINING_KEY_BYTES = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -49,12 +52,10 @@ class CollectedWindows:
     mean: np.ndarray
     std: np.ndarray
     n_events: int
-    keys: tuple[str, ...]  # the distinct keys of the events, sorted
+    n_keys: int
+    # Sorted: the keys with a training window (one not left out), what the model was trained on.
+    trained_keys: tuple[str, ...]
     n_excluded: int = 0  # windows left out for overlapping an excluded span
-
-    @property
-    def n_keys(self) -> int:
-        return len(self.keys)
 
 
 def collect_windows(
@@ -80,8 +81,7 @@ def collect_windows(
     values = np.concatenate([batch.values for batch in decoded]).astype(np.float64)
     mean = values.mean(axis=0).astype(np.float32)
     std = np.maximum(values.std(axis=0), settings.normalize.min_std).astype(np.float32)
-    keys = tuple(str(key) for key in np.unique(np.concatenate([batch.keys for batch in decoded])))
-    n_keys = len(keys)
+    n_keys = len(np.unique(np.concatenate([batch.keys for batch in decoded])))
 
     # Pass 2: the serving path, batch by batch, so warm-up and evictions look as they will live.
     stage = WindowStage(settings, mean, std, settings.train.stride)
@@ -91,8 +91,9 @@ def collect_windows(
         for staged in stage.pieces(batch)
         if len(staged.due)
     ]
-    chunks = [windows for windows, _ in kept]
-    n_excluded = sum(excluded for _, excluded in kept)
+    chunks = [windows for windows, _, _ in kept]
+    n_excluded = sum(excluded for _, excluded, _ in kept)
+    trained_keys = tuple(sorted({str(key) for _, _, keys in kept for key in keys.tolist()}))
     n_windows = sum(len(chunk) for chunk in chunks)
     if n_excluded:
         log.info("training windows excluded", excluded=n_excluded, kept=n_windows)
@@ -117,19 +118,23 @@ def collect_windows(
         mean=mean,
         std=std,
         n_events=n_events,
-        keys=keys,
+        n_keys=n_keys,
+        trained_keys=trained_keys,
         n_excluded=n_excluded,
     )
 
 
-def _kept(staged: StagedWindows, exclude: ExcludedSpans | None) -> tuple[np.ndarray, int]:
-    """The staged windows not overlapping an excluded span of their key, and how many did."""
+def _kept(
+    staged: StagedWindows, exclude: ExcludedSpans | None
+) -> tuple[np.ndarray, int, np.ndarray]:
+    """The staged windows not overlapping an excluded span of their key, how many did, and
+    the keys of those kept."""
     windows = np.asarray(staged.normalised)
-    if exclude is None:
-        return windows, 0
     due = staged.due
+    if exclude is None:
+        return windows, 0, due.keys
     hit = exclude.overlapping(due.keys, due.start_ts, due.end_ts)
-    return windows[~hit], int(hit.sum())
+    return windows[~hit], int(hit.sum()), due.keys[~hit]
 
 
 def train(
@@ -193,10 +198,10 @@ def train(
             "seed": cfg.seed,
             "seconds": round(time.perf_counter() - started, 3),
             "device": str(device),
-            "warnings": calibration.warnings,
+            "warnings": calibration.warnings + _too_many_keys(collected.trained_keys),
         },
         feature_error_means=calibration.feature_error_means,
-        training_keys=collected.keys,
+        training_keys=_recordable(collected.trained_keys),
     )
     model = model.cpu()
     if out_dir is None:
@@ -317,6 +322,25 @@ def _calibrate(scorer: WindowScorer, split: _Split, settings: Settings) -> _Cali
         ),
         warnings=warnings,
     )
+
+
+def _recordable(keys: tuple[str, ...]) -> tuple[str, ...] | None:
+    """The training keys, or None when they are more than the artefact can carry."""
+    size = sum(len(key.encode()) for key in keys)
+    return keys if size <= MAX_TRAINING_KEY_BYTES else None
+
+
+def _too_many_keys(keys: tuple[str, ...]) -> list[str]:
+    """What training says when it records no training keys for being too many."""
+    if _recordable(keys) is not None:
+        return []
+    warning = (
+        f"{len(keys)} training keys are more than the artefact records "
+        f"({MAX_TRAINING_KEY_BYTES // 1024} KiB of key text): episodes.alert_new_keys will have "
+        "no keys to go by with this model"
+    )
+    log.warning("training keys not recorded", detail=warning)
+    return [warning]
 
 
 def _small_data_warnings(n_windows: int, n_val: int, settings: Settings) -> list[str]:

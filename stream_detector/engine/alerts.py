@@ -39,8 +39,8 @@ Each alert is published as a CloudEvents 1.0 structured-mode JSON message:
     model version took over while the episode was open; window fields as for ``"evicted"``).
     On an open alert: ``"new_key"`` for a key the model was not trained on, opened at its first
     event (``episodes.alert_new_keys``): no window of it was scored yet, so ``score`` is 0,
-    ``threshold`` the global one and ``top_features`` empty, and the window fields are that
-    event's time; ``null`` for every other open alert
+    ``threshold`` the one that judges a key in warm-up and ``top_features`` empty, and the
+    window fields are that event's time; ``null`` for every other open alert
   - ``flat_features``: the features that repeated one value for far longer than the key's own
     history makes normal (a stuck sensor, engine/flat.py) in that same window; such a window
     exceeds whatever its score, which is then under the threshold. Empty for an anomaly found

@@ -65,6 +65,11 @@ class AdaptiveThreshold(SlotArrays):
         self._count = np.empty(0, dtype=np.int64)
         self.ensure_capacity(capacity)
 
+    @property
+    def warmup_threshold(self) -> float:
+        """What judges a key until it has `warmup` scores of its own."""
+        return self._warmup_threshold
+
     def apply(
         self,
         slots: np.ndarray,

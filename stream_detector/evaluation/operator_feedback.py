@@ -94,10 +94,12 @@ def simulated_false_positives(
     counts of what was and was not marked.
 
     An episode still open when the data ends is not marked: it has no end for the effect to start
-    from, and marking it from its open alert would hold back the very alert it judges. With
-    `before_ts`, only episodes over before it are marked (feedback the part after it never saw)."""
+    from, and marking it from its open alert would hold back the very alert it judges. Nor is a
+    new key's arrival that none of its windows exceeded (peak score 0): there is no score for a
+    false positive to raise the key's threshold to. With `before_ts`, only episodes over before
+    it are marked (feedback the part after it never saw)."""
     marked: list[tuple[float, bytes]] = []
-    counts = {"written": 0, "still_open": 0, "after_cut": 0}
+    counts = {"written": 0, "still_open": 0, "after_cut": 0, "no_score": 0}
     for key_id, episodes in sorted(trace.episodes.items()):
         false = judged_false(dataset, key_id, episodes)
         for (opened, resolved), is_false in zip(trace.alerts[key_id], false.tolist(), strict=True):
@@ -107,6 +109,8 @@ def simulated_false_positives(
                 counts["still_open"] += 1
             elif before_ts is not None and resolved.window_end >= before_ts:
                 counts["after_cut"] += 1
+            elif resolved.score <= 0:
+                counts["no_score"] += 1
             else:
                 marked.append((resolved.window_end, false_positive_event(opened, resolved)))
     marked.sort(key=lambda item: item[0])

@@ -206,6 +206,7 @@ def _written_line(written: dict[str, Any]) -> str:
     skipped = [
         f"{written['still_open']} still open at the end" if written["still_open"] else "",
         f"{written['after_cut']} ending after the cut" if written["after_cut"] else "",
+        f"{written['no_score']} new-key arrivals with no score" if written["no_score"] else "",
     ]
     left = " and ".join(s for s in skipped if s)
     return (

@@ -127,6 +127,9 @@ def annotations(alert: Alert) -> dict[str, str]:
             f"{alert.key}: anomaly ({alert.severity}), score {alert.score:.4g} is {ratio:.3g}x "
             f"its threshold {alert.threshold:.4g}"
         )
+    elif alert.windows_over == 0:  # a new key's episode that no window of it exceeded
+        reason = _REASON_TEXT.get(alert.reason or "", "resolved")
+        summary = f"{alert.key}: new key's episode resolved ({reason}), no window over threshold"
     else:
         reason = _REASON_TEXT.get(alert.reason or "", "resolved")
         summary = (

@@ -249,8 +249,8 @@ def test_a_format_4_artefact_must_record_feature_error_means(saved: Path) -> Non
 
 
 def test_a_format_4_artefact_loads_without_training_keys(tmp_path: Path, saved: Path) -> None:
-    """Written before training recorded its keys: it serves, with no key known (the new-key
-    rule then stays off, with a warning), and a format 5 one must say, null or a list."""
+    """Written before training recorded its keys: it serves, with no key known (a detector then
+    keeps the new-key rule off, test_detector.py), and a format 5 one must say, null or a list."""
     data = orjson.loads((saved / METADATA_FILE).read_bytes())
     del data["training_keys"]
     (saved / METADATA_FILE).write_bytes(orjson.dumps(data))

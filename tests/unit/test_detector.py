@@ -260,3 +260,24 @@ def test_replay_lines_say_where_a_new_key_arrived(artefact: ModelArtefact, tmp_p
         ("sensor-new", T0 + 50.5, None)
     ]
     assert arrived[0]["episode_id"] is not None
+
+
+def test_a_new_key_forgotten_and_back_is_new_again_and_a_trained_one_never_is(
+    artefact: ModelArtefact,
+) -> None:
+    settings = _new_key_settings(_settings())
+    settings = settings.model_copy(
+        update={"window": settings.window.model_copy(update={"idle_ttl_s": 30.0})}
+    )
+    feed = [orjson.loads(m) for m in _with_a_new_key(200, first_step=20)]
+    # sensor-new and sensor-0 fall silent for 60 s (past the 30 s idle TTL), then come back.
+    silent = ("sensor-new", "sensor-0")
+    feed = [e for e in feed if e["key"] not in silent or not 60 <= e["ts"] - T0 < 120]
+    payloads = [orjson.dumps(e) for e in feed]
+    detector = Detector(settings, artefact)
+    alerts = [a for start in range(0, len(payloads), 97)
+              for a in detector.process_messages(payloads[start : start + 97]).alerts]
+    arrivals = [(a.key, a.window_end) for a in alerts if a.reason == "new_key"]
+    assert arrivals == [("sensor-new", T0 + 20.5), ("sensor-new", T0 + 120.5)]
+    # The first episode ended when the key was forgotten.
+    assert ("sensor-new", "evicted") in {(a.key, a.reason) for a in alerts if a.kind == "resolve"}

@@ -3,7 +3,7 @@ alerts, a replay of its marks on the same data, and the held-out part after a cu
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -245,11 +245,22 @@ def _toy_trace() -> tuple[LabelledDataset, MethodTrace]:
 def test_before_a_cut_only_the_episodes_over_before_it_are_marked() -> None:
     dataset, trace = _toy_trace()
     events, counts = simulated_false_positives(dataset, trace, before_ts=50.0)
-    assert counts == {"written": 1, "still_open": 1, "after_cut": 1}
+    assert counts == {"written": 1, "still_open": 1, "after_cut": 1, "no_score": 0}
     (event,) = [parse_feedback(e, FeedbackConfig()) for e in events]
     assert event.alert is not None
     assert (event.alert.episode_start, event.alert.episode_end, event.alert.score) == (10, 20, 3)
     assert len(simulated_false_positives(dataset, trace)[0]) == 2
+
+
+def test_a_new_key_arrival_with_no_score_is_not_marked() -> None:
+    """No window of the key exceeded: a false positive would have nothing to raise, and the
+    file it is written to must still read back."""
+    dataset, trace = _toy_trace()
+    opened, resolved = trace.alerts[0][0]
+    trace.alerts[0][0] = (opened, replace(resolved, score=0.0))
+    events, counts = simulated_false_positives(dataset, trace)
+    assert counts == {"written": 1, "still_open": 1, "after_cut": 0, "no_score": 1}
+    assert [parse_feedback(e, FeedbackConfig()).alert.episode_start for e in events] == [60]
 
 
 def test_after_the_cut_only_episodes_opened_there_count() -> None:

@@ -246,6 +246,15 @@ def test_a_score_that_is_not_positive_is_rejected(score: float) -> None:
     _rejects(_envelope("false_positive", _alert_data(score=score)), "data.score must be positive")
 
 
+def test_a_new_key_arrival_with_no_score_can_be_confirmed_but_not_called_false() -> None:
+    """Score 0 is a new key's episode that no window exceeded: a true positive holds it, a
+    false positive is refused with the way out."""
+    _rejects(_envelope("false_positive", _alert_data(score=0.0)), "mute the key")
+    _rejects(_envelope("true_positive", _alert_data(score=-1.0)), "data.score must be positive")
+    confirmed = parse_feedback(_envelope("true_positive", _alert_data(score=0.0)), CONFIG)
+    assert confirmed.alert is not None and confirmed.alert.score == 0.0
+
+
 def test_an_episode_end_before_its_start_is_rejected() -> None:
     data = _alert_data(episode_end=T0 + 59.5)
     _rejects(_envelope("true_positive", data), "episode_end is before")

@@ -224,6 +224,10 @@ def test_a_new_key_reads_back_and_is_announced_as_one() -> None:
     annotations = MAPPING.opened(arrived).annotations
     assert annotations["summary"] == "device-0042: new key, not among the model's training keys"
     assert annotations["reason"] == "new_key"
+    calm = replace(resolved(arrived), score=0.0, windows_over=0, reason="cooldown")
+    assert MAPPING.resolved(calm, MAPPING.opened(arrived)).annotations["summary"] == (
+        "device-0042: new key's episode resolved (back to normal), no window over threshold"
+    )
 
 
 def test_generator_url_fills_the_link_template_quoted_and_is_left_out_without_one() -> None:

@@ -154,3 +154,22 @@ def test_the_shadow_verdict_compares_episodes_and_score_drift(
     allowed = detector.settings.lifecycle.promote_max_alert_ratio * act["episodes_opened"]
     expected = cand["episodes_opened"] <= allowed and cand["score_psi"] < act["score_psi"]
     assert (report["verdict"] == "pass") == expected, report
+
+
+def test_a_shadow_opens_new_key_episodes_as_the_active_model_does(
+    models: tuple[ModelArtefact, ModelArtefact],
+) -> None:
+    """Both models were trained on k0..k2: a fourth key opens an episode on each side, so an
+    open on it later is absorbed alike and the two sides' episode counts compare fairly."""
+    active, candidate = models
+    settings = load_settings(
+        None, {**SECTIONS, "episodes": {**SECTIONS["episodes"], "alert_new_keys": True}}
+    )
+    detector = Detector(settings, active)
+    detector.start_shadow(candidate)
+    newcomer = orjson.dumps({"key": "k9", "ts": T0 + 1, "value": 0.5})
+    result = _run(detector, [*_payloads(range(2), seed=7), newcomer])
+    assert [(a.key, a.reason) for a in result.alerts] == [("k9", "new_key")]
+    shadow = detector.shadow
+    assert shadow is not None
+    assert detector.open_episodes == shadow.judge.episodes.open_episodes == 1

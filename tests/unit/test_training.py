@@ -11,6 +11,7 @@ import torch
 
 from stream_detector.config import Settings
 from stream_detector.detector.artefact import load_artefact
+from stream_detector.detector.exclusions import ExcludedSpans
 from stream_detector.detector.mapping import input_mapping
 from stream_detector.detector.training import MIN_TRAINING_WINDOWS, collect_windows, train
 from stream_detector.engine.model import WindowScorer
@@ -221,3 +222,30 @@ def test_small_data_is_warned_about_and_recorded(caplog: pytest.LogCaptureFixtur
     assert any("212 training windows are few" in w for w in warnings)
     roomy = train(_batches(), _settings(calibration_quantile=0.9), None)
     assert not any("validation windows" in w for w in roomy.metadata.training["warnings"])
+
+
+def test_the_training_keys_are_the_keys_with_a_training_window() -> None:
+    """A key with too few events for a window, or whose windows were all left out, was not
+    trained on: it is recorded as no training key, and so stays news to the new-key rule."""
+    batches = _batches(n_keys=3)
+    short = EventBatch(
+        np.arange(3, dtype=np.int64), np.array(["brief"] * 3, dtype=object),
+        1_700_000_100.0 + np.arange(3.0), np.zeros((3, 2), np.float32),
+    )  # fmt: skip
+    excluded = ExcludedSpans()
+    excluded.add("k2", 1_699_999_999.0, 1_700_001_000.0)
+    collected = collect_windows([*batches, Decoded(batch=short)], _settings(), excluded)
+    assert collected.n_keys == 4
+    assert collected.trained_keys == ("k0", "k1")
+    artefact = train(batches, _settings(), None)
+    assert artefact.metadata.training_keys == ("k0", "k1", "k2")
+
+
+def test_more_keys_than_the_artefact_carries_are_not_recorded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("stream_detector.detector.training.MAX_TRAINING_KEY_BYTES", 7)
+    artefact = train(_batches(n_keys=4), _settings(), None)  # "k0".."k3": 8 bytes
+    assert artefact.metadata.training_keys is None
+    warnings = artefact.metadata.training["warnings"]
+    assert any("4 training keys are more than the artefact records" in w for w in warnings)

@@ -38,20 +38,25 @@ class NaiveStore:
     watermark: float = -np.inf
     seq: int = 0
     freed: list[str] = field(default_factory=list)
+    arrivals: list[int] = field(default_factory=list)  # rows of the last ingest's new keys
 
     def _free(self, key: str) -> None:
         del self.history[key], self.last_ts[key], self.last_seq[key]
         self.freed.append(key)
 
     def ingest(self, batch: EventBatch, stride: int, min_events: int = 0) -> list[tuple]:
-        """Every event in turn; returns the windows (row, key, values, start, end)."""
+        """Every event in turn; returns the windows (row, key, values, start, end), and keeps
+        the rows where a key not tracked (never seen, or forgotten) arrived in `arrivals`."""
         windows = []
+        self.arrivals = []
         for row, key in enumerate(batch.keys.tolist()):
             ts = float(batch.ts[row])
             self.watermark = max(self.watermark, ts)
             for other in list(self.history):
                 if other != key and self.last_ts[other] < self.watermark - self.idle_ttl_s:
                     self._free(other)
+            if key not in self.history:
+                self.arrivals.append(row)
             if key not in self.history and len(self.history) >= self.max_keys:
                 self._free(min(self.history, key=self.last_seq.__getitem__))
             events = self.history.setdefault(key, [])
@@ -112,8 +117,9 @@ def test_matches_one_event_at_a_time_reference(
     idle_ttl_s: float,
     batches: list[tuple[int, list[tuple[int, int]]]],
 ) -> None:
-    """Whole batches (cut where evictions require it) give exactly the windows, and forget
-    exactly the keys, of the rules applied one event at a time."""
+    """Whole batches (cut where evictions require it) give exactly the windows, forget exactly
+    the keys, and report exactly the new keys' first events, of the rules applied one event at a
+    time."""
     # on_device: the values in a torch tensor (on the CPU here), the device-resident code path.
     store = WindowStore(
         window, n_features, initial_capacity=initial_capacity, max_keys=max_keys,
@@ -148,6 +154,8 @@ def test_matches_one_event_at_a_time_reference(
             w[3] for w in expected
         ]
         assert [t for due, _, _ in pieces for t in due.end_ts.tolist()] == [w[4] for w in expected]
+        arrivals = [row + offset for _, report, offset in pieces for row in report.new_key_rows]
+        assert arrivals == naive.arrivals
         for due, report, offset in pieces:
             assert len(report.event_slots) == report.taken
             assert len(report.freed_slots) == len(report.freed_keys)

@@ -529,6 +529,16 @@ class ThresholdConfig(_Section):
         "well to score high. Judged on readings (input.mode = 'events') only: bucket counts "
         "repeat by nature. 0 disables.",
     )
+    flat_spread: float = Field(
+        0.5,
+        ge=0,
+        lt=1,
+        description="A feature whose spread (standard deviation) within a window is under this "
+        "share of the smallest spread its key's windows had before, two windows in a row, is "
+        "near-flat and counts as a flat line: a sensor stuck with a little noise, a signal that "
+        "lost its swing. Judged once the key has `warmup` windows; readings only, as "
+        "flat_factor. 0 disables.",
+    )
 
 
 class EpisodeConfig(_Section):

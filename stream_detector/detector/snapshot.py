@@ -41,7 +41,8 @@ from stream_detector.config import Settings
 # 3: each key's latest scored window (episodes.last_start / last_end), which the resolve alert of
 #    an evicted key reports; older checkpoints are refused (cold start with a warning).
 # 4: the flat-line tracker's runs per key and feature ("flat.*"), when flat lines are judged.
-FORMAT_VERSION = 4
+# 5: the near-flat tracker's window counts and smallest spreads ("spread.*"), when judged.
+FORMAT_VERSION = 5
 _META = "__meta__"
 _KEYS = "__keys__"
 _KEY_OFFSETS = "__key_offsets__"

@@ -28,6 +28,7 @@ from stream_detector.engine.flat import FlatLineTracker
 from stream_detector.engine.normalize import KeyNormalizer
 from stream_detector.engine.scan import rank_steps
 from stream_detector.engine.slots import SlotArrays
+from stream_detector.engine.spread import SpreadTracker, window_spread
 from stream_detector.engine.types import DueWindows, EventBatch, IngestReport
 from stream_detector.engine.windows import WindowStore
 
@@ -50,7 +51,8 @@ class StagedWindows:
     # float32 [B, F]: each window's key statistics right after its last event (its scaling).
     mean: np.ndarray
     std: np.ndarray
-    # bool [B, F]: features in a flat line at the window's last event (all false when off).
+    # bool [B, F]: features in a flat line at the window's last event, or near-flat over the
+    # window (all false when both rules are off).
     flat: np.ndarray
 
 
@@ -92,12 +94,22 @@ class WindowStage:
         # a snapshot. The store is not among them: it keeps itself in step as slots change.
         self._followers: dict[str, SlotArrays] = {"normalizer": self.normalizer}
         # Flat lines are judged on readings only: bucket counts repeat by nature.
+        readings = settings.input.mode == "events"
         self.flat: FlatLineTracker | None = None
-        if settings.input.mode == "events" and settings.threshold.flat_factor > 0:
+        if readings and settings.threshold.flat_factor > 0:
             self.flat = FlatLineTracker(
                 n_features, settings.threshold.flat_factor, window.size, self.store.capacity
             )
             self._followers["flat"] = self.flat
+        self.spread: SpreadTracker | None = None
+        if readings and settings.threshold.flat_spread > 0:
+            self.spread = SpreadTracker(
+                n_features,
+                settings.threshold.flat_spread,
+                settings.threshold.warmup,
+                self.store.capacity,
+            )
+            self._followers["spread"] = self.spread
         # Followers kept in step but left out of snapshots (a shadow model's state).
         self._transient: set[str] = set()
 
@@ -177,4 +189,6 @@ class WindowStage:
             flat = self.flat.update(
                 report.event_slots, cut.batch.values, cut.due.event_index, steps=steps
             )
+        if self.spread is not None and len(cut.due):
+            flat |= self.spread.update(cut.due.slots, window_spread(cut.due.values))
         return StagedWindows(cut.batch, cut.due, normalised, report, mean, std, flat)

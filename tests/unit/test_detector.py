@@ -187,6 +187,28 @@ def test_bucket_counts_are_never_judged_flat() -> None:
     )
     stage = WindowStage(settings, np.zeros(1), np.ones(1), stride=1)
     assert stage.flat is None and "flat" not in stage.slot_stages
+    assert stage.spread is None and "spread" not in stage.slot_stages
+
+
+def test_a_sensor_that_loses_its_swing_opens_an_episode_that_names_it_flat(
+    artefact: ModelArtefact,
+) -> None:
+    """sensor-3 keeps moving, by a hundredth of its usual swing: no value repeats, so only
+    the spread of its windows shows it."""
+    rng = np.random.default_rng(14)
+    payloads = []
+    for line in _messages(400, None, seed=13):
+        event = orjson.loads(line)
+        if event["key"] == "sensor-3" and 250 <= event["ts"] - T0 < 300:
+            event["value"] = 30.0 + rng.normal(0, 0.005)
+        payloads.append(orjson.dumps(event))
+    alerts = _run(artefact, payloads, batch=100)
+    assert {a.key for a in alerts} == {"sensor-3"}
+    opened = alerts[0]
+    assert opened.kind == "open" and opened.flat_features == ("value",)
+    assert T0 + 257 <= opened.window_end <= T0 + 275
+    assert [a.kind for a in alerts] == ["open", "resolve"]
+    assert T0 + 290 <= alerts[1].anomaly_end <= T0 + 307
 
 
 def test_replay_lines_name_the_features_in_a_flat_line(

@@ -41,10 +41,11 @@ Each alert is published as a CloudEvents 1.0 structured-mode JSON message:
     event (``episodes.alert_new_keys``): no window of it was scored yet, so ``score`` is 0,
     ``threshold`` the one that judges a key in warm-up and ``top_features`` empty, and the
     window fields are that event's time; ``null`` for every other open alert
-  - ``flat_features``: the features that repeated one value for far longer than the key's own
-    history makes normal (a stuck sensor, engine/flat.py) in that same window; such a window
-    exceeds whatever its score, which is then under the threshold. Empty for an anomaly found
-    by the reconstruction error alone
+  - ``flat_features``: the features that stood still in that same window as the key's own
+    history makes abnormal: one value repeated far longer than ever (a stuck sensor,
+    engine/flat.py), or a spread far under the least its windows had (engine/spread.py); such a
+    window exceeds whatever its score, which is then under the threshold. Empty for an anomaly
+    found by the reconstruction error alone
   - ``anomaly_end``: resolve only, the event time (epoch s) of the end of the episode's last
     exceeding window: where the anomaly itself ended, ``episodes.cooldown`` windows before the
     resolve; ``null`` on an open alert

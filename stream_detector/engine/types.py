@@ -138,7 +138,8 @@ class ScoredWindows:
     actual:         float32 [B, F]  raw value of the window's last event
     expected:       float32 [B, F]  reconstruction of the last event, in raw units
     flat:           bool [B, F]     features in a flat line at the window's last event
-                                    (engine/flat.py); such a window exceeds whatever its score
+                                    (engine/flat.py) or near-flat over the window
+                                    (engine/spread.py); such a window exceeds whatever its score
     """
 
     slots: np.ndarray

@@ -151,7 +151,8 @@ def annotations(alert: Alert) -> dict[str, str]:
         ended = alert.window_end if alert.anomaly_end is None else alert.anomaly_end
         episode = f"Episode from {rfc3339(alert.episode_start)}, anomalous until {rfc3339(ended)}"
     flat_line = (
-        f"Flat line: {flat} repeated one value far longer than this key's history makes normal. "
+        f"Flat line: {flat} stood still (one value repeated, or far less variation than ever) "
+        "beyond what this key's history makes normal. "
         if flat
         else ""
     )

@@ -208,7 +208,7 @@ def test_a_flat_line_is_named_and_a_resolve_says_where_the_anomaly_ended() -> No
     stuck = replace(opened(), score=0.01, severity="low", flat_features=("metrics.humidity",))
     annotations = MAPPING.opened(stuck).annotations
     assert annotations["summary"] == "device-0042: flat line on metrics.humidity (low)"
-    assert annotations["description"].startswith("Flat line: metrics.humidity repeated one value")
+    assert annotations["description"].startswith("Flat line: metrics.humidity stood still")
     end = stuck.window_end + 40
     resolve = replace(resolved(stuck), anomaly_end=end)
     ended = MAPPING.resolved(resolve, MAPPING.opened(stuck)).annotations

@@ -526,8 +526,9 @@ class ThresholdConfig(_Section):
         description="A feature that repeats one value for this many times the longest run of "
         "equal values its key completed before (and for at least one window) is a flat line: "
         "its windows exceed whatever their score, since a stuck sensor is reconstructed too "
-        "well to score high. Judged on readings (input.mode = 'events') only: bucket counts "
-        "repeat by nature. 0 disables.",
+        "well to score high. A run that stays flat for as many readings as the threshold "
+        "warm-up spans (warmup x window.stride) is the key's new normal, and learnt. Judged on "
+        "readings (input.mode = 'events') only: bucket counts repeat by nature. 0 disables.",
     )
     flat_spread: float = Field(
         0.5,

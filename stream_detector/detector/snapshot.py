@@ -41,7 +41,8 @@ from stream_detector.config import Settings
 # 3: each key's latest scored window (episodes.last_start / last_end), which the resolve alert of
 #    an evicted key reports; older checkpoints are refused (cold start with a warning).
 # 4: the flat-line tracker's runs per key and feature ("flat.*"), when flat lines are judged.
-# 5: the near-flat tracker's window counts and smallest spreads ("spread.*"), when judged.
+# 5: the near-flat tracker's window counts and smallest spreads ("spread.*"), when judged, and
+#    whether a flat run was learnt as the new normal ("flat.learnt").
 FORMAT_VERSION = 5
 _META = "__meta__"
 _KEYS = "__keys__"

@@ -10,7 +10,10 @@ Judged against the key's own history, so a sensor that is naturally coarse (it r
 for 30 readings at times) needs a run of 60 before it counts, and a noisy one (runs of 1) counts
 after one window. A key that has never changed value is not judged at all (no completed run):
 constant since it was first seen is not news. A run once found flat is not learnt as normal
-when it ends, so a sensor that keeps getting stuck keeps being found.
+when it ends, so a sensor that keeps getting stuck keeps being found; unless it stays flat for
+``learn_after`` readings (as long as the key took to warm up): then it is the key's new normal,
+no longer flat, and learnt when it ends. A metric that reads exactly one value every night is
+found on its first night, for that long, and not on the next ones.
 
 Events are folded in per key in arrival order (`scan.rank_steps`), so the flags of a window do
 not depend on where the stream was cut into batches.
@@ -37,8 +40,10 @@ class FlatLineTracker(SlotArrays):
 
     last:     the feature's latest value (NaN: none yet; NaN never equals anything)
     run:      length of the run of equal values ending at the latest event
-    longest:  the longest run completed before the current one (runs found flat excluded)
+    longest:  the longest run completed before the current one (runs found flat excluded,
+              unless learnt)
     flagged:  whether the current run has been found flat
+    learnt:   whether the current run stayed flat for `learn_after` readings: normal now
     """
 
     SLOT_FIELDS = (
@@ -46,19 +51,27 @@ class FlatLineTracker(SlotArrays):
         SlotField("run"),
         SlotField("longest"),
         SlotField("flagged", False),
+        SlotField("learnt", False),
     )
 
     def __init__(
-        self, n_features: int, factor: float, min_run: int, capacity: int = 1024
+        self,
+        n_features: int,
+        factor: float,
+        min_run: int,
+        learn_after: int,
+        capacity: int = 1024,
     ) -> None:
-        if factor <= 0 or min_run < 1:
-            raise ValueError("need factor > 0 and min_run >= 1")
+        if factor <= 0 or min_run < 1 or learn_after < 1:
+            raise ValueError("need factor > 0, min_run >= 1 and learn_after >= 1")
         self._factor = float(factor)
         self._min_run = int(min_run)
+        self._learn_after = int(learn_after)
         self._last = np.empty((0, n_features), dtype=np.float64)
         self._run = np.empty((0, n_features), dtype=np.int64)
         self._longest = np.empty((0, n_features), dtype=np.int64)
         self._flagged = np.empty((0, n_features), dtype=bool)
+        self._learnt = np.empty((0, n_features), dtype=bool)
         self.ensure_capacity(capacity)
 
     def update(
@@ -81,14 +94,19 @@ class FlatLineTracker(SlotArrays):
             value = values[rows]
             same = value == self._last[slot]
             run = self._run[slot]
-            ended = ~same & ~self._flagged[slot]
+            flagged, learnt = self._flagged[slot], self._learnt[slot]
+            ended = ~same & (~flagged | learnt)
             self._longest[slot] = np.where(
                 ended, np.maximum(self._longest[slot], run), self._longest[slot]
             )
             run = np.where(same, run + 1, 1)
             longest = self._longest[slot]
-            now_flat = (longest > 0) & (run >= np.maximum(self._factor * longest, self._min_run))
-            self._flagged[slot] = np.where(same, self._flagged[slot] | now_flat, now_flat)
+            flat_from = np.maximum(self._factor * longest, self._min_run)
+            # Flat for `learn_after` readings: the new normal.
+            learnt = same & (learnt | (flagged & (run >= flat_from + self._learn_after)))
+            self._learnt[slot] = learnt
+            now_flat = ~learnt & (longest > 0) & (run >= flat_from)
+            self._flagged[slot] = np.where(same, flagged | now_flat, now_flat)
             self._run[slot] = run
             self._last[slot] = value
             out = wanted[rows]

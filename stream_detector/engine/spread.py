@@ -15,7 +15,7 @@ factor) are not learnt into it afterwards, unless a stretch of them lasts ``warm
 long as the key took to learn its normal, so it is the new normal, and the least spread of the
 stretch is learnt (a metric that is quiet by night is found on its first quiet night, for that
 long, and not after). A stretch of spread 0 is never learnt: that would end the rule for the
-key, and an exact flat line is the flat-line rule's to judge, which learns it no more.
+key, and an exact flat line is the flat-line rule's to judge (and learn, by its own measure).
 
 Windows are folded in per key in arrival order (`scan.rank_steps` over the windows' slots), so
 the flags do not depend on where the stream was cut into batches.

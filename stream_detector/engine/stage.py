@@ -97,8 +97,13 @@ class WindowStage:
         readings = settings.input.mode == "events"
         self.flat: FlatLineTracker | None = None
         if readings and settings.threshold.flat_factor > 0:
+            # A flat run learnt after as many readings as a key's threshold warm-up spans.
             self.flat = FlatLineTracker(
-                n_features, settings.threshold.flat_factor, window.size, self.store.capacity
+                n_features,
+                settings.threshold.flat_factor,
+                window.size,
+                settings.threshold.warmup * window.stride,
+                self.store.capacity,
             )
             self._followers["flat"] = self.flat
         self.spread: SpreadTracker | None = None

@@ -74,9 +74,12 @@ def saved(tmp_path: Path) -> Path:
     return directory
 
 
-def _edit_metadata(directory: Path, **changes: Any) -> None:
+def _edit_metadata(directory: Path, *dropped: str, **changes: Any) -> None:
+    """Rewrite the artefact's metadata.json without the `dropped` fields and with `changes`."""
     path = directory / METADATA_FILE
     data = orjson.loads(path.read_bytes())
+    for field in dropped:
+        del data[field]
     data.update(changes)
     path.write_bytes(orjson.dumps(data))
 
@@ -209,9 +212,7 @@ def test_damaged_metadata_is_refused(saved: Path) -> None:
 
 
 def test_metadata_missing_a_field_is_refused(saved: Path) -> None:
-    data = orjson.loads((saved / METADATA_FILE).read_bytes())
-    del data["norm_std"]
-    (saved / METADATA_FILE).write_bytes(orjson.dumps(data))
+    _edit_metadata(saved, "norm_std")
     with pytest.raises(ArtefactError, match="norm_std"):
         load_artefact(saved, _settings(), CPU)
 
@@ -219,10 +220,7 @@ def test_metadata_missing_a_field_is_refused(saved: Path) -> None:
 def test_an_artefact_without_feature_error_means_still_loads(tmp_path: Path, saved: Path) -> None:
     """Format 3 artefacts were written before training recorded them; a format 4 one whose
     training did not (e.g. built by hand) records null. Either loads, without them."""
-    data = orjson.loads((saved / METADATA_FILE).read_bytes())
-    del data["feature_error_means"], data["training_keys"]
-    data["format_version"] = 3
-    (saved / METADATA_FILE).write_bytes(orjson.dumps(data))
+    _edit_metadata(saved, "feature_error_means", "training_keys", format_version=3)
     loaded = load_artefact(saved, _settings(), CPU).metadata
     assert loaded.format_version == 3 and loaded.feature_error_means is None
     settings = _settings()
@@ -235,15 +233,11 @@ def test_an_artefact_without_feature_error_means_still_loads(tmp_path: Path, sav
 
 
 def test_a_format_4_artefact_must_record_feature_error_means(saved: Path) -> None:
-    data = orjson.loads((saved / METADATA_FILE).read_bytes())
-    del data["feature_error_means"]
-    (saved / METADATA_FILE).write_bytes(orjson.dumps(data))
+    _edit_metadata(saved, "feature_error_means")
     with pytest.raises(ArtefactError, match=r"missing \['feature_error_means'\]"):
         load_artefact(saved, _settings(), CPU)
-    data["feature_error_means"] = None
-    del data["training_keys"]
-    data["format_version"] = 3  # a format 3 artefact has no such field, not even null
-    (saved / METADATA_FILE).write_bytes(orjson.dumps(data))
+    # A format 3 artefact has no such field, not even null.
+    _edit_metadata(saved, "training_keys", feature_error_means=None, format_version=3)
     with pytest.raises(ArtefactError, match=r"unknown \['feature_error_means'\]"):
         load_artefact(saved, _settings(), CPU)
 
@@ -251,13 +245,10 @@ def test_a_format_4_artefact_must_record_feature_error_means(saved: Path) -> Non
 def test_a_format_4_artefact_loads_without_training_keys(tmp_path: Path, saved: Path) -> None:
     """Written before training recorded its keys: it serves, with no key known (a detector then
     keeps the new-key rule off, test_detector.py), and a format 5 one must say, null or a list."""
-    data = orjson.loads((saved / METADATA_FILE).read_bytes())
-    del data["training_keys"]
-    (saved / METADATA_FILE).write_bytes(orjson.dumps(data))
+    _edit_metadata(saved, "training_keys")
     with pytest.raises(ArtefactError, match=r"missing \['training_keys'\]"):
         load_artefact(saved, _settings(), CPU)
-    data["format_version"] = 4
-    (saved / METADATA_FILE).write_bytes(orjson.dumps(data))
+    _edit_metadata(saved, format_version=4)
     loaded = load_artefact(saved, _settings(), CPU).metadata
     assert loaded.format_version == 4 and loaded.training_keys is None
     settings = _settings()

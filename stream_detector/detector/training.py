@@ -177,6 +177,7 @@ def train(
     )
     fit = _fit(model, scorer, split, cfg, rng, progress)
     calibration = _calibrate(scorer, split, settings)
+    training_keys, key_warnings = _recorded_keys(collected.trained_keys)
     result = TrainingResult(
         norm_mean=tuple(float(v) for v in collected.mean),
         norm_std=tuple(float(v) for v in collected.std),
@@ -198,10 +199,10 @@ def train(
             "seed": cfg.seed,
             "seconds": round(time.perf_counter() - started, 3),
             "device": str(device),
-            "warnings": calibration.warnings + _too_many_keys(collected.trained_keys),
+            "warnings": calibration.warnings + key_warnings,
         },
         feature_error_means=calibration.feature_error_means,
-        training_keys=_recordable(collected.trained_keys),
+        training_keys=training_keys,
     )
     model = model.cpu()
     if out_dir is None:
@@ -324,23 +325,18 @@ def _calibrate(scorer: WindowScorer, split: _Split, settings: Settings) -> _Cali
     )
 
 
-def _recordable(keys: tuple[str, ...]) -> tuple[str, ...] | None:
-    """The training keys, or None when they are more than the artefact can carry."""
-    size = sum(len(key.encode()) for key in keys)
-    return keys if size <= MAX_TRAINING_KEY_BYTES else None
-
-
-def _too_many_keys(keys: tuple[str, ...]) -> list[str]:
-    """What training says when it records no training keys for being too many."""
-    if _recordable(keys) is not None:
-        return []
+def _recorded_keys(keys: tuple[str, ...]) -> tuple[tuple[str, ...] | None, list[str]]:
+    """The training keys to record, or None (with the warning training keeps) when they are
+    more than the artefact can carry."""
+    if sum(len(key.encode()) for key in keys) <= MAX_TRAINING_KEY_BYTES:
+        return keys, []
     warning = (
         f"{len(keys)} training keys are more than the artefact records "
         f"({MAX_TRAINING_KEY_BYTES // 1024} KiB of key text): episodes.alert_new_keys will have "
         "no keys to go by with this model"
     )
     log.warning("training keys not recorded", detail=warning)
-    return [warning]
+    return None, [warning]
 
 
 def _small_data_warnings(n_windows: int, n_val: int, settings: Settings) -> list[str]:

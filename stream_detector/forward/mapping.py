@@ -117,6 +117,7 @@ def annotations(alert: Alert) -> dict[str, str]:
     the model found furthest from what it expected."""
     ratio = alert.score / alert.threshold if alert.threshold > 0 else float("inf")
     flat = ", ".join(alert.flat_features)
+    ended_why = _REASON_TEXT.get(alert.reason or "", "resolved")  # read on a resolve only
     if alert.kind == "open" and alert.reason == "new_key":
         summary = f"{alert.key}: new key, not among the model's training keys"
     elif alert.kind == "open" and flat:
@@ -128,12 +129,12 @@ def annotations(alert: Alert) -> dict[str, str]:
             f"its threshold {alert.threshold:.4g}"
         )
     elif alert.windows_over == 0:  # a new key's episode that no window of it exceeded
-        reason = _REASON_TEXT.get(alert.reason or "", "resolved")
-        summary = f"{alert.key}: new key's episode resolved ({reason}), no window over threshold"
-    else:
-        reason = _REASON_TEXT.get(alert.reason or "", "resolved")
         summary = (
-            f"{alert.key}: anomaly resolved ({reason}), peak score {alert.score:.4g} was "
+            f"{alert.key}: new key's episode resolved ({ended_why}), no window over threshold"
+        )
+    else:
+        summary = (
+            f"{alert.key}: anomaly resolved ({ended_why}), peak score {alert.score:.4g} was "
             f"{ratio:.3g}x its threshold {alert.threshold:.4g}"
         )
     features = "; ".join(

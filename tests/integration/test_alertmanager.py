@@ -22,7 +22,15 @@ from pathlib import Path
 import orjson
 import pytest
 from alertmanager_harness import AlertmanagerProcess, WebhookReceiver, alertmanager_binary
-from kafka_harness import REPO, committed_offsets, read_topic, wait_until, write_config
+from kafka_harness import (
+    REPO,
+    committed_at,
+    committed_offsets,
+    partition_ends,
+    read_topic,
+    wait_until,
+    write_config,
+)
 
 from stream_detector.config import Settings, load_settings
 from stream_detector.demo.broker import free_port
@@ -185,17 +193,12 @@ def cloudevents(alerts: list[Alert]) -> list[tuple[bytes, bytes]]:
 
 
 def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
-    ends: dict[int, int] = {}
-    for record in read_topic(bootstrap, topic):
-        ends[record.partition] = max(ends.get(record.partition, 0), record.offset + 1)
-    return ends
+    return partition_ends(read_topic(bootstrap, topic))
 
 
 def committed_to_the_end(bootstrap: str, group: str, topic: str) -> Callable[[], bool]:
     ends = end_offsets(bootstrap, topic)
-    return lambda: all(
-        committed_offsets(bootstrap, group, topic).get(p) == end for p, end in ends.items()
-    )
+    return lambda: committed_at(bootstrap, group, topic, ends)
 
 
 def firing(alertmanager: AlertmanagerProcess) -> set[str]:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import orjson
 import pytest
-from kafka_harness import committed_offsets, model_settings, settled, wait_until
+from kafka_harness import committed_at, model_settings, partition_ends, settled, wait_until
 
 from stream_detector.aggregate.decoder import AggregatingDecoder
 from stream_detector.aggregate.streams import partition_stream
@@ -192,10 +192,11 @@ def test_sigkill_restart_keeps_open_buckets_and_watermarks(
     produce_events(flows, items[cut:])
     records = consume_all(flows)
     assert len(records) == len(payloads)
-    ends = {p: max(r.offset for r in records if r.partition == p) + 1 for p in (0, 1)}
+    ends = partition_ends(records)
+    assert set(ends) == {0, 1}
     bootstrap = service_setup.sections["kafka"]["bootstrap_servers"]
     wait_until(
-        lambda: committed_offsets(bootstrap, service_setup.group_id, flows) == ends,
+        lambda: committed_at(bootstrap, service_setup.group_id, flows, ends),
         180.0,
         "the restarted instance to consume and commit everything",
     )

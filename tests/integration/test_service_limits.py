@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 import pytest
 from confluent_kafka import KafkaError, Producer
-from kafka_harness import T0, committed_offsets, settled, sine_feed, wait_until
+from kafka_harness import T0, committed_at, partition_ends, settled, sine_feed, wait_until
 
 from stream_detector.config import InputConfig, KafkaConfig
 from stream_detector.limits import record_size
@@ -97,15 +97,14 @@ def test_records_around_every_size_limit_are_processed_or_dead_lettered(
     metrics = service.metrics()
     assert metrics["sd_events_in_total"] == total
     assert metrics["sd_events_processed_total"] == len(good) + 1
-    ends: dict[int, int] = {}
-    for record in inputs:
-        ends[record.partition] = max(ends.get(record.partition, 0), record.offset + 1)
-
-    def committed_to_the_end() -> bool:
-        committed = committed_offsets(kafka_bootstrap, service_setup.group_id, service_setup.input_topic)
-        return all(committed.get(p) == end for p, end in ends.items())
-
-    wait_until(committed_to_the_end, 30, "the input to be committed past the large records")
+    ends = partition_ends(inputs)
+    wait_until(
+        lambda: committed_at(
+            kafka_bootstrap, service_setup.group_id, service_setup.input_topic, ends
+        ),
+        30,
+        "the input to be committed past the large records",
+    )
 
 
 def test_input_headers_reach_the_dead_letter_under_a_prefix(

@@ -483,6 +483,14 @@ class TrainConfig(_Section):
     stride: int = Field(1, ge=1, description="Stride between training windows.")
     max_windows: int = Field(200_000, ge=1, description="Cap on training windows (sampled).")
     seed: int = 0
+    trim_fraction: float = Field(
+        0.1,
+        ge=0,
+        lt=1,
+        description="Share of each training batch's worst-reconstructed windows left out of its "
+        "loss: training data is only mostly normal, and a model fitted to its few anomalies "
+        "reconstructs them, and their like later, as normal. 0 fits every window.",
+    )
     calibration_quantile: float = Field(
         0.995, gt=0.5, lt=1, description="Validation-score quantile used as the global threshold."
     )

@@ -197,6 +197,7 @@ def train(
             "events": collected.n_events,
             "keys": collected.n_keys,
             "seed": cfg.seed,
+            "trim_fraction": cfg.trim_fraction,
             "seconds": round(time.perf_counter() - started, 3),
             "device": str(device),
             "warnings": calibration.warnings + key_warnings,
@@ -263,7 +264,9 @@ def _fit(
     best_loss, best_epoch, stale = math.inf, 0, 0
     best_state: dict[str, torch.Tensor] = {}  # filled by epoch 1: a finite loss beats inf
     for epoch in range(1, cfg.epochs + 1):
-        train_loss = _train_epoch(model, optimiser, split.train_x, cfg.batch_size, rng)
+        train_loss = _train_epoch(
+            model, optimiser, split.train_x, cfg.batch_size, cfg.trim_fraction, rng
+        )
         # Validation loss is the mean window score, measured the way serving measures it.
         val_loss = float(np.mean(scorer.score(split.val_windows).scores, dtype=np.float64))
         if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
@@ -366,6 +369,7 @@ def _train_epoch(
     optimiser: torch.optim.Optimizer,
     train_x: torch.Tensor,
     batch_size: int,
+    trim_fraction: float,
     rng: np.random.Generator,
 ) -> float:
     """One shuffled pass; the loss is summed on the device so no step waits on a host sync."""
@@ -376,11 +380,28 @@ def _train_epoch(
     for start in range(0, n, batch_size):
         x = train_x[order[start : start + batch_size]]
         optimiser.zero_grad(set_to_none=True)
-        loss = functional.mse_loss(model(x), x)
+        loss = _trimmed_loss(model(x), x, trim_fraction)
         loss.backward()
         optimiser.step()
         total += loss.detach() * len(x)
     return float(total) / n
+
+
+def _trimmed_loss(
+    reconstruction: torch.Tensor, x: torch.Tensor, trim_fraction: float
+) -> torch.Tensor:
+    """The mean squared error over the batch's windows, leaving out its `trim_fraction` worst-
+    reconstructed ones (at least one window stays).
+
+    Training data is only mostly normal. Fitted on every window, the model learns to reproduce
+    the few anomalies in it too, and scores their like low when they come again; the windows it
+    reconstructs worst are where those anomalies are, so they are left out (a trimmed loss, as in
+    robust regression). The validation loss and the calibration still score every window."""
+    if trim_fraction <= 0:
+        return functional.mse_loss(reconstruction, x)
+    per_window = (reconstruction - x).square().mean(dim=(1, 2))
+    kept = max(1, round(len(per_window) * (1 - trim_fraction)))
+    return per_window.topk(kept, largest=False).values.mean()
 
 
 def _snapshot(model: LSTMAutoencoder) -> dict[str, torch.Tensor]:

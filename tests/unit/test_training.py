@@ -50,7 +50,14 @@ def _batches(
     step, key_no = step[order], key_no[order]
     a = np.sin(step * 0.7 + key_no) + 0.05 * rng.normal(size=len(step))
     b = 100.0 + 10.0 * np.cos(step * 0.3) + key_no
-    values = np.stack([a, b], axis=1).astype(np.float32)
+    return _decoded(step, key_no, np.stack([a, b], axis=1), batch_size)
+
+
+def _decoded(
+    step: np.ndarray, key_no: np.ndarray, values: np.ndarray, batch_size: int
+) -> list[Decoded]:
+    """Events of keys `k<key_no>` at times 1.7e9 + step, split into decode-sized batches."""
+    values = values.astype(np.float32)
     keys = np.array([f"k{k}" for k in key_no], dtype=object)
     ts = 1_700_000_000.0 + step.astype(np.float64)
     out = []
@@ -176,20 +183,7 @@ def _sines_and_a_pulse(
     pulse = np.where((step // 3) % 2 == 0, 2.0, -2.0)
     a = np.where(np.isin(key_no, pulse_keys), pulse, np.sin(step * 0.7 + key_no)) + noise[:, 0]
     b = np.cos(step * 0.3 + key_no) + noise[:, 1]
-    values = np.stack([a, b], axis=1).astype(np.float32)
-    keys = np.array([f"k{k}" for k in key_no], dtype=object)
-    ts = 1_700_000_000.0 + step.astype(np.float64)
-    return [
-        Decoded(
-            batch=EventBatch(
-                np.arange(len(keys[i : i + 200])),
-                keys[i : i + 200],
-                ts[i : i + 200],
-                values[i : i + 200],
-            )
-        )
-        for i in range(0, len(keys), 200)
-    ]
+    return _decoded(step, key_no, np.stack([a, b], axis=1), batch_size=200)
 
 
 def test_a_trimmed_loss_leaves_a_rare_pattern_of_the_training_data_unlearnt() -> None:

@@ -62,16 +62,20 @@ def train_bundled_network(out_dir: Path = NETWORK_MODEL_DIR) -> ModelArtefact:
     return train_on_flows(feed, feed.duration_s, settings, out_dir)
 
 
-def _check(scenario: str, out: Path, check_only: bool) -> tuple[ModelArtefact, Score]:
+def _check(
+    scenario: str, out: Path, check_only: bool, seed: int | None
+) -> tuple[ModelArtefact, Score]:
+    """Train (unless `check_only`) and score the model on the demo feed of `seed` (None: the
+    live demo's own feed)."""
     from stream_detector.detector.artefact import load_artefact
 
     cpu = {"model": {"device": "cpu"}}
     if scenario == "network":
-        flows = network_feed_config()
+        flows = network_feed_config() if seed is None else network_feed_config(seed=seed)
         settings = network_settings(flows, cpu)
         artefact = load_artefact(out, settings) if check_only else train_bundled_network(out)
         return artefact, score_flows_offline(flows, settings, artefact)
-    feed = generator_config()
+    feed = generator_config() if seed is None else generator_config(seed=seed)
     settings = demo_settings(feed, cpu)
     artefact = load_artefact(out, settings) if check_only else train_bundled(out)
     return artefact, score_offline(feed, WARMUP_TICKS + CHECK_TICKS, settings, artefact)
@@ -87,11 +91,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--out", type=Path, help="artefact directory (default: the scenario's bundled one)"
     )
     parser.add_argument("--check-only", action="store_true", help="only score the existing model")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        help="check on the demo feed of this seed instead of the live demo's own (other seeds "
+        "place other anomalies on other devices: the spread of the figures)",
+    )
     args = parser.parse_args(argv)
     configure_logging("info")
 
     default_dir = NETWORK_MODEL_DIR if args.scenario == "network" else BUNDLED_MODEL_DIR
-    artefact, score = _check(args.scenario, args.out or default_dir, args.check_only)
+    artefact, score = _check(args.scenario, args.out or default_dir, args.check_only, args.seed)
     report = {"model_version": artefact.metadata.model_version, **score.as_dict()}
     print(orjson.dumps(report).decode())
     return 0

@@ -7,18 +7,22 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import orjson
 import pytest
 
+from stream_detector.demo import bundled
 from stream_detector.demo.offline import feed_batches, score_offline, train_from_feed
 from stream_detector.demo.scenario import (
     BUNDLED_MODEL_DIR,
+    DEMO_SEED,
     WARMUP_TICKS,
     demo_settings,
     generator_config,
 )
+from stream_detector.demo.scoreboard import Score
 from stream_detector.detector.artefact import load_artefact
 from stream_detector.detector.facade import Detector
-from stream_detector.scenarios.telemetry import TelemetryGenerator
+from stream_detector.scenarios.telemetry import GeneratorConfig, TelemetryGenerator
 
 
 def test_bundled_model_is_small_and_fits_the_demo_settings() -> None:
@@ -86,3 +90,21 @@ def test_train_from_feed_refuses_readings_past_the_anomaly_free_warm_up() -> Non
     # A feed without anomalies may be trained on for as long as wanted.
     clean = replace(feed, anomaly_rate=0.0)
     train_from_feed(clean, WARMUP_TICKS + 1, demo_settings(clean, TINY), None)
+
+
+@pytest.mark.parametrize(("argv", "seed"), [([], DEMO_SEED), (["--seed", "7"], 7)])
+def test_the_check_scores_the_demo_feed_of_the_seed_asked_for(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], argv: list[str], seed: int
+) -> None:
+    """`--seed` checks the bundled model on another draw of the demo feed (the spread of its
+    figures); without it, on the live demo's own feed."""
+    scored: list[GeneratorConfig] = []
+
+    def fake_score(feed: GeneratorConfig, *_: object) -> Score:
+        scored.append(feed)
+        return Score(injected=1, detected=1, episodes=1, true_episodes=1, pending=0)
+
+    monkeypatch.setattr(bundled, "score_offline", fake_score)
+    assert bundled.main(["--check-only", *argv]) == 0
+    assert [feed.seed for feed in scored] == [seed]
+    assert orjson.loads(capsys.readouterr().out)["precision"] == 1.0

@@ -44,13 +44,18 @@ def _batches(
 ) -> list[Decoded]:
     """Interleaved sine-like events of several keys, split into decode-sized batches."""
     rng = np.random.default_rng(seed)
-    step = np.tile(np.arange(per_key), n_keys)
-    key_no = np.repeat(np.arange(n_keys), per_key)
-    order = np.argsort(step, kind="stable")  # round-robin over keys, time increasing
-    step, key_no = step[order], key_no[order]
+    step, key_no = _round_robin(n_keys, per_key)
     a = np.sin(step * 0.7 + key_no) + 0.05 * rng.normal(size=len(step))
     b = 100.0 + 10.0 * np.cos(step * 0.3) + key_no
     return _decoded(step, key_no, np.stack([a, b], axis=1), batch_size)
+
+
+def _round_robin(n_keys: int, per_key: int) -> tuple[np.ndarray, np.ndarray]:
+    """(step, key_no) of `per_key` events per key, round-robin over keys, time increasing."""
+    step = np.tile(np.arange(per_key), n_keys)
+    key_no = np.repeat(np.arange(n_keys), per_key)
+    order = np.argsort(step, kind="stable")
+    return step[order], key_no[order]
 
 
 def _decoded(
@@ -175,10 +180,7 @@ def _sines_and_a_pulse(
 ) -> list[Decoded]:
     """Keys of two noisy sines; the keys in `pulse_keys` carry a square pulse train in `a`."""
     rng = np.random.default_rng(seed)
-    step = np.tile(np.arange(per_key), n_keys)
-    key_no = np.repeat(np.arange(n_keys), per_key)
-    order = np.argsort(step, kind="stable")
-    step, key_no = step[order], key_no[order]
+    step, key_no = _round_robin(n_keys, per_key)
     noise = 0.05 * rng.normal(size=(len(step), 2))
     pulse = np.where((step // 3) % 2 == 0, 2.0, -2.0)
     a = np.where(np.isin(key_no, pulse_keys), pulse, np.sin(step * 0.7 + key_no)) + noise[:, 0]

@@ -491,6 +491,14 @@ class TrainConfig(_Section):
         "loss: training data is only mostly normal, and a model fitted to its few anomalies "
         "reconstructs them, and their like later, as normal. 0 fits every window.",
     )
+    average_epochs: float = Field(
+        1.0,
+        ge=0,
+        description="The weights validated, calibrated and saved are an exponential moving "
+        "average of the trained ones over about this many epochs of steps: the last steps' "
+        "weights swing with the batches they saw last, and the epoch picked by validation with "
+        "them. 0 keeps the trained weights as they are.",
+    )
     calibration_quantile: float = Field(
         0.995, gt=0.5, lt=1, description="Validation-score quantile used as the global threshold."
     )

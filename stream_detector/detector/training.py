@@ -7,6 +7,7 @@ the same units as the scores the detector will compare with it.
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Callable, Iterable
@@ -147,7 +148,9 @@ def train(
     """Collect windows, split them, fit with early stopping on validation loss, calibrate the
     global threshold, and (if out_dir is given) save the artefact.
 
-    Seeded end to end: the same data, settings and seed give identical weights on CPU.
+    Seeded end to end: the same data, settings and seed give identical weights on one machine
+    (another CPU's kernels or thread count round differently, and many epochs make that another
+    model: docs/detection.md).
     `exclude`: spans per key whose windows are not trained on (see `collect_windows`).
     """
     started = time.perf_counter()
@@ -198,6 +201,7 @@ def train(
             "keys": collected.n_keys,
             "seed": cfg.seed,
             "trim_fraction": cfg.trim_fraction,
+            "average_epochs": cfg.average_epochs,
             "seconds": round(time.perf_counter() - started, 3),
             "device": str(device),
             "warnings": calibration.warnings + key_warnings,
@@ -257,15 +261,16 @@ def _fit(
     progress: Callable[[dict[str, Any]], None] | None,
 ) -> _Fit:
     """Epochs until `cfg.patience` epochs bring no better validation loss; leaves `model` at its
-    best epoch's weights, in eval mode."""
-    optimiser = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
+    best epoch's (averaged) weights, in eval mode."""
+    average = _WeightAverage.over_epochs(model, cfg, len(split.train_x))
+    optimiser = torch.optim.Adam(average.trained.parameters(), lr=cfg.learning_rate)
     train_history: list[float] = []
     val_history: list[float] = []
     best_loss, best_epoch, stale = math.inf, 0, 0
     best_state: dict[str, torch.Tensor] = {}  # filled by epoch 1: a finite loss beats inf
     for epoch in range(1, cfg.epochs + 1):
         train_loss = _train_epoch(
-            model, optimiser, split.train_x, cfg.batch_size, cfg.trim_fraction, rng
+            average, optimiser, split.train_x, cfg.batch_size, cfg.trim_fraction, rng
         )
         # Validation loss is the mean window score, measured the way serving measures it.
         val_loss = float(np.mean(scorer.score(split.val_windows).scores, dtype=np.float64))
@@ -364,8 +369,42 @@ def _small_data_warnings(n_windows: int, n_val: int, settings: Settings) -> list
     return warnings
 
 
+class _WeightAverage:
+    """The weights training steps (`trained`) and their exponential moving average, kept in the
+    model that is validated, calibrated and saved (`averaged`).
+
+    Adam's last steps move the weights by what the last batches held, so the weights at an
+    epoch's end, and the validation loss that picks the best epoch among them, swing from epoch
+    to epoch; an average over about an epoch of steps does not (SMAP's validation loss falls
+    smoothly to its minimum with it, and bounces without). With no averaging, `trained` is the
+    saved model itself.
+    """
+
+    def __init__(self, averaged: LSTMAutoencoder, decay: float) -> None:
+        self.averaged = averaged
+        self.trained = copy.deepcopy(averaged) if decay > 0 else averaged
+        self._pairs = list(zip(averaged.parameters(), self.trained.parameters(), strict=True))
+        self._weight = 1.0 - decay
+
+    @classmethod
+    def over_epochs(cls, model: LSTMAutoencoder, cfg: TrainConfig, n_train: int) -> _WeightAverage:
+        """Averaging over `cfg.average_epochs` epochs of steps (0: none)."""
+        if cfg.average_epochs <= 0:
+            return cls(model, 0.0)
+        steps_per_epoch = math.ceil(n_train / cfg.batch_size)
+        return cls(model, 1.0 - 1.0 / max(1.0, cfg.average_epochs * steps_per_epoch))
+
+    @torch.no_grad()
+    def step(self) -> None:
+        """Fold the trained weights, as one optimiser step left them, into the average."""
+        if self.trained is self.averaged:
+            return
+        for average, current in self._pairs:
+            average.lerp_(current, self._weight)
+
+
 def _train_epoch(
-    model: LSTMAutoencoder,
+    average: _WeightAverage,
     optimiser: torch.optim.Optimizer,
     train_x: torch.Tensor,
     batch_size: int,
@@ -375,6 +414,7 @@ def _train_epoch(
     """One shuffled pass; the loss is summed on the device so no step waits on a host sync.
     Returns the mean trimmed loss (what the artefact records as train_loss: with a trim, lower
     than the validation loss, which scores every window)."""
+    model = average.trained
     model.train()
     n = len(train_x)
     order = torch.from_numpy(rng.permutation(n)).to(train_x.device)
@@ -385,6 +425,7 @@ def _train_epoch(
         loss = _trimmed_loss(model(x), x, trim_fraction)
         loss.backward()
         optimiser.step()
+        average.step()
         total += loss.detach() * len(x)
     return float(total) / n
 

@@ -290,3 +290,19 @@ def test_more_keys_than_the_artefact_carries_are_not_recorded(
     warnings = artefact.metadata.training["warnings"]
     assert any("4 training keys are more than the artefact records" in w for w in warnings)
 
+
+def test_averaged_weights_steady_the_validation_loss() -> None:
+    # The weights an epoch ends with swing with its last batches, and the validation loss that
+    # picks the best epoch swings with them; averaged over about an epoch of steps, it falls with
+    # far fewer rises on the way (here none, against 0.17 in all without).
+    data = _batches(n_keys=8, per_key=100)
+
+    def validation_rises(average_epochs: float) -> float:
+        settings = _settings(
+            epochs=20, patience=20, learning_rate=3e-2, average_epochs=average_epochs
+        )
+        artefact = train(data, settings, None)
+        assert artefact.metadata.training["average_epochs"] == average_epochs
+        return float(np.clip(np.diff(artefact.metadata.training["val_loss"]), 0, None).sum())
+
+    assert validation_rises(1.0) < 0.5 * validation_rises(0.0)

@@ -5,9 +5,11 @@ before seeing anything, so the demo ships a small artefact per scenario: `demo/m
 `demo/network_model/` (network flows). This module regenerates them
 (`python -m stream_detector.demo.bundled [--scenario network]`, or scripts/train-demo-model.sh):
 the same generator as the demo with another seed and no anomalies, on the CPU with a fixed seed,
-so the same code gives the same weights (and so the same model_version). Afterwards it scores the
-new model on the demo's own feed in-process and prints the precision and recall the live demo
-should roughly reproduce.
+so the same code gives the same weights (and so the same model_version) on one machine; another
+CPU or thread count rounds differently and may train another version (docs/detection.md), which
+is why the check below prints what the new one finds. Afterwards it scores the new model on the
+demo's own feed in-process and prints the precision and recall the live demo should roughly
+reproduce.
 """
 
 from __future__ import annotations

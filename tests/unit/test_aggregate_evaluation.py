@@ -102,6 +102,9 @@ seed = 0
 
 [threshold]
 warmup = 24
+
+[episodes]
+cooldown = 2
 """
 
 # Two hours, so that each host's train part holds the 250 buckets HalfSpaceTrees needs; a port

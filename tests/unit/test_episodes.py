@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from stream_detector.config import EpisodeConfig
 from stream_detector.engine.episodes import EpisodeTracker
 from stream_detector.engine.types import ScoredWindows
+from stream_detector.scenarios.presets import preset
 
 NAMES = ("cpu", "mem", "disk", "net")
 F = len(NAMES)
@@ -312,3 +313,14 @@ def test_exceeding_windows_of_a_new_key_join_its_episode() -> None:
     assert resolve.episode_id == opened[0].episode_id
     assert resolve.score == 6.0 and resolve.anomaly_end == 1002.0
     assert [f.name for f in resolve.top_features] == ["net", "disk"]
+
+
+def test_the_flows_preset_pages_each_of_two_attacks_a_minute_apart() -> None:
+    # 10 s buckets, windows of 12 moving one bucket: each attack holds 14 windows over the
+    # threshold, and the gap between them leaves 3 calm windows.
+    pattern = [True] * 14 + [False] * 3 + [True] * 14 + [False] * 20
+    stream = make_scored([0] * len(pattern), pattern)
+    flows = EpisodeTracker(EpisodeConfig(**preset("flows")["episodes"]), NAMES, "model-v1")
+    default = EpisodeTracker(EpisodeConfig(), NAMES, "model-v1")
+    assert [a.kind for a in flows.update(stream)] == ["open", "resolve", "open", "resolve"]
+    assert [a.kind for a in default.update(stream)] == ["open", "resolve"]

@@ -62,6 +62,7 @@ from stream_detector.evaluation.raw_events import (
     scenario_sections,
 )
 from stream_detector.evaluation.report import build_report, format_table, held_out_report
+from stream_detector.evaluation.seeds import format_seed_table, seed_summary
 from stream_detector.evaluation.skab import SKAB_FEATURES, is_skab, load_skab
 from stream_detector.evaluation.trace import MethodTrace, TraceRecorder
 from stream_detector.evaluation.westermo import SIDES, load_westermo, westermo_sections
@@ -450,6 +451,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--no-plots", action="store_true", help="skip the per-key PNGs")
     parser.add_argument(
+        "--seeds",
+        type=_seed_list,
+        metavar="N,N,...",
+        help="train one model per training seed (e.g. 0,1,2) and report each seed's figures, "
+        "their mean and range (seeds.txt, seeds.json; each seed's own run in OUT/seed-N): the "
+        "seed alone moves the figures, so compare settings by this spread, not by one draw",
+    )
+    parser.add_argument(
         "--feedback",
         type=Path,
         metavar="FILE",
@@ -472,6 +481,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--write-false-positives marks episodes over before the cut only, and the report adds "
         "the figures after it (held out from such feedback)",
     )
+
+
+def _seed_list(text: str) -> tuple[int, ...]:
+    """`--seeds 0,1,2`: two or more distinct non-negative integers."""
+    try:
+        seeds = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seeds like 0,1,2; got {text!r}") from None
+    if len(seeds) < 2 or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise argparse.ArgumentTypeError(
+            f"expected two or more distinct seeds >= 0, like 0,1,2; got {text!r} "
+            "(one seed is --set train.seed=N)"
+        )
+    return seeds
 
 
 def evaluation_defaults(args: argparse.Namespace) -> dict[str, Any]:
@@ -569,11 +592,26 @@ def _feedback_from_args(args: argparse.Namespace, settings: Settings) -> list[Fe
         raise ConfigError(f"--feedback {args.feedback}, {exc}") from None
 
 
+# Flags that name or feed one model (flag -> its argparse attribute), refused with --seeds.
+_ONE_MODEL_FLAGS = {
+    "--model": "model",
+    "--feedback": "feedback",
+    "--write-false-positives": "write_false_positives",
+}
+
+
 def main_evaluate(settings: Settings, args: argparse.Namespace) -> int:
     """Run `evaluate` from parsed CLI arguments; prints the table, returns the exit status."""
     # Flags and the feedback file before the slow part, so a typo fails at once.
     if args.split_at is not None and not 0.0 < args.split_at < 1.0:
         raise ConfigError(f"--split-at is a share of the test part, in (0, 1); got {args.split_at}")
+    if args.seeds is not None:
+        given = [flag for flag, value in _ONE_MODEL_FLAGS.items() if getattr(args, value)]
+        if given:
+            raise ConfigError(
+                f"--seeds trains one model per seed and cannot take {', '.join(given)}, which "
+                "go with a single model: run it without --seeds"
+            )
     feedback = _feedback_from_args(args, settings)
     try:
         dataset = _load_from_args(args, settings)
@@ -581,22 +619,52 @@ def main_evaluate(settings: Settings, args: argparse.Namespace) -> int:
         source = args.events or args.dataset or "smap_msl"
         raise ConfigError(f"cannot load {source}: {exc}") from None
     out_dir = args.out or Path("reports") / dataset.name
+    runs: dict[str, Any] = {
+        "baselines": [b for b in args.baselines.split(",") if b],
+        "batch_size": args.batch_size,
+        "plots": not args.no_plots,
+        "split": args.split_at,
+    }
+    if args.seeds is not None:
+        return _evaluate_seeds(settings, dataset, out_dir, args.seeds, runs)
     artefact = load_artefact(args.model, settings) if args.model else None
     report = run_evaluation(
         settings,
         dataset,
         out_dir,
         artefact=artefact,
-        baselines=[b for b in args.baselines.split(",") if b],
-        batch_size=args.batch_size,
-        plots=not args.no_plots,
         feedback=feedback,
-        split=args.split_at,
         write_false_positives=args.write_false_positives,
+        **runs,
     )
     print(format_table(report))
     for note in report["notes"]:
         if "skipped" in note:
             print(f"note: {note}")
     print(f"report: {out_dir / 'report.json'}")
+    return 0
+
+
+def _evaluate_seeds(
+    settings: Settings,
+    dataset: LabelledDataset,
+    out_dir: Path,
+    seeds: Sequence[int],
+    runs: dict[str, Any],
+) -> int:
+    """`evaluate --seeds`: one full run per training seed into OUT/seed-N, then the summary
+    of their headline figures (seeds.json, seeds.txt), printed."""
+    reports = {}
+    for done, seed in enumerate(seeds):
+        log.info("evaluate seed", seed=seed, done=done, of=len(seeds))
+        seeded = settings.model_copy(
+            update={"train": settings.train.model_copy(update={"seed": seed})}
+        )
+        reports[seed] = run_evaluation(seeded, dataset, out_dir / f"seed-{seed}", **runs)
+    summary = seed_summary(reports)
+    table = format_seed_table(summary)
+    (out_dir / "seeds.json").write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
+    (out_dir / "seeds.txt").write_text(table + "\n")
+    print(table)
+    print(f"summary: {out_dir / 'seeds.txt'}; each seed's report: {out_dir}/seed-N/report.json")
     return 0

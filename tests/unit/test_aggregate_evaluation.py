@@ -81,7 +81,7 @@ features = [
 ]
 
 [window]
-size = 12
+size = 8
 stride = 1
 idle_ttl_s = 900.0
 

@@ -316,7 +316,7 @@ def test_exceeding_windows_of_a_new_key_join_its_episode() -> None:
 
 
 def test_the_flows_preset_pages_each_of_two_attacks_a_minute_apart() -> None:
-    # 10 s buckets, windows of 12 moving one bucket: each attack holds 14 windows over the
+    # 10 s buckets, windows of 8 moving one bucket: an attack of 7 buckets holds 14 windows over the
     # threshold, and the gap between them leaves 3 calm windows.
     pattern = [True] * 14 + [False] * 3 + [True] * 14 + [False] * 20
     stream = make_scored([0] * len(pattern), pattern)

@@ -16,7 +16,7 @@ def test_every_preset_is_valid_settings(name: str) -> None:
 def test_a_preset_extends_another_and_overrides_only_what_it_names() -> None:
     flows, demo = preset("flows"), preset("network_demo")
     assert "extends" not in demo
-    assert demo["window"] == flows["window"]
+    assert demo["window"] == {**flows["window"], "size": 12}  # as its bundled model was trained
     assert demo["model"] == {**flows["model"], "device": "auto"}
     assert demo["threshold"]["warmup"] == flows["threshold"]["warmup"]
     assert demo["threshold"]["sensitivity"] == 12.0
@@ -24,7 +24,7 @@ def test_a_preset_extends_another_and_overrides_only_what_it_names() -> None:
 
 def test_each_call_is_a_fresh_dict() -> None:
     preset("flows")["window"]["size"] = 999
-    assert preset("flows")["window"]["size"] == 12
+    assert preset("flows")["window"]["size"] == 8
 
 
 def test_an_unknown_preset_names_the_known_ones() -> None:

@@ -592,12 +592,8 @@ def _feedback_from_args(args: argparse.Namespace, settings: Settings) -> list[Fe
         raise ConfigError(f"--feedback {args.feedback}, {exc}") from None
 
 
-# Flags that name or feed one model (flag -> its argparse attribute), refused with --seeds.
-_ONE_MODEL_FLAGS = {
-    "--model": "model",
-    "--feedback": "feedback",
-    "--write-false-positives": "write_false_positives",
-}
+# Flags that name or feed one model, refused with --seeds.
+_ONE_MODEL_FLAGS = ("--model", "--feedback", "--write-false-positives")
 
 
 def main_evaluate(settings: Settings, args: argparse.Namespace) -> int:
@@ -606,7 +602,7 @@ def main_evaluate(settings: Settings, args: argparse.Namespace) -> int:
     if args.split_at is not None and not 0.0 < args.split_at < 1.0:
         raise ConfigError(f"--split-at is a share of the test part, in (0, 1); got {args.split_at}")
     if args.seeds is not None:
-        given = [flag for flag, value in _ONE_MODEL_FLAGS.items() if getattr(args, value)]
+        given = [flag for flag in _ONE_MODEL_FLAGS if getattr(args, flag[2:].replace("-", "_"))]
         if given:
             raise ConfigError(
                 f"--seeds trains one model per seed and cannot take {', '.join(given)}, which "

@@ -385,6 +385,23 @@ class WindowConfig(_Section):
         3600.0, gt=0, description="A key silent this long (event time) is freed."
     )
     initial_capacity: int = Field(1024, ge=1, description="Slots preallocated; grows as needed.")
+    score_steps: int = Field(
+        0,
+        ge=0,
+        description="How many of a window's newest events its score judges; the older ones are "
+        "context the model reconstructs from. 0 = all `size`. A few (e.g. 2 of 8 buckets) end "
+        "an episode as soon as its anomaly is no longer new, but a lone burst in a lumpy feed "
+        "is then no longer averaged away (docs/detection.md, Scoring the newest steps).",
+    )
+
+    @model_validator(mode="after")
+    def _score_steps_within_the_window(self) -> WindowConfig:
+        if self.score_steps > self.size:
+            raise ValueError(
+                f"score_steps ({self.score_steps}) must not exceed size ({self.size}); "
+                "0 scores the whole window"
+            )
+        return self
 
 
 class NormalizeConfig(_Section):
@@ -1029,6 +1046,8 @@ class Settings(BaseSettings):
         its artefact and compared on load. They are the features and architecture, the
         per-key normalisation (training windows are normalised, and skipped during warm-up, by
         the serving code) and, in aggregate mode, everything that decides a bucket's values.
+        window.score_steps is recorded when set (not 0): the calibrated threshold is in the
+        units of the scores it makes, and models trained before it existed scored whole windows.
         Left out, because they pick which windows are scored or trained on but not what a window
         holds: window.stride and train.stride (the normaliser sees every event whatever the
         stride), max_keys / idle_ttl_s, the key and time mapping (where a file or a topic keeps
@@ -1043,6 +1062,8 @@ class Settings(BaseSettings):
             "model.num_layers": self.model.num_layers,
             "model.latent_size": self.model.latent_size,
         }
+        if self.window.score_steps:
+            relevant["window.score_steps"] = self.window.score_steps
         relevant.update(
             (f"normalize.{name}", value)
             for name, value in self.normalize.model_dump(mode="json").items()
@@ -1088,13 +1109,14 @@ def _describe(error: ValidationError) -> str:
         message = item["msg"]
         if item["type"] == "extra_forbidden":
             message = "unknown setting; check the spelling against README.md's example file"
+        given = item.get("input")
+        whole = isinstance(given, dict)  # a section's own check: its message names the fields
+        shown = "" if whole else f"; got {given!r}"
         hint = ""
-        if item["loc"]:  # a model-level error has no field to point at
+        if item["loc"] and not whole:  # a model-level error has no field to point at
             env_name = "SD_" + "__".join(str(part).upper() for part in item["loc"])
             hint = f" (set it in the TOML file under [{'.'.join(map(str, item['loc'][:-1])) or '.'}]"
             hint += f" or with {env_name})"
-        given = item.get("input")
-        shown = "" if isinstance(given, dict) else f"; got {given!r}"
         lines.append(f"  {field}: {message}{shown}{hint}")
     return "\n".join(lines)
 

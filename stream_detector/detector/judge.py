@@ -66,6 +66,7 @@ class ModelJudge:
             settings.model.batch_size,
             settings.model.cpu_threads,
             settings.model.cuda_graph,
+            settings.window.score_steps,
         )
         # No slots of their own: the stage sizes them to the store and keeps them in step.
         self.threshold = AdaptiveThreshold(settings.threshold, meta.global_threshold, capacity=0)

@@ -167,7 +167,9 @@ def train(
         num_layers=settings.model.num_layers,
         latent_size=settings.model.latent_size,
     ).to(device)
-    scorer = WindowScorer(model, device, settings.model.batch_size)
+    scorer = WindowScorer(
+        model, device, settings.model.batch_size, score_steps=settings.window.score_steps
+    )
     log.info(
         "training started",
         windows=len(collected.windows),

@@ -7,6 +7,7 @@ measure exactly the same quantity.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -97,8 +98,10 @@ class LSTMAutoencoder(nn.Module):
 class WindowScores:
     """Per-window results of one `WindowScorer.score` call, in input order.
 
-    scores:              float32 [B]     mean squared reconstruction error over W and F
-    feature_errors:      float32 [B, F]  mean over W of the squared error per feature
+    scores:              float32 [B]     mean squared reconstruction error over the scored
+                                         steps (all W, or the newest `score_steps`) and F
+    feature_errors:      float32 [B, F]  mean over the scored steps of the squared error per
+                                         feature
     last_reconstruction: float32 [B, F]  reconstruction of the window's last step (normalised units)
     """
 
@@ -110,10 +113,17 @@ class WindowScores:
         return int(self.scores.shape[0])
 
 
-def _window_results(model: LSTMAutoencoder, x: Tensor) -> Tensor:
-    """[b, W, F] windows -> [b, 1 + 2F]: score | feature errors | last-step reconstruction."""
+def _window_results(model: LSTMAutoencoder, x: Tensor, score_steps: int) -> Tensor:
+    """[b, W, F] windows -> [b, 1 + 2F]: score | feature errors | last-step reconstruction.
+
+    The model reconstructs the whole window; the errors are averaged over its newest
+    `score_steps` steps only when that is not 0, the older steps serving as context.
+    """
     reconstruction = model(x)
-    per_feature = (reconstruction - x).square().mean(dim=1)
+    error = (reconstruction - x).square()
+    if score_steps:
+        error = error[:, -score_steps:, :]
+    per_feature = error.mean(dim=1)
     score = per_feature.mean(dim=1, keepdim=True)
     return torch.cat([score, per_feature, reconstruction[:, -1, :]], dim=1)
 
@@ -126,6 +136,8 @@ class WindowScorer:
     device until the end, when all of them come back in a single device->host copy, so a GPU never
     stalls per micro-batch. On CUDA every micro-batch runs at the one shape [batch_size, W, F]
     (see `_FixedShapeForward`); on the CPU padding would only add work, so none is done.
+    `score_steps` (window.score_steps): how many of a window's newest steps its score and
+    feature errors average over; 0 = all of them.
     """
 
     def __init__(
@@ -135,18 +147,22 @@ class WindowScorer:
         batch_size: int,
         cpu_threads: int = 0,
         cuda_graph: bool = True,
+        score_steps: int = 0,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if not 0 <= score_steps <= model.window:
+            raise ValueError(f"score_steps must be in 0..{model.window}, got {score_steps}")
         self.model = model.to(device).eval()
         self.device = device
         self.batch_size = batch_size
         self._non_blocking = device.type == "cuda"
         self._threads = cpu_threads if device.type == "cpu" else 0
+        results = functools.partial(_window_results, self.model, score_steps=score_steps)
         self._forward: Callable[[Tensor], Tensor] = (
-            _FixedShapeForward(self.model, batch_size, cuda_graph)
+            _FixedShapeForward(results, batch_size, cuda_graph)
             if device.type == "cuda"
-            else _LadderForward(self.model, batch_size)
+            else _LadderForward(results, batch_size)
         )
 
     def score(self, windows: np.ndarray | Tensor) -> WindowScores:
@@ -194,8 +210,8 @@ class _LadderForward:
 
     _SMALLEST = 16
 
-    def __init__(self, model: LSTMAutoencoder, batch_size: int) -> None:
-        self._model = model
+    def __init__(self, results: Callable[[Tensor], Tensor], batch_size: int) -> None:
+        self._results = results
         sizes = []
         size = self._SMALLEST
         while size < batch_size:
@@ -207,10 +223,10 @@ class _LadderForward:
         n = x.shape[0]
         size = int(self._sizes[np.searchsorted(self._sizes, n)])
         if size == n:
-            return _window_results(self._model, x)
+            return self._results(x)
         padded = x.new_zeros((size, *x.shape[1:]))
         padded[:n] = x
-        return _window_results(self._model, padded)[:n]
+        return self._results(padded)[:n]
 
 
 class _FixedShapeForward:
@@ -224,8 +240,10 @@ class _FixedShapeForward:
     disagree, the reason is logged and scoring runs eagerly on the padded input.
     """
 
-    def __init__(self, model: LSTMAutoencoder, batch_size: int, use_graph: bool) -> None:
-        self._model = model
+    def __init__(
+        self, results: Callable[[Tensor], Tensor], batch_size: int, use_graph: bool
+    ) -> None:
+        self._results = results
         self._batch_size = batch_size
         self._use_graph = use_graph
         self._input: Tensor | None = None
@@ -240,7 +258,7 @@ class _FixedShapeForward:
                 self._capture()
         self._input[:n].copy_(x)
         if self._graph is None:
-            return _window_results(self._model, self._input)[:n]
+            return self._results(self._input)[:n]
         self._graph.replay()
         assert self._output is not None
         return self._output[:n]
@@ -249,16 +267,16 @@ class _FixedShapeForward:
         assert self._input is not None
         try:
             torch.nn.init.normal_(self._input)
-            eager = _window_results(self._model, self._input)
+            eager = self._results(self._input)
             side = torch.cuda.Stream(self._input.device)
             side.wait_stream(torch.cuda.current_stream(self._input.device))
             with torch.cuda.stream(side):
                 for _ in range(3):  # warm-up on a side stream, as capture requires
-                    _window_results(self._model, self._input)
+                    self._results(self._input)
             torch.cuda.current_stream(self._input.device).wait_stream(side)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
-                output = _window_results(self._model, self._input)
+                output = self._results(self._input)
             graph.replay()
             if not torch.allclose(output, eager, rtol=1e-4, atol=1e-5):
                 raise RuntimeError("graph replay differs from the eager pass")

@@ -455,6 +455,18 @@ def test_an_events_model_is_refused_in_aggregate_mode_by_input_mode(tmp_path: Pa
         load_artefact(tmp_path / "a", _settings(**AGGREGATE), CPU)
 
 
+def test_a_model_is_served_only_with_the_score_steps_it_was_calibrated_with(
+    tmp_path: Path, saved: Path
+) -> None:
+    newest = _settings(window={"size": 8, "score_steps": 2})
+    save_artefact(tmp_path / "a", _model(newest), newest, RESULT)
+    with pytest.raises(ArtefactError, match="window.score_steps is 2 in the artefact"):
+        load_artefact(tmp_path / "a", _settings(), CPU)
+    with pytest.raises(ArtefactError, match="does not record window.score_steps"):
+        load_artefact(saved, newest, CPU)
+    assert load_artefact(tmp_path / "a", newest, CPU).metadata.window == 8
+
+
 def test_a_setting_the_artefact_does_not_record_is_refused(saved: Path) -> None:
     recorded = orjson.loads((saved / METADATA_FILE).read_bytes())["model_settings"]
     del recorded["normalize.min_std"]  # as an older writer that did not check it would leave it

@@ -74,3 +74,17 @@ def test_model_fingerprint_tracks_architecture_only() -> None:
     base = Settings()
     assert base.model_fingerprint() == load_settings(None, {"kafka": {"group_id": "x"}}).model_fingerprint()
     assert base.model_fingerprint() != load_settings(None, {"window": {"size": 16}}).model_fingerprint()
+
+
+def test_score_steps_are_recorded_only_when_set_so_models_of_whole_windows_stay_valid() -> None:
+    base = Settings()
+    assert "window.score_steps" not in base.model_settings()
+    newest = load_settings(None, {"window": {"size": 8, "score_steps": 2}})
+    assert newest.model_settings()["window.score_steps"] == 2
+    whole = load_settings(None, {"window": {"size": 8}})
+    assert newest.model_fingerprint() != whole.model_fingerprint()
+
+
+def test_score_steps_beyond_the_window_are_refused() -> None:
+    with pytest.raises(ConfigError, match=r"score_steps \(9\) must not exceed size \(8\)"):
+        load_settings(None, {"window": {"size": 8, "score_steps": 9}})

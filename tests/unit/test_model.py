@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 import torch
@@ -58,6 +60,29 @@ def test_scores_are_the_mean_squared_reconstruction_error() -> None:
     assert result.last_reconstruction.dtype == np.float32
 
 
+
+def test_score_steps_score_the_newest_steps_only_with_the_rest_as_context() -> None:
+    """With score_steps = 2 an old step, however far off, moves the score only through what the
+    model makes of the newest two; their error alone is averaged."""
+    model = _model()
+    windows = np.random.default_rng(2).normal(size=(5, 8, 2)).astype(np.float32)
+    windows[:, 1, :] = 40.0  # an old step far off
+    result = WindowScorer(model, CPU, batch_size=64, score_steps=2).score(windows)
+
+    with torch.no_grad():
+        reconstruction = model(torch.from_numpy(windows)).numpy()
+    newest = ((reconstruction.astype(np.float64) - windows) ** 2)[:, -2:, :]
+    np.testing.assert_allclose(result.scores, newest.mean(axis=(1, 2)), rtol=1e-5)
+    np.testing.assert_allclose(result.feature_errors, newest.mean(axis=1), rtol=1e-5)
+    whole = WindowScorer(model, CPU, batch_size=64).score(windows)
+    assert (whole.scores > 10 * result.scores).all()  # the old step dominates the whole window
+
+
+@pytest.mark.parametrize("score_steps", [-1, 9])
+def test_score_steps_beyond_the_window_are_refused(score_steps: int) -> None:
+    with pytest.raises(ValueError, match=r"score_steps must be in 0\.\.8"):
+        WindowScorer(_model(), CPU, batch_size=4, score_steps=score_steps)
+
 @settings(max_examples=20, deadline=None)
 @given(n=st.integers(1, 40), batch_size=st.integers(1, 50))
 def test_micro_batching_does_not_change_scores(n: int, batch_size: int) -> None:
@@ -80,9 +105,9 @@ def test_cpu_scorer_runs_the_model_at_a_few_fixed_shapes(monkeypatch: pytest.Mon
     shapes: set[int] = set()
     real = model_module._window_results
 
-    def spy(model: LSTMAutoencoder, x: torch.Tensor) -> torch.Tensor:
+    def spy(model: LSTMAutoencoder, x: torch.Tensor, score_steps: int) -> torch.Tensor:
         shapes.add(int(x.shape[0]))
-        return real(model, x)
+        return real(model, x, score_steps)
 
     monkeypatch.setattr(model_module, "_window_results", spy)
     model = _model()
@@ -95,7 +120,7 @@ def test_cpu_scorer_runs_the_model_at_a_few_fixed_shapes(monkeypatch: pytest.Mon
         if n in (1, 99):  # padding rows never change the real rows
             np.testing.assert_allclose(
                 result.scores,
-                real(model, torch.from_numpy(windows))[:, 0].detach().numpy(),
+                real(model, torch.from_numpy(windows), 0)[:, 0].detach().numpy(),
                 rtol=1e-5,
             )
     assert shapes == {16, 32, 64, 128, 256, 300}
@@ -198,10 +223,10 @@ def test_fixed_shape_forward_pads_without_changing_the_real_rows() -> None:
     rng = np.random.default_rng(3)
     full = torch.from_numpy(rng.normal(size=(16, 6, 2)).astype(np.float32))
     short = torch.from_numpy(rng.normal(size=(5, 6, 2)).astype(np.float32))
-    padded = _FixedShapeForward(model, 16, use_graph=False)
+    padded = _FixedShapeForward(functools.partial(_window_results, model, score_steps=0), 16, False)
     with torch.inference_mode():
         got_full, got_short = padded(full).clone(), padded(short).clone()
-        want_full, want_short = _window_results(model, full), _window_results(model, short)
+        want_full, want_short = _window_results(model, full, 0), _window_results(model, short, 0)
     assert got_short.shape == (5, 1 + 2 * 2)
     torch.testing.assert_close(got_full, want_full, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(got_short, want_short, rtol=1e-5, atol=1e-6)

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from stream_detector.config import Settings
+from stream_detector.config import Settings, WindowConfig
 from stream_detector.detector.artefact import load_artefact
 from stream_detector.detector.exclusions import ExcludedSpans
+from stream_detector.detector.judge import ModelJudge
 from stream_detector.detector.mapping import input_mapping
 from stream_detector.detector.training import (
     MIN_TRAINING_WINDOWS,
@@ -221,6 +222,25 @@ def test_threshold_is_calibrated_on_the_scores_serving_computes() -> None:
     scores = WindowScorer(artefact.model, CPU, 64).score(windows).scores
     # The 0.995 quantile of held-out scores sits in the upper tail of all training windows.
     assert np.mean(scores <= artefact.metadata.global_threshold) > 0.9
+
+
+def test_score_steps_change_the_calibration_and_the_serving_scores_not_the_fit() -> None:
+    """The model reconstructs whole windows either way; `train` calibrates on the scores that
+    serving will compute (here the newest two steps' errors), and the judge computes them."""
+    whole = train(_batches(), _settings(), None)
+    settings = _settings().model_copy(
+        update={"window": WindowConfig(size=WINDOW, initial_capacity=2, score_steps=2)}
+    )
+    newest = train(_batches(), settings, None)
+    for a, b in zip(
+        whole.model.state_dict().values(), newest.model.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b)
+    assert newest.metadata.calibration_quantiles != whole.metadata.calibration_quantiles
+    windows, _, _ = _collected(_batches(), settings)
+    expected = WindowScorer(newest.model, CPU, 64, score_steps=2).score(windows).scores
+    served = ModelJudge(settings, newest, CPU).scorer.score(windows).scores
+    np.testing.assert_array_equal(served, expected)
 
 
 def test_feature_error_means_are_the_validation_windows_mean_errors() -> None:

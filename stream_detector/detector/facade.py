@@ -87,6 +87,7 @@ class Detector:
             features=list(self.feature_names),
             window=settings.window.size,
             stride=settings.window.stride,
+            score_steps=settings.window.score_steps or settings.window.size,
         )
 
     @property

@@ -97,7 +97,8 @@ class ModelRegistry(Protocol):
         """Copy the artefact in under its model version, verified as `verify_artefact` does
         (complete, unaltered, weights fitting the metadata; RegistryError otherwise), with
         `source`, `parent` and `data_span` as given; registering a version already there
-        returns its entry unchanged."""
+        returns its entry unchanged, unless the artefact was trained under other settings or
+        calibrated otherwise (RegistryError, `check_registered_again`)."""
         ...
 
     def artefact_dir(self, version: str) -> Path:
@@ -236,6 +237,33 @@ def verified_artefact(directory: Path) -> ModelMetadata:
         return verify_artefact(directory)
     except ArtefactError as exc:
         raise RegistryError(f"not registered: {exc}") from None
+
+
+def check_registered_again(stored: Path, metadata: ModelMetadata, directory: Path) -> None:
+    """Refuse to register `directory` (its `metadata`) under a version already stored (at
+    `stored`) when the two differ in what judges the scores: the settings the model was trained
+    under or its calibrated threshold.
+
+    A version names the weights alone, and the same data and seed give the same weights under
+    settings that only change how scores are made or judged (window.score_steps,
+    train.calibration_quantile). Registering the same artefact again is a no-op, as a retried
+    registration must be; returning the stored entry for a different one would keep the other
+    model's settings and threshold without a word.
+    """
+    kept = verified_artefact(stored)
+    if (kept.config_fingerprint, kept.global_threshold) == (
+        metadata.config_fingerprint,
+        metadata.global_threshold,
+    ):
+        return
+    raise RegistryError(
+        f"not registered: {directory} has the weights of version {metadata.model_version}, "
+        f"registered already with other settings or another threshold (config_fingerprint "
+        f"{kept.config_fingerprint}, global threshold {kept.global_threshold:g}; here "
+        f"{metadata.config_fingerprint}, {metadata.global_threshold:g}). A version names its "
+        "weights only, so the registry cannot keep both: use the registered one, or retrain "
+        "this one with another train.seed"
+    )
 
 
 def unknown_version(version: str, known: Iterable[str]) -> RegistryError:

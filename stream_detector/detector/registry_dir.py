@@ -44,6 +44,7 @@ from stream_detector.detector.registry import (
     RecordError,
     RegistryError,
     RegistryState,
+    check_registered_again,
     checked_registration,
     entry_json,
     history_json,
@@ -108,6 +109,8 @@ class DirectoryRegistry(RegistryState):
             self._read()
             existing = self._entries.get(source_metadata.model_version)
             if existing is not None:
+                stored = self.root / MODELS_DIR / existing.version
+                check_registered_again(stored, source_metadata, Path(artefact_dir))
                 return existing
             models = self.root / MODELS_DIR
             staging = models / f"{_STAGING}{uuid.uuid4().hex}"

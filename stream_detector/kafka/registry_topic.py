@@ -62,6 +62,7 @@ from stream_detector.detector.registry import (
     RecordError,
     RegistryError,
     RegistryState,
+    check_registered_again,
     checked_registration,
     entry_json,
     history_json,
@@ -165,6 +166,7 @@ class TopicRegistry(RegistryState):
         self.refresh()
         existing = self._entries.get(metadata.model_version)
         if existing is not None:
+            check_registered_again(self.artefact_dir(existing.version), metadata, directory)
             return existing
         entry = ModelEntry(
             version=metadata.model_version,

@@ -4,6 +4,7 @@ cache."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -48,6 +49,12 @@ def artefacts(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[Path, str]
 
 
 @pytest.fixture
+def on_topic(kafka_bootstrap: str, topic_factory: Callable[..., str]) -> tuple[KafkaConfig, str]:
+    """The broker's settings and a fresh one-partition registry topic."""
+    return KafkaConfig(bootstrap_servers=kafka_bootstrap), topic_factory("registry", partitions=1)
+
+
+@pytest.fixture
 def opened() -> Iterator[Callable[..., TopicRegistry]]:
     registries: list[TopicRegistry] = []
 
@@ -61,14 +68,12 @@ def opened() -> Iterator[Callable[..., TopicRegistry]]:
 
 
 def test_two_registries_on_one_topic_see_each_others_changes(
-    kafka_bootstrap: str,
-    topic_factory: Callable[..., str],
+    on_topic: tuple[KafkaConfig, str],
     opened: Callable[..., TopicRegistry],
     artefacts: list[tuple[Path, str]],
     tmp_path: Path,
 ) -> None:
-    topic = topic_factory("registry", partitions=1)
-    kafka = KafkaConfig(bootstrap_servers=kafka_bootstrap)
+    kafka, topic = on_topic
     (d1, a), (d2, b) = artefacts
     one, two = opened(kafka, topic, tmp_path / "one"), opened(kafka, topic, tmp_path / "two")
     assert one.entries() == [] and two.active() is None
@@ -112,15 +117,36 @@ def test_two_registries_on_one_topic_see_each_others_changes(
         three.close()
 
 
+def test_the_same_weights_calibrated_otherwise_are_refused_by_another_registry(
+    on_topic: tuple[KafkaConfig, str],
+    opened: Callable[..., TopicRegistry],
+    artefacts: list[tuple[Path, str]],
+    tmp_path: Path,
+) -> None:
+    """What one registry stored is compared from the other's cache: a version names its weights
+    only, so the same weights with another threshold would otherwise pass for the stored model."""
+    kafka, topic = on_topic
+    (d1, a), _ = artefacts
+    torch.manual_seed(0)  # the weights of d1, as `_artefact` drew them
+    lstm = LSTMAutoencoder(2, 8, 8, 1, 4)
+    other = dataclasses.replace(RESULT, global_threshold=0.5)
+    assert save_artefact(tmp_path / "other", lstm, SETTINGS, other).metadata.model_version == a
+    one, two = opened(kafka, topic, tmp_path / "one"), opened(kafka, topic, tmp_path / "two")
+    entry = one.register(d1, source="train", parent=None, data_span=None)
+    assert two.register(d1, source="again", parent=None, data_span=None) == entry
+    with pytest.raises(RegistryError, match="registered already with other settings"):
+        two.register(tmp_path / "other", source="train", parent=None, data_span=None)
+    one.refresh()
+    assert one.entries() == [entry]
+
+
 def test_records_that_cannot_be_applied_are_skipped_by_every_reader(
-    kafka_bootstrap: str,
-    topic_factory: Callable[..., str],
+    on_topic: tuple[KafkaConfig, str],
     produce_events: Callable[..., None],
     opened: Callable[..., TopicRegistry],
     artefacts: list[tuple[Path, str]],
 ) -> None:
-    topic = topic_factory("registry", partitions=1)
-    kafka = KafkaConfig(bootstrap_servers=kafka_bootstrap)
+    kafka, topic = on_topic
     (d1, a), _ = artefacts
     writer = opened(kafka, topic)
     writer.register(d1, source="train", parent=None, data_span=None)

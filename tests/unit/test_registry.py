@@ -4,6 +4,7 @@ processes on one directory, and the `models` command on top of it."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import threading
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ import orjson
 import pytest
 import torch
 
-from stream_detector.config import Settings
+from stream_detector.config import Settings, WindowConfig
 from stream_detector.detector.artefact import (
     METADATA_FILE,
     WEIGHTS_FILE,
@@ -106,6 +107,31 @@ def test_register_again_returns_the_entry_unchanged(
     assert again == first
     assert [e.version for e in registry.entries()] == [version]
     assert DirectoryRegistry(registry.root).entries() == [first]
+
+
+@pytest.mark.parametrize(
+    ("settings", "result"),
+    [
+        (SETTINGS.model_copy(update={"window": WindowConfig(size=8, score_steps=2)}), RESULT),
+        (SETTINGS, dataclasses.replace(RESULT, global_threshold=0.5)),
+    ],
+    ids=["other settings", "other threshold"],
+)
+def test_the_same_weights_trained_otherwise_are_refused_not_taken_for_the_registered_model(
+    registry: DirectoryRegistry, tmp_path: Path, settings: Settings, result: TrainingResult
+) -> None:
+    torch.manual_seed(0)
+    model = LSTMAutoencoder(2, 8, 8, 1, 4)
+    first = save_artefact(tmp_path / "first", model, SETTINGS, RESULT).metadata
+    other = save_artefact(tmp_path / "other", model, settings, result).metadata
+    assert other.model_version == first.model_version  # a version names the weights only
+    entry = registry.register(tmp_path / "first", source="train", parent=None, data_span=None)
+    with pytest.raises(RegistryError, match="registered already with other settings") as info:
+        registry.register(tmp_path / "other", source="train", parent=None, data_span=None)
+    assert "another train.seed" in str(info.value)
+    assert registry.entries() == [entry]
+    kept = load_artefact(registry.artefact_dir(entry.version), SETTINGS).metadata
+    assert kept.global_threshold == RESULT.global_threshold
 
 
 def test_a_missing_root_is_an_empty_registry_until_the_first_change(tmp_path: Path) -> None:

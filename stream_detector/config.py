@@ -46,6 +46,9 @@ class ConfigError(Exception):
 MESSAGE_KEY = "@message_key"
 BROKER_TIMESTAMP = "@broker_timestamp"
 CSV_DELIMITERS: Final = ",;\t|"  # what input.csv_delimiter = "auto" chooses among
+# Model settings an artefact records only when they change what the model computes, and what
+# their absence means: artefacts written before the setting existed behave as this value.
+UNRECORDED_MODEL_SETTINGS: Final = {"window.score_steps": 0}
 
 _PATH_SYNTAX: Final = (
     "a field path is either dotted ('tags.host': key 'tags', then key 'host') or, when it "
@@ -1046,8 +1049,9 @@ class Settings(BaseSettings):
         its artefact and compared on load. They are the features and architecture, the
         per-key normalisation (training windows are normalised, and skipped during warm-up, by
         the serving code) and, in aggregate mode, everything that decides a bucket's values.
-        window.score_steps is recorded when set (not 0): the calibrated threshold is in the
-        units of the scores it makes, and models trained before it existed scored whole windows.
+        window.score_steps is recorded when it scores part of the window: the calibrated
+        threshold is in the units of the scores it makes, and models trained before it existed
+        scored whole windows (UNRECORDED_MODEL_SETTINGS says what its absence means).
         Left out, because they pick which windows are scored or trained on but not what a window
         holds: window.stride and train.stride (the normaliser sees every event whatever the
         stride), max_keys / idle_ttl_s, the key and time mapping (where a file or a topic keeps
@@ -1062,7 +1066,7 @@ class Settings(BaseSettings):
             "model.num_layers": self.model.num_layers,
             "model.latent_size": self.model.latent_size,
         }
-        if self.window.score_steps:
+        if 0 < self.window.score_steps < self.window.size:
             relevant["window.score_steps"] = self.window.score_steps
         relevant.update(
             (f"normalize.{name}", value)
@@ -1110,10 +1114,11 @@ def _describe(error: ValidationError) -> str:
         if item["type"] == "extra_forbidden":
             message = "unknown setting; check the spelling against README.md's example file"
         given = item.get("input")
-        whole = isinstance(given, dict)  # a section's own check: its message names the fields
-        shown = "" if whole else f"; got {given!r}"
+        shown = "" if isinstance(given, dict) else f"; got {given!r}"
+        # A section's own check (across its fields) names them in its message.
+        section_check = len(item["loc"]) == 1 and item["type"] == "value_error"
         hint = ""
-        if item["loc"] and not whole:  # a model-level error has no field to point at
+        if item["loc"] and not section_check:  # a model-level error has no field to point at
             env_name = "SD_" + "__".join(str(part).upper() for part in item["loc"])
             hint = f" (set it in the TOML file under [{'.'.join(map(str, item['loc'][:-1])) or '.'}]"
             hint += f" or with {env_name})"

@@ -26,7 +26,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from stream_detector import __version__
-from stream_detector.config import Settings, fingerprint_of
+from stream_detector.config import UNRECORDED_MODEL_SETTINGS, Settings, fingerprint_of
 from stream_detector.detector.mapping import (
     checked_mapping,
     completed_settings,
@@ -582,7 +582,8 @@ def _check_against_settings(
         ("num_layers", "model.num_layers", metadata.num_layers, settings.model.num_layers),
         ("latent_size", "model.latent_size", metadata.latent_size, settings.model.latent_size),
     ]
-    trained, current = metadata.model_settings, settings.model_settings()
+    trained = {**UNRECORDED_MODEL_SETTINGS, **metadata.model_settings}
+    current = {**UNRECORDED_MODEL_SETTINGS, **settings.model_settings()}
     checks += [(name, name, value, current.get(name, "unset")) for name, value in trained.items()]
     if metadata.input_mapping is not None:
         stored, mapped = metadata.input_mapping, input_mapping(settings)

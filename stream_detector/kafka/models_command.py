@@ -17,7 +17,7 @@ from typing import Any, Final
 import orjson
 
 from stream_detector.config import Settings
-from stream_detector.detector.artefact import ArtefactError, verify_artefact
+from stream_detector.detector.artefact import ArtefactError, ModelMetadata, verify_artefact
 from stream_detector.detector.registry import (
     HistoryRecord,
     ModelEntry,
@@ -252,7 +252,7 @@ def _model_lines(directory: Path) -> list[tuple[str, str]]:
         raise ModelsError(f"the registry's copy is damaged: {exc}") from None
     lines = [
         ("features", ", ".join(metadata.features)),
-        ("window", str(metadata.window)),
+        ("window", _window_line(metadata)),
         ("global threshold", f"{metadata.global_threshold:.6g}"),
         (
             "architecture",
@@ -263,6 +263,13 @@ def _model_lines(directory: Path) -> list[tuple[str, str]]:
     ]
     lines += [(f"training.{name}", _figure(value)) for name, value in metadata.training.items()]
     return lines
+
+
+def _window_line(metadata: ModelMetadata) -> str:
+    """The window's size, and which of its steps the score judges when that is not all of them:
+    two versions that differ only there score the same windows differently."""
+    steps = metadata.model_settings.get("window.score_steps")
+    return f"{metadata.window}" + ("" if steps is None else f", scored on its newest {steps}")
 
 
 def _figure(value: Any) -> str:

@@ -79,6 +79,8 @@ def test_model_fingerprint_tracks_architecture_only() -> None:
 def test_score_steps_are_recorded_only_when_set_so_models_of_whole_windows_stay_valid() -> None:
     base = Settings()
     assert "window.score_steps" not in base.model_settings()
+    all_steps = load_settings(None, {"window": {"size": 8, "score_steps": 8}})
+    assert "window.score_steps" not in all_steps.model_settings()  # the whole window, as 0
     newest = load_settings(None, {"window": {"size": 8, "score_steps": 2}})
     assert newest.model_settings()["window.score_steps"] == 2
     whole = load_settings(None, {"window": {"size": 8}})
@@ -86,5 +88,6 @@ def test_score_steps_are_recorded_only_when_set_so_models_of_whole_windows_stay_
 
 
 def test_score_steps_beyond_the_window_are_refused() -> None:
-    with pytest.raises(ConfigError, match=r"score_steps \(9\) must not exceed size \(8\)"):
+    with pytest.raises(ConfigError, match=r"score_steps \(9\) must not exceed size \(8\)") as info:
         load_settings(None, {"window": {"size": 8, "score_steps": 9}})
+    assert "set it in the TOML" not in str(info.value)  # no field to point at: both are named

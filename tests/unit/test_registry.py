@@ -449,6 +449,18 @@ def test_the_models_command_end_to_end(
     assert f"rollback  {a} (was {b}): storm" in _command(tmp_path, "show", b, capsys=capsys)
 
 
+def test_models_show_says_when_a_version_scores_its_windows_newest_steps_only(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = SETTINGS.model_copy(update={"window": WindowConfig(size=8, score_steps=2)})
+    torch.manual_seed(0)
+    metadata = save_artefact(tmp_path / "a", LSTMAutoencoder(2, 8, 8, 1, 4), settings, RESULT)
+    registry = tmp_path / "registry"
+    _command(registry, "register", str(tmp_path / "a"), capsys=capsys)
+    shown = _command(registry, "show", metadata.metadata.model_version, capsys=capsys)
+    assert "window               8, scored on its newest 2" in shown
+
+
 def test_the_models_command_refuses_with_what_to_do(
     tmp_path: Path, artefacts: list[tuple[Path, str]], capsys: pytest.CaptureFixture[str]
 ) -> None:

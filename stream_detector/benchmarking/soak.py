@@ -333,7 +333,12 @@ def soak_scorer(options: SoakOptions) -> dict[str, Any]:
     artefact = load_artefact(options.model_dir, settings, device)
     config = settings.model
     scorer = WindowScorer(
-        artefact.model.to(device), device, config.batch_size, config.cpu_threads, config.cuda_graph
+        artefact.model.to(device),
+        device,
+        config.batch_size,
+        config.cpu_threads,
+        config.cuda_graph,
+        settings.window.score_steps,
     )
     shape = (settings.window.size, len(settings.input.value_fields))
 

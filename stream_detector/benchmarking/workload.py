@@ -144,7 +144,13 @@ def untrained_artefact(directory: Path, settings: Settings, *, seed: int = 0) ->
     ).eval()
     rng = np.random.default_rng(seed)
     normal = rng.normal(size=(2048, settings.window.size, n_features)).astype(np.float32)
-    scores = WindowScorer(model, torch.device("cpu"), settings.model.batch_size).score(normal)
+    scorer = WindowScorer(
+        model,
+        torch.device("cpu"),
+        settings.model.batch_size,
+        score_steps=settings.window.score_steps,
+    )
+    scores = scorer.score(normal)
     quantile = float(np.quantile(scores.scores, _CALIBRATION_QUANTILE))
     result = TrainingResult(
         norm_mean=(0.0,) * n_features,

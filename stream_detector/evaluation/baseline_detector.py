@@ -3,11 +3,13 @@
 A baseline scores every event; the LSTM scores a window of W events every `stride` events. For a
 like-for-like comparison each baseline is put on the engine's cadence: its window score, due
 exactly when the engine scores one (a key's c-th event with c >= W, (c - W) % stride == 0 and
-c >= normalize.warmup), is the highest per-event score among the window's W events. A spike thus
-keeps a baseline's windows exceeding for as many windows as it stays inside the LSTM's window, and
-`min_consecutive` / `cooldown` mean the same for both. Window scores then go through the engine's
-AdaptiveThreshold and EpisodeTracker, with a global threshold calibrated like the model's: the
-`train.calibration_quantile` of the window scores over the presumed-normal training data.
+c >= normalize.warmup), is the highest per-event score among the window's W events (its newest
+`window.score_steps` when that is set, as the LSTM's score then judges only those). A spike thus
+keeps a baseline's windows exceeding for as many windows as it stays inside what the LSTM's score
+judges, and `min_consecutive` / `cooldown` mean the same for both. Window scores then go through
+the engine's AdaptiveThreshold and EpisodeTracker, with a global threshold calibrated like the
+model's: the `train.calibration_quantile` of the window scores over the presumed-normal training
+data.
 """
 
 from __future__ import annotations
@@ -37,13 +39,17 @@ class WindowScores:
 
 
 class WindowedScorer:
-    """A per-event scorer read out on the window store's cadence as max-over-window scores."""
+    """A per-event scorer read out on the window store's cadence as max-over-window scores, the
+    max over the window's newest `scored` events (all `window` of them by default)."""
 
-    def __init__(self, scorer: EventScorer, window: int, stride: int, warmup: int = 0) -> None:
+    def __init__(
+        self, scorer: EventScorer, window: int, stride: int, warmup: int = 0, scored: int = 0
+    ) -> None:
         self.scorer = scorer
         self.window = window
         self.stride = stride
         self.warmup = warmup
+        self.scored = scored or window
         self.key_ids = KeyIds()
         # Columns: per-event score, event time (for the window's start time).
         self._history = KeyedHistory(window - 1, 2)
@@ -58,14 +64,17 @@ class WindowedScorer:
         due = (ordinal >= max(self.window, self.warmup)) & on_stride
         rows = np.flatnonzero(due)
         # fmax ignores the NaN of events scored before their scorer had enough history.
-        window_scores = np.fmax.reduce(layout.trailing(rows, self.window, 0), axis=1)
+        newest = layout.trailing(rows, self.window, 0)[:, -self.scored :]
+        window_scores = np.fmax.reduce(newest, axis=1)
         start_ts = layout.trailing(rows, self.window, 1)[:, 0]
         return WindowScores(rows, ids[rows], window_scores, start_ts)
 
 
 def _windowed(scorer: EventScorer, settings: Settings) -> WindowedScorer:
     window = settings.window
-    return WindowedScorer(scorer, window.size, window.stride, settings.normalize.warmup)
+    return WindowedScorer(
+        scorer, window.size, window.stride, settings.normalize.warmup, window.score_steps
+    )
 
 
 def calibrate(

@@ -98,7 +98,8 @@ PROTOCOL_NOTES = (
     "(0 if one was already active), in steps and in event-time seconds.",
     "Baselines see the same batches. Each scores every event; on the engine's cadence (a key's "
     "c-th event, c >= window.size, (c - window.size) % window.stride == 0) its window score is "
-    "the max per-event score over the window's window.size events; window scores go through the "
+    "the max per-event score over the window's window.size events (its newest "
+    "window.score_steps when set, as the model's score); window scores go through the "
     "engine's own AdaptiveThreshold and EpisodeTracker with the same threshold.* and episodes.* "
     "settings, and a global threshold = the train.calibration_quantile of its window scores over "
     "the train parts, as training calibrates the model's.",

@@ -108,6 +108,16 @@ def test_window_score_is_max_over_the_window() -> None:
     np.testing.assert_allclose(got.scores, [6.0, 6.0, 6.0])
 
 
+def test_with_score_steps_the_window_score_is_max_over_its_newest_events() -> None:
+    """As the model's score then judges only the window's newest events, so does a baseline's:
+    a spike leaves its windows as soon as it is older than that."""
+    windowed = WindowedScorer(RollingZScore(3, 1, 1.0), window=3, stride=1, scored=1)
+    got = windowed.windows(_decoded(["k"] * 5, np.array([0.0, 0.0, 6.0, 0.0, 0.0]), np.arange(5.0)))
+    # Per event: nan, nan, 6, then 1 and 1 (3 from the mean of the previous two, std 3).
+    np.testing.assert_allclose(got.scores, [6.0, 1.0, 1.0])
+    np.testing.assert_array_equal(got.start_ts, [0.0, 1.0, 2.0])  # still the whole window's
+
+
 def _series(kind: str, n: int = 600, anomaly_at: int | None = 450) -> np.ndarray:
     """A spike on a sine for the z-score; for HST, whose single-feature scores saturate at the
     edges of the learnt range, a square wave that visits the never-seen middle level."""

@@ -414,8 +414,8 @@ def _train_epoch(
     rng: np.random.Generator,
 ) -> float:
     """One shuffled pass; the loss is summed on the device so no step waits on a host sync.
-    Returns the mean trimmed loss (what the artefact records as train_loss: with a trim, lower
-    than the validation loss, which scores every window)."""
+    Returns the mean trimmed loss over whole windows (what the artefact records as train_loss:
+    with a trim, lower than the validation loss, which is the served score of every window)."""
     model = average.trained
     model.train()
     n = len(train_x)

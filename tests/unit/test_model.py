@@ -60,7 +60,6 @@ def test_scores_are_the_mean_squared_reconstruction_error() -> None:
     assert result.last_reconstruction.dtype == np.float32
 
 
-
 def test_score_steps_score_the_newest_steps_only_with_the_rest_as_context() -> None:
     """With score_steps = 2 an old step, however far off, moves the score only through what the
     model makes of the newest two; their error alone is averaged."""
@@ -82,6 +81,7 @@ def test_score_steps_score_the_newest_steps_only_with_the_rest_as_context() -> N
 def test_score_steps_beyond_the_window_are_refused(score_steps: int) -> None:
     with pytest.raises(ValueError, match=r"score_steps must be in 0\.\.8"):
         WindowScorer(_model(), CPU, batch_size=4, score_steps=score_steps)
+
 
 @settings(max_examples=20, deadline=None)
 @given(n=st.integers(1, 40), batch_size=st.integers(1, 50))

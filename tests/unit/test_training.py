@@ -224,11 +224,12 @@ def test_threshold_is_calibrated_on_the_scores_serving_computes() -> None:
     assert np.mean(scores <= artefact.metadata.global_threshold) > 0.9
 
 
-def test_score_steps_change_the_calibration_and_the_serving_scores_not_the_fit() -> None:
-    """The model reconstructs whole windows either way; `train` calibrates on the scores that
-    serving will compute (here the newest two steps' errors), and the judge computes them."""
-    whole = train(_batches(), _settings(), None)
-    settings = _settings().model_copy(
+def test_score_steps_change_the_calibration_and_the_serving_scores() -> None:
+    """`train` calibrates on the scores serving will compute (here the newest two steps'
+    errors), and the judge computes them. One epoch, so that early stopping, which also judges
+    those scores, has no epoch to choose and both runs keep the same weights."""
+    whole = train(_batches(), _settings(epochs=1), None)
+    settings = _settings(epochs=1).model_copy(
         update={"window": WindowConfig(size=WINDOW, initial_capacity=2, score_steps=2)}
     )
     newest = train(_batches(), settings, None)
@@ -237,6 +238,9 @@ def test_score_steps_change_the_calibration_and_the_serving_scores_not_the_fit()
     ):
         assert torch.equal(a, b)
     assert newest.metadata.calibration_quantiles != whole.metadata.calibration_quantiles
+    means = newest.metadata.feature_error_means
+    assert means is not None  # the newest steps' errors: they average to the validation loss
+    assert float(np.mean(means)) == pytest.approx(newest.metadata.training["best_val_loss"])
     windows, _, _ = _collected(_batches(), settings)
     expected = WindowScorer(newest.model, CPU, 64, score_steps=2).score(windows).scores
     served = ModelJudge(settings, newest, CPU).scorer.score(windows).scores

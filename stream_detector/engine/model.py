@@ -135,7 +135,8 @@ class WindowScorer:
     already on the device (the device-resident engine: no copy at all). Every result stays on the
     device until the end, when all of them come back in a single device->host copy, so a GPU never
     stalls per micro-batch. On CUDA every micro-batch runs at the one shape [batch_size, W, F]
-    (see `_FixedShapeForward`); on the CPU padding would only add work, so none is done.
+    (see `_FixedShapeForward`); on the CPU at the next of a short ladder of sizes
+    (`_LadderForward`), which bounds the shapes torch caches state for.
     `score_steps` (window.score_steps): how many of a window's newest steps its score and
     feature errors average over; 0 = all of them.
     """

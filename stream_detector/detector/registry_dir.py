@@ -109,7 +109,7 @@ class DirectoryRegistry(RegistryState):
             self._read()
             existing = self._entries.get(source_metadata.model_version)
             if existing is not None:
-                stored = self.root / MODELS_DIR / existing.version
+                stored = self.artefact_dir(existing.version)
                 check_registered_again(stored, source_metadata, Path(artefact_dir))
                 return existing
             models = self.root / MODELS_DIR

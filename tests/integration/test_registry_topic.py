@@ -35,11 +35,13 @@ RESULT = TrainingResult(
 SPAN = (1_714_550_400.0, 1_714_636_800.0)
 
 
-def _artefact(directory: Path, seed: int, settings: Settings = SETTINGS) -> str:
+def _artefact(
+    directory: Path, seed: int, settings: Settings = SETTINGS, result: TrainingResult = RESULT
+) -> str:
     torch.manual_seed(seed)
     model = settings.model
     lstm = LSTMAutoencoder(2, 8, model.hidden_size, model.num_layers, model.latent_size)
-    return save_artefact(directory, lstm, settings, RESULT).metadata.model_version
+    return save_artefact(directory, lstm, settings, result).metadata.model_version
 
 
 @pytest.fixture(scope="module")
@@ -127,10 +129,8 @@ def test_the_same_weights_calibrated_otherwise_are_refused_by_another_registry(
     only, so the same weights with another threshold would otherwise pass for the stored model."""
     kafka, topic = on_topic
     (d1, a), _ = artefacts
-    torch.manual_seed(0)  # the weights of d1, as `_artefact` drew them
-    lstm = LSTMAutoencoder(2, 8, 8, 1, 4)
     other = dataclasses.replace(RESULT, global_threshold=0.5)
-    assert save_artefact(tmp_path / "other", lstm, SETTINGS, other).metadata.model_version == a
+    assert _artefact(tmp_path / "other", 0, result=other) == a  # d1's weights, seed 0
     one, two = opened(kafka, topic, tmp_path / "one"), opened(kafka, topic, tmp_path / "two")
     entry = one.register(d1, source="train", parent=None, data_span=None)
     assert two.register(d1, source="again", parent=None, data_span=None) == entry

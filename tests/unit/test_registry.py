@@ -50,11 +50,14 @@ RESULT = TrainingResult(
 SPAN = (1_714_550_400.0, 1_714_636_800.0)  # 2024-05-01 08:00 .. 2024-05-02 08:00 UTC
 
 
-def _artefact(directory: Path, seed: int) -> str:
-    """A tiny artefact as `train` writes it (distinct seeds, distinct versions)."""
+def _artefact(
+    directory: Path, seed: int, settings: Settings = SETTINGS, result: TrainingResult = RESULT
+) -> str:
+    """A tiny artefact as `train` writes it (distinct seeds, distinct versions; the same seed,
+    the same weights and version whatever the settings and result)."""
     torch.manual_seed(seed)
     model = LSTMAutoencoder(2, 8, 8, 1, 4)
-    return save_artefact(directory, model, SETTINGS, RESULT).metadata.model_version
+    return save_artefact(directory, model, settings, result).metadata.model_version
 
 
 @pytest.fixture(scope="module")
@@ -120,11 +123,8 @@ def test_register_again_returns_the_entry_unchanged(
 def test_the_same_weights_trained_otherwise_are_refused_not_taken_for_the_registered_model(
     registry: DirectoryRegistry, tmp_path: Path, settings: Settings, result: TrainingResult
 ) -> None:
-    torch.manual_seed(0)
-    model = LSTMAutoencoder(2, 8, 8, 1, 4)
-    first = save_artefact(tmp_path / "first", model, SETTINGS, RESULT).metadata
-    other = save_artefact(tmp_path / "other", model, settings, result).metadata
-    assert other.model_version == first.model_version  # a version names the weights only
+    first = _artefact(tmp_path / "first", 0)
+    assert _artefact(tmp_path / "other", 0, settings, result) == first  # names the weights only
     entry = registry.register(tmp_path / "first", source="train", parent=None, data_span=None)
     with pytest.raises(RegistryError, match="registered already with other settings") as info:
         registry.register(tmp_path / "other", source="train", parent=None, data_span=None)
@@ -453,11 +453,10 @@ def test_models_show_says_when_a_version_scores_its_windows_newest_steps_only(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     settings = SETTINGS.model_copy(update={"window": WindowConfig(size=8, score_steps=2)})
-    torch.manual_seed(0)
-    metadata = save_artefact(tmp_path / "a", LSTMAutoencoder(2, 8, 8, 1, 4), settings, RESULT)
+    version = _artefact(tmp_path / "a", 0, settings)
     registry = tmp_path / "registry"
     _command(registry, "register", str(tmp_path / "a"), capsys=capsys)
-    shown = _command(registry, "show", metadata.metadata.model_version, capsys=capsys)
+    shown = _command(registry, "show", version, capsys=capsys)
     assert "window               8, scored on its newest 2" in shown
 
 

@@ -84,6 +84,7 @@ features = [
 size = 8
 stride = 1
 idle_ttl_s = 900.0
+score_steps = 2
 
 [normalize]
 warmup = 24
@@ -102,6 +103,7 @@ seed = 0
 
 [threshold]
 warmup = 24
+sensitivity = 20.0
 
 [episodes]
 cooldown = 2

@@ -16,7 +16,8 @@ def test_every_preset_is_valid_settings(name: str) -> None:
 def test_a_preset_extends_another_and_overrides_only_what_it_names() -> None:
     flows, demo = preset("flows"), preset("network_demo")
     assert "extends" not in demo
-    assert demo["window"] == {**flows["window"], "size": 12}  # as its bundled model was trained
+    # as its bundled model was trained
+    assert demo["window"] == {**flows["window"], "size": 12, "score_steps": 0}
     assert demo["model"] == {**flows["model"], "device": "auto"}
     assert demo["threshold"]["warmup"] == flows["threshold"]["warmup"]
     assert demo["threshold"]["sensitivity"] == 12.0

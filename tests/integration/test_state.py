@@ -319,7 +319,8 @@ def test_checkpoint_past_the_partition_end_is_detected_and_the_partition_read_co
     )
     feed = sine_feed(N_KEYS, 200, seed=4, shifted={"k03": (150, 162)})
     service = start_service(state=state, **STATEFUL)
-    assert len(_events(service, "partition state restored")) == 4
+    # Ready comes with the assignment, before each partition's restore is logged.
+    wait_until(lambda: len(_events(service, "partition state restored")) == 4, 60, "the restore")
     produce_events(service_setup.input_topic, feed)
     wait_until(input_committed(kafka_bootstrap, service_setup, consume_all), 90, "the feed")
 

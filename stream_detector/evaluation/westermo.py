@@ -54,7 +54,8 @@ _LOG_LINE = re.compile(r"^\[(?P<ts>[0-9.]+) -- [^\]]*\] \[(?P<tag>(?:BAD|GOOD)-[
 def westermo_sections() -> dict[str, dict[str, Any]]:
     """The mapping of the flow records (nested like --set): key = source address, 10 s buckets
     of flow counts, packets each way, bytes out, distinct peers and protocols; the rest as the
-    network scenarios run (windows and warm-ups for a 10 s cadence, default thresholds)."""
+    network scenarios run (the `flows` preset: windows and warm-ups for a 10 s cadence, each
+    window scored on its newest 2 buckets against a band of 20 std)."""
     return deep_merge(preset("flows"), flow_sections("sAddress", _FEATURES))
 
 

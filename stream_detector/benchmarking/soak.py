@@ -331,15 +331,7 @@ def soak_scorer(options: SoakOptions) -> dict[str, Any]:
     settings = options.settings()
     device = select_device(options.device)
     artefact = load_artefact(options.model_dir, settings, device)
-    config = settings.model
-    scorer = WindowScorer(
-        artefact.model.to(device),
-        device,
-        config.batch_size,
-        config.cpu_threads,
-        config.cuda_graph,
-        settings.window.score_steps,
-    )
+    scorer = WindowScorer.serving(artefact.model.to(device), device, settings)
     shape = (settings.window.size, len(settings.input.value_fields))
 
     def call(windows: np.ndarray) -> int:

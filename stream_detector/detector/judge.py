@@ -60,14 +60,7 @@ class ModelJudge:
         self.metadata = meta
         self.model_version = meta.model_version
         self.feature_names = tuple(settings.input.value_fields)
-        self.scorer = WindowScorer(
-            artefact.model.to(device),
-            device,
-            settings.model.batch_size,
-            settings.model.cpu_threads,
-            settings.model.cuda_graph,
-            settings.window.score_steps,
-        )
+        self.scorer = WindowScorer.serving(artefact.model.to(device), device, settings)
         # No slots of their own: the stage sizes them to the store and keeps them in step.
         self.threshold = AdaptiveThreshold(settings.threshold, meta.global_threshold, capacity=0)
         self.episodes = EpisodeTracker(

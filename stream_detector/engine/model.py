@@ -17,6 +17,8 @@ import structlog
 import torch
 from torch import Tensor, nn
 
+from stream_detector.config import Settings
+
 log = structlog.get_logger(__name__)
 
 
@@ -164,6 +166,23 @@ class WindowScorer:
             _FixedShapeForward(results, batch_size, cuda_graph)
             if device.type == "cuda"
             else _LadderForward(results, batch_size)
+        )
+
+    @classmethod
+    def serving(
+        cls, model: LSTMAutoencoder, device: torch.device, settings: Settings
+    ) -> WindowScorer:
+        """The scorer the service runs under `settings`: its inference batch, CPU threads, CUDA
+        graph and scored steps (training and the benchmark's synthetic artefact choose their
+        own)."""
+        config = settings.model
+        return cls(
+            model,
+            device,
+            config.batch_size,
+            config.cpu_threads,
+            config.cuda_graph,
+            settings.window.score_steps,
         )
 
     def score(self, windows: np.ndarray | Tensor) -> WindowScores:

@@ -64,8 +64,7 @@ class WindowedScorer:
         due = (ordinal >= max(self.window, self.warmup)) & on_stride
         rows = np.flatnonzero(due)
         # fmax ignores the NaN of events scored before their scorer had enough history.
-        newest = layout.trailing(rows, self.window, 0)[:, -self.scored :]
-        window_scores = np.fmax.reduce(newest, axis=1)
+        window_scores = np.fmax.reduce(layout.trailing(rows, self.scored, 0), axis=1)
         start_ts = layout.trailing(rows, self.window, 1)[:, 0]
         return WindowScores(rows, ids[rows], window_scores, start_ts)
 

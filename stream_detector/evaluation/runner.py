@@ -65,7 +65,7 @@ from stream_detector.evaluation.report import build_report, format_table, held_o
 from stream_detector.evaluation.seeds import format_seed_table, seed_summary
 from stream_detector.evaluation.skab import SKAB_FEATURES, is_skab, load_skab
 from stream_detector.evaluation.trace import MethodTrace, TraceRecorder
-from stream_detector.evaluation.westermo import SIDES, load_westermo, westermo_sections
+from stream_detector.evaluation.westermo import DEFAULT_SIDE, load_westermo, westermo_sections
 from stream_detector.scenarios.flows import SCENARIOS, labels_path_for
 
 log = structlog.get_logger(__name__)
@@ -149,7 +149,7 @@ def load_dataset(
             return load_skab(path)
         raise ValueError(
             f"{path} is a directory with neither {SMAP_MSL_LABELS} (SMAP/MSL) nor SKAB "
-            "experiment files (*.csv.gz)"
+            "experiment files (*.csv.gz or *.csv)"
         )
     return load_labelled_file(path, settings, train_fraction)
 
@@ -348,10 +348,12 @@ What it reads:
                                 first 400 rows of each are its train part, point-wise F1 with
                                 FAR and MAR is the protocol's figure)
   --dataset FILE                a CSV/JSONL of events with a 0/1 input.label_field column
-  --dataset westermo [--side left|right]
+  --dataset westermo [--side SIDE]
                                 real industrial network flows (Westermo), bucketed per source
                                 address; attacks are time spans of the whole feed (an alert on
-                                any address inside one detects it), GOOD-SSH logins must not alert
+                                any address inside one detects it), GOOD-SSH logins must not alert;
+                                SIDE is a recording point: left (default), right, or any other
+                                whose flows_SIDE.csv.gz sits beside the injection log
   --dataset mixed_scale         the demo's telemetry with each device scaled by 10^-3 .. 10^7
                                 (generated; recall per decade: keys of any scale alike?)
   --dataset maintenance         the demo's telemetry with a benign maintenance job (labelled
@@ -433,8 +435,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--spacecraft", action="append", help="SMAP or MSL (repeatable)")
     parser.add_argument(
         "--side",
-        choices=SIDES,
-        help="with --dataset westermo: the recording point (default left)",
+        metavar="SIDE",
+        help="with --dataset westermo: the recording point, a flows_SIDE.csv.gz beside the "
+        f"injection log ({DEFAULT_SIDE}, the default, or right; the published set's bottom "
+        "once its file is added there)",
     )
     parser.add_argument("--channels", help="comma-separated channel ids, for a quick look")
     parser.add_argument(
@@ -565,7 +569,7 @@ def _load_from_args(args: argparse.Namespace, settings: Settings) -> LabelledDat
     if args.dataset == MAINTENANCE:
         return load_maintenance()
     if args.dataset == WESTERMO:
-        return load_westermo(resolve_dataset(WESTERMO), args.side or SIDES[0], settings)
+        return load_westermo(resolve_dataset(WESTERMO), args.side or DEFAULT_SIDE, settings)
     if settings.input.mode == "aggregate":
         raise ValueError(
             "input.mode = 'aggregate' reads raw events: pass the file with --events FILE "

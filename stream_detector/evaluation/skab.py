@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gzip
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import structlog
@@ -31,7 +32,9 @@ SKAB_FEATURES = (
     "Voltage",
     "Volume Flow RateRMS",
 )
-_ANOMALY_FREE = Path("anomaly-free") / "anomaly-free.csv.gz"
+_ANOMALY_FREE = "anomaly-free"
+# The repository's files are plain `.csv`; the copy in shared/data gzipped them.
+_SUFFIXES = (".csv.gz", ".csv")
 
 
 def _numbered(stem: str) -> tuple[int, str]:
@@ -39,15 +42,34 @@ def _numbered(stem: str) -> tuple[int, str]:
     return (int(stem), "") if stem.isdigit() else (1 << 62, stem)
 
 
+def _stem(path: Path) -> str:
+    """The experiment's name: its file name without `.csv.gz` or `.csv`."""
+    return next(path.name.removesuffix(s) for s in _SUFFIXES if path.name.endswith(s))
+
+
+def _experiment_files(root: Path) -> list[Path]:
+    """The experiment files under `root` (`.csv.gz` or `.csv`, in sub-folders or not) in folder
+    and then numeric order, without the anomaly-free run."""
+    files = {p for suffix in _SUFFIXES for p in root.glob(f"**/*{suffix}")}
+    return sorted(
+        (p for p in files if _ANOMALY_FREE not in p.relative_to(root).parts[:-1]),
+        key=lambda p: (p.parent.name, _numbered(_stem(p))),
+    )
+
+
+def _open(path: Path) -> IO[str]:
+    return gzip.open(path, "rt") if path.name.endswith(".gz") else path.open()
+
+
 def is_skab(path: Path) -> bool:
-    """A directory of SKAB experiment files (in sub-folders or not): its first `*.csv.gz` has
-    SKAB's `;`-separated header."""
+    """A directory of SKAB experiment files (in sub-folders or not): its first experiment file
+    has SKAB's `;`-separated header."""
     if not path.is_dir():
         return False
-    first = next(iter(sorted(path.glob("**/*.csv.gz"))), None)
+    first = next(iter(_experiment_files(path)), None)
     if first is None:
         return False
-    with gzip.open(first, "rt") as handle:
+    with _open(first) as handle:
         return not _missing_columns(handle.readline().strip().split(";"))
 
 
@@ -61,8 +83,7 @@ def read_experiment(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
     Raises ValueError naming the file and the column when the header is not SKAB's.
     """
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt") as handle:
+    with _open(path) as handle:
         header = handle.readline().strip().split(";")
         rows = [line.rstrip("\n").split(";") for line in handle if line.strip()]
     if missing := _missing_columns(header):
@@ -80,24 +101,29 @@ def read_experiment(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def load_skab(root: Path, train_rows: int = SKAB_TRAIN_ROWS) -> LabelledDataset:
     """Every experiment under `root` (e.g. `valve1/3.csv.gz` becomes key `valve1/3`, group
-    `valve1`): its first `train_rows` rows are its train part, the rest its test part."""
+    `valve1`): its first `train_rows` rows are its train part, the rest its test part.
+
+    An experiment too short to leave a test part is left out, with a warning and a note in the
+    report, so that one short file does not cost the evaluation of the others. Raises ValueError
+    when no experiment is left."""
     if train_rows < 1:
         raise ValueError("train_rows must be at least 1")
-    files = sorted(
-        (p for p in root.glob("**/*.csv.gz") if p.relative_to(root) != _ANOMALY_FREE),
-        key=lambda p: (p.parent.name, _numbered(p.name.removesuffix(".csv.gz"))),
-    )
+    files = _experiment_files(root)
     if not files:
-        raise ValueError(f"{root}: no SKAB experiment files (*.csv.gz)")
+        raise ValueError(f"{root}: no SKAB experiment files (*.csv.gz or *.csv)")
     channels: list[Channel] = []
+    too_short: list[str] = []
     for path in files:
         ts, values, labels = read_experiment(path)
-        if len(ts) <= train_rows:
-            raise ValueError(f"{path}: {len(ts)} rows leave no test part after {train_rows}")
         group = path.parent.name if path.parent != root else root.name
+        key = f"{group}/{_stem(path)}"
+        if len(ts) <= train_rows:
+            log.warning("skab experiment left out", key=key, rows=len(ts), train_rows=train_rows)
+            too_short.append(f"{key} ({len(ts)} rows)")
+            continue
         channels.append(
             Channel(
-                key=f"{group}/{path.name.removesuffix('.csv.gz')}",
+                key=key,
                 group=group,
                 train_ts=ts[:train_rows],
                 train_values=values[:train_rows],
@@ -107,12 +133,20 @@ def load_skab(root: Path, train_rows: int = SKAB_TRAIN_ROWS) -> LabelledDataset:
                 test_labels=labels[train_rows:],
             )
         )
+    if not channels:
+        raise ValueError(
+            f"{root}: no SKAB experiment has a test part after its first {train_rows} rows"
+        )
     notes = (
         f"SKAB: one key per experiment file ({len(channels)}), features = the 8 sensors, time = "
         f"the datetime column (1 Hz). Per the SKAB protocol the first {train_rows} rows of each "
         "experiment are its train part and point-wise F1 over the rest is the headline, with FAR "
         "(false alarms / normal rows) and MAR (missed / anomalous rows). One model for all "
         "experiments, where the published models are fitted one per experiment.",
+    ) + (
+        (f"Left out, no test part after {train_rows} rows: {', '.join(too_short)}.",)
+        if too_short
+        else ()
     )
-    log.info("dataset loaded", dataset="skab", experiments=len(files))
+    log.info("dataset loaded", dataset="skab", experiments=len(channels))
     return LabelledDataset("skab", SKAB_FEATURES, tuple(channels), notes)

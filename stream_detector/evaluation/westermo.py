@@ -33,7 +33,7 @@ from stream_detector.scenarios.presets import preset
 
 log = structlog.get_logger(__name__)
 
-SIDES: Final = ("left", "right")
+DEFAULT_SIDE: Final = "left"
 CLOCK_SHIFT_S: Final = 3600.0
 TRAIN_SHARE: Final = 1.0 / 3.0
 EVENTS_FILE: Final = "events.txt"
@@ -57,6 +57,14 @@ def westermo_sections() -> dict[str, dict[str, Any]]:
     network scenarios run (the `flows` preset: windows and warm-ups for a 10 s cadence, each
     window scored on its newest 2 buckets against a band of 20 std)."""
     return deep_merge(preset("flows"), flow_sections("sAddress", _FEATURES))
+
+
+def recording_points(root: Path) -> tuple[str, ...]:
+    """The recording points a copy of the data set holds, one `flows_<side>.csv.gz` each: left
+    and right here; the published set also has bottom, kept out for held-out checks, and any
+    point added this way is evaluated like the others."""
+    names = (p.name.removeprefix("flows_") for p in root.glob("flows_*.csv.gz"))
+    return tuple(sorted(name.removesuffix(".csv.gz") for name in names))
 
 
 def read_spans(path: Path) -> list[FeedSpan]:
@@ -98,10 +106,15 @@ def read_flows(path: Path) -> dict[str, np.ndarray]:
 
 
 def load_westermo(root: Path, side: str, settings: Settings) -> LabelledDataset:
-    """One recording point (`left` or `right`) as bucket series per source address, with the
-    log's spans as feed-wide labels; see the module docstring for the protocol."""
-    if side not in SIDES:
-        raise ValueError(f"unknown Westermo side {side!r}; choose from {', '.join(SIDES)}")
+    """One recording point (`left`, `right`, ...: see `recording_points`) as bucket series per
+    source address, with the log's spans as feed-wide labels; see the module docstring for the
+    protocol."""
+    if side not in (found := recording_points(root)):
+        raise ValueError(
+            f"no Westermo recording point {side!r} in {root} (it holds "
+            f"{', '.join(found) or 'none'}): each point is a flows_<side>.csv.gz beside "
+            f"{EVENTS_FILE}, the point's reduced flow file gzipped"
+        )
     if settings.input.mode != "aggregate":
         raise ValueError("Westermo flows are raw events: evaluate them with input.mode aggregate")
     spans = read_spans(root / EVENTS_FILE)

@@ -160,7 +160,8 @@ def test_smap_msl_layout_is_read_with_shifted_test_time(tmp_path: Path) -> None:
 
 
 def _write_skab(path: Path, rows: int, anomaly_from: int) -> None:
-    """A SKAB-style experiment: `;`-separated, 1 Hz datetimes, 8 sensors, anomaly/changepoint."""
+    """A SKAB-style experiment: `;`-separated, 1 Hz datetimes, 8 sensors, anomaly/changepoint;
+    gzipped when `path` ends in .gz."""
     header = "datetime;" + ";".join(SKAB_FEATURES) + ";anomaly;changepoint"
     lines = [header]
     for i in range(rows):
@@ -168,16 +169,19 @@ def _write_skab(path: Path, rows: int, anomaly_from: int) -> None:
         sensors = ";".join(f"{i + k / 10:.1f}" for k in range(len(SKAB_FEATURES)))
         lines.append(f"{stamp};{sensors};{float(i >= anomaly_from)};0.0")
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(gzip.compress(("\n".join(lines) + "\n").encode()))
+    text = ("\n".join(lines) + "\n").encode()
+    path.write_bytes(gzip.compress(text) if path.suffix == ".gz" else text)
 
 
 def test_skab_experiments_are_keys_split_after_their_first_rows(tmp_path: Path) -> None:
     root = tmp_path / "skab"
     for name in ("10", "2"):
         _write_skab(root / "valve1" / f"{name}.csv.gz", rows=12, anomaly_from=9)
+    _write_skab(root / "valve2" / "1.csv", rows=12, anomaly_from=9)  # as the repository has it
     _write_skab(root / "anomaly-free" / "anomaly-free.csv.gz", rows=12, anomaly_from=99)
     dataset = load_skab(root, train_rows=5)
-    assert [c.key for c in dataset.channels] == ["valve1/2", "valve1/10"]  # numeric order
+    # numeric order within a folder
+    assert [c.key for c in dataset.channels] == ["valve1/2", "valve1/10", "valve2/1"]
     first = dataset.channels[0]
     assert first.group == "valve1" and dataset.feature_names == SKAB_FEATURES
     assert len(first.train_ts) == 5 and len(first.test_ts) == 7
@@ -185,7 +189,13 @@ def test_skab_experiments_are_keys_split_after_their_first_rows(tmp_path: Path) 
     assert np.diff(np.concatenate([first.train_ts, first.test_ts])).tolist() == [1.0] * 11
     np.testing.assert_allclose(first.train_values[1], [1 + k / 10 for k in range(8)], rtol=1e-6)
     assert is_skab(root) and not is_skab(tmp_path / "nothing")
-    with pytest.raises(ValueError, match="no test part"):
+    assert dataset.channels[2].test_labels.tolist() == first.test_labels.tolist()
+    # An experiment too short for a test part is left out and said, not fatal to the rest.
+    _write_skab(root / "valve2" / "2.csv", rows=5, anomaly_from=9)
+    dataset = load_skab(root, train_rows=5)
+    assert [c.key for c in dataset.channels] == ["valve1/2", "valve1/10", "valve2/1"]
+    assert "Left out, no test part after 5 rows: valve2/2 (5 rows)." in dataset.notes
+    with pytest.raises(ValueError, match="no SKAB experiment has a test part"):
         load_skab(root, train_rows=12)
 
 

@@ -109,5 +109,10 @@ def test_flows_are_sorted_shifted_and_bucketed_per_source(tmp_path: Path) -> Non
         np.concatenate([host.train_labels, host.test_labels]) == 1
     ]
     assert labelled.tolist() == [t0 + 510.0, t0 + 520.0, t0 + 530.0]
-    with pytest.raises(ValueError, match="unknown Westermo side"):
+    with pytest.raises(ValueError, match=r"no Westermo recording point 'bottom' .* holds left\)"):
         load_westermo(tmp_path, "bottom", settings)
+    # Another recording point is a flow file of its own beside the log, read the same way.
+    (tmp_path / "flows_left.csv.gz").rename(tmp_path / "flows_bottom.csv.gz")
+    bottom = load_westermo(tmp_path, "bottom", settings)
+    assert bottom.name == "westermo_bottom"
+    assert [c.key for c in bottom.channels] == ["10.0.0.1", "10.0.0.2"]

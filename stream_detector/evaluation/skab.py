@@ -49,12 +49,20 @@ def _stem(path: Path) -> str:
 
 def _experiment_files(root: Path) -> list[Path]:
     """The experiment files under `root` (`.csv.gz` or `.csv`, in sub-folders or not) in folder
-    and then numeric order, without the anomaly-free run."""
+    and then numeric order, without the anomaly-free run. Raises ValueError for an experiment
+    that is there both gzipped and not (one key read twice would interleave with itself)."""
     files = {p for suffix in _SUFFIXES for p in root.glob(f"**/*{suffix}")}
-    return sorted(
+    found = sorted(
         (p for p in files if _ANOMALY_FREE not in p.relative_to(root).parts[:-1]),
-        key=lambda p: (p.parent.name, _numbered(_stem(p))),
+        key=lambda p: (p.parent.name, _numbered(_stem(p)), p.name),
     )
+    for earlier, later in zip(found, found[1:]):
+        if earlier.parent == later.parent and _stem(earlier) == _stem(later):
+            raise ValueError(
+                f"{root}: experiment {_stem(later)!r} is there twice, {earlier.name} and "
+                f"{later.name} in {later.parent}; keep one of them"
+            )
+    return found
 
 
 def _open(path: Path) -> IO[str]:

@@ -197,6 +197,9 @@ def test_skab_experiments_are_keys_split_after_their_first_rows(tmp_path: Path) 
     assert "Left out, no test part after 5 rows: valve2/2 (5 rows)." in dataset.notes
     with pytest.raises(ValueError, match="no SKAB experiment has a test part"):
         load_skab(root, train_rows=12)
+    _write_skab(root / "valve2" / "1.csv.gz", rows=12, anomaly_from=9)  # unzipped, kept both
+    with pytest.raises(ValueError, match="experiment '1' is there twice, 1.csv and 1.csv.gz"):
+        load_skab(root, train_rows=5)
 
 
 def test_skab_by_name_brings_its_sensor_columns(tmp_path: Path) -> None:

@@ -45,6 +45,10 @@ class ConfigError(Exception):
 
 MESSAGE_KEY = "@message_key"
 BROKER_TIMESTAMP = "@broker_timestamp"
+# key_field = SINGLE_SERIES: a feed with no key (one sensor, one metric) is one series, every
+# record keyed SINGLE_SERIES_KEY.
+SINGLE_SERIES = "@single_series"
+SINGLE_SERIES_KEY = "single_series"
 CSV_DELIMITERS: Final = ",;\t|"  # what input.csv_delimiter = "auto" chooses among
 # Model settings an artefact records only when they change what the model computes, and what
 # their absence means: artefacts written before the setting existed behave as this value.
@@ -111,7 +115,8 @@ class InputConfig(_Section):
     key_field: str | None = Field(
         "key",
         description="Field path of the entity key (dotted, or a JSON Pointer starting with '/'); "
-        f"{MESSAGE_KEY!r} uses the Kafka message key.",
+        f"{MESSAGE_KEY!r} uses the Kafka message key; {SINGLE_SERIES!r} makes a feed with no "
+        f"key (one sensor, one metric) one series, every record keyed {SINGLE_SERIES_KEY!r}.",
     )
     key_fields: tuple[str, ...] | None = Field(
         None,
@@ -217,9 +222,12 @@ class InputConfig(_Section):
 
     @property
     def key_paths(self) -> tuple[str, ...] | None:
-        """The field paths the key is made of; None when it is the Kafka message key."""
+        """The field paths the key is made of; None when it is the Kafka message key, none at
+        all (an empty tuple) when the feed is a single series."""
         if self.key_fields is not None:
             return self.key_fields
+        if self.key_field == SINGLE_SERIES:
+            return ()
         return None if self.key_field is None else (self.key_field,)
 
 

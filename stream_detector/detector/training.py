@@ -28,6 +28,7 @@ from stream_detector.detector.artefact import (
     save_artefact,
 )
 from stream_detector.detector.exclusions import ExcludedSpans
+from stream_detector.engine.decode import RejectTally
 from stream_detector.engine.model import LSTMAutoencoder, WindowScorer, select_device
 from stream_detector.engine.stage import StagedWindows, WindowStage
 from stream_detector.engine.types import Decoded
@@ -70,13 +71,18 @@ def collect_windows(
     windows kept are cut and normalised exactly as without it: the events in a span still feed
     their key's statistics, as they do when served. The global mean and std count them too; they
     are only the prior that a key's own statistics soon outweigh."""
-    decoded = [d.batch for d in batches if len(d.batch)]
+    decoded = []
+    refused = RejectTally()
+    for part in batches:
+        refused.add(part.rejects)
+        if len(part.batch):
+            decoded.append(part.batch)
     size = settings.window.size
     n_events = sum(len(batch) for batch in decoded)
     if n_events == 0:
         raise ValueError(
-            "no valid events to train on; check the input file and input.value_fields / "
-            "input.key_field / input.timestamp_field against its records"
+            f"no valid events to train on ({refused}); check the input file and "
+            "input.value_fields / input.key_field / input.timestamp_field against its records"
         )
     # Pass 1: global statistics, the prior every new key's normalisation starts from.
     values = np.concatenate([batch.values for batch in decoded]).astype(np.float64)

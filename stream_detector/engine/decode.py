@@ -17,7 +17,7 @@ import math
 import operator
 import secrets
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
@@ -28,7 +28,13 @@ import numpy as np
 import orjson
 import structlog
 
-from stream_detector.config import InputConfig, column_name, path_segments
+from stream_detector.config import (
+    SINGLE_SERIES,
+    SINGLE_SERIES_KEY,
+    InputConfig,
+    column_name,
+    path_segments,
+)
 from stream_detector.engine.types import Decoded, EventBatch, Reject
 
 log = structlog.get_logger(__name__)
@@ -169,6 +175,7 @@ class Decoder:
         self._value_paths = [path_segments(field) for field in config.value_fields]
         self._value_labels = [f"field '{field}'" for field in config.value_fields]
         key_paths = config.key_paths or ()
+        self._single_series = config.key_paths == ()
         self._key_paths = [path_segments(field) for field in key_paths]
         self._key_labels = [f"key field '{field}'" for field in key_paths]
         ts_field, label = config.timestamp_field, config.label_field
@@ -186,6 +193,11 @@ class Decoder:
     @property
     def csv_delimiter(self) -> str:
         return self._config.csv_delimiter
+
+    @property
+    def _takes_message_keys(self) -> bool:
+        """Whether each record's key is its Kafka message key (key_field null)."""
+        return not self._key_paths and not self._single_series
 
     def flush(self) -> Decoded:
         """Nothing: each record is decoded on arrival, none is held."""
@@ -225,7 +237,7 @@ class Decoder:
         """
         cfg = self._config
         n = len(payloads)
-        if not self._key_paths and (keys is None or len(keys) != n):
+        if self._takes_message_keys and (keys is None or len(keys) != n):
             raise ValueError("input.key_field is null, so one Kafka key per payload is required")
         if cfg.timestamp_field is None and (broker_ts_ms is None or len(broker_ts_ms) != n):
             raise ValueError(
@@ -239,7 +251,9 @@ class Decoder:
             filtered = len(objects) - kept.size
             positions, objects = positions[kept], [objects[i] for i in kept.tolist()]
 
-        if not self._key_paths:
+        if self._single_series:
+            raw_keys = [_single_series_keys(len(positions))]
+        elif self._takes_message_keys:
             assert keys is not None
             raw_keys = [_kafka_keys([keys[i] for i in positions.tolist()])]
         else:
@@ -276,10 +290,11 @@ class Decoder:
         compares these cells too; a filter on true/false also matches the text 'true'/'false'.
         """
         cfg = self._config
-        if not self._key_paths or cfg.timestamp_field is None:
+        if self._takes_message_keys or cfg.timestamp_field is None:
             raise ValueError(
                 "input.key_field and input.timestamp_field must name columns to decode a file;"
-                " null (take them from Kafka) only works for the Kafka service"
+                f" null (take them from Kafka) only works for the Kafka service (a file with no "
+                f"key column is one series: key_field = {SINGLE_SERIES!r})"
             )
         lengths = {len(column) for column in columns.values()}
         if len(lengths) > 1:
@@ -310,7 +325,9 @@ class Decoder:
         label = cfg.label_field
         raw = _RawRecords(
             index=index,
-            keys=[column(path, text_to_numbers=False) for path in cfg.key_paths or ()],
+            keys=[_single_series_keys(n)]
+            if self._single_series
+            else [column(path, text_to_numbers=False) for path in cfg.key_paths or ()],
             ts=column(cfg.timestamp_field),
             ts_unit=cfg.timestamp_unit,
             values=[column(field) for field in cfg.value_fields],
@@ -432,7 +449,9 @@ class Decoder:
     def _check_keys(self, raw: _RawRecords, verdicts: _Verdicts) -> np.ndarray:
         """Each key component checked by the same rules; with input.key_fields the components'
         texts are escaped and joined, so that no two different tuples give one key."""
-        labels = self._key_labels or ["Kafka message key"]
+        labels = self._key_labels or [
+            "single series" if self._single_series else "Kafka message key"
+        ]
         parts = []
         for field, column in zip(labels, raw.keys, strict=True):
             keys, status = _keys(column)
@@ -576,6 +595,33 @@ def _extract(objects: list[dict], path: Sequence[str]) -> list[Any]:
         except TypeError:
             column = [v.get(part) if type(v) is dict else None for v in column]
     return column
+
+
+class RejectTally:
+    """Why records were refused, per reason, with the first record's detail for each: what an
+    error about a file with no valid events says, so that a wrong mapping names itself."""
+
+    def __init__(self) -> None:
+        self._counts: dict[str, int] = {}
+        self._first: dict[str, str] = {}
+
+    def add(self, rejects: Iterable[Reject]) -> None:
+        for reject in rejects:
+            self._counts[reject.reason] = self._counts.get(reject.reason, 0) + 1
+            self._first.setdefault(reject.reason, reject.detail)
+
+    def __str__(self) -> str:
+        """E.g. "3000 records refused: missing_key 3000 (key field 'key' is missing or null)"."""
+        if not self._counts:
+            return "no records refused"
+        reasons = sorted(self._counts.items(), key=lambda item: -item[1])
+        listed = ", ".join(f"{r} {n} (first: {self._first[r]})" for r, n in reasons)
+        return f"{sum(self._counts.values())} records refused: {listed}"
+
+
+def _single_series_keys(n: int) -> np.ndarray:
+    """The one key of every record of a feed that is a single series."""
+    return np.full(n, SINGLE_SERIES_KEY, dtype=object)
 
 
 def _kafka_keys(keys: list[Any]) -> list[Any]:

@@ -348,6 +348,8 @@ What it reads:
                                 first 400 rows of each are its train part, point-wise F1 with
                                 FAR and MAR is the protocol's figure)
   --dataset FILE                a CSV/JSONL of events with a 0/1 input.label_field column
+                                (a file of one series, without a key column: --set
+                                input.key_field=@single_series)
   --dataset westermo [--side SIDE]
                                 real industrial network flows (Westermo), bucketed per source
                                 address; attacks are time spans of the whole feed (an alert on

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
+from stream_detector.config import MESSAGE_KEY, SINGLE_SERIES, SINGLE_SERIES_KEY
 from stream_detector.inspect.hints import (
     CATEGORY_WORDS,
     PEER_WORDS,
@@ -36,6 +37,7 @@ class KeyChoice:
     composite: bool
     others: tuple[tuple[str, int], ...]
     per_record: list[str | None]  # each record's key, for the per-key figures
+    no_field: str = MESSAGE_KEY  # the key_field token when no field is the key
 
 
 def _is_candidate(field: FieldProfile) -> bool:
@@ -85,8 +87,11 @@ def _composite(fields: list[FieldProfile]) -> list[FieldProfile] | None:
     return members + series[:1]
 
 
-def choose_key(fields: list[FieldProfile], time_path: str | None) -> KeyChoice:
-    """The best key, a composite of tags where they name series better, or the message key."""
+def choose_key(
+    fields: list[FieldProfile], time_path: str | None, message_keys: bool = True
+) -> KeyChoice:
+    """The best key, a composite of tags where they name series better; failing those, the
+    message key when the records come with one (a topic's), else one series (a file's)."""
     n = len(fields[0].values) if fields else 0
     candidates = sorted(
         (f for f in fields if f.path != time_path and _is_candidate(f)), key=_score, reverse=True
@@ -106,10 +111,16 @@ def choose_key(fields: list[FieldProfile], time_path: str | None) -> KeyChoice:
             )
             return KeyChoice(paths, why, True, others, keys)
     if not candidates:
-        return KeyChoice(
-            (), "no field repeats like a key (text or integer id present in 90% of records, "
-            "2+ values, 2+ records each): the Kafka message key is used", False, (), [None] * n
+        why = (
+            "no field repeats like a key (text or integer id present in 90% of records, 2+ "
+            "values, 2+ records each): "
         )
+        if message_keys:
+            return KeyChoice((), why + "the Kafka message key is used", False, (), [None] * n)
+        return KeyChoice(
+            (), why + "the records are one series", False, (), [SINGLE_SERIES_KEY] * n,
+            no_field=SINGLE_SERIES,
+        )  # fmt: skip
     best = candidates[0]
     d = best.distinct()
     why = f"{best.path}: {d} values over {n} records, {n / d:.1f} records each"

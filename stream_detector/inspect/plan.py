@@ -48,7 +48,7 @@ def plan_for(sample: Sample) -> Plan:
         profiles = profile_records(kept)
     fields = list(profiles.values())
     time = choose_time(fields)
-    key = choose_key(fields, time.path)
+    key = choose_key(fields, time.path, message_keys=sample.kind == "kafka")
     exclude = {*key.paths, *([time.path] if time.path else [])}
     values = choose_values(fields, exclude)
     shape = flow_shape(fields, key.paths, key.per_record, time.seconds)

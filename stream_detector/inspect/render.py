@@ -6,7 +6,7 @@ import json
 import textwrap
 from collections.abc import Iterable
 
-from stream_detector.config import BROKER_TIMESTAMP, MESSAGE_KEY
+from stream_detector.config import BROKER_TIMESTAMP
 from stream_detector.inspect.plan import Plan
 
 _WIDTH = 99
@@ -72,7 +72,7 @@ def _key(plan: Plan) -> list[str]:
             "key_fields joins the values with '|' (h1|cpu0...); a single key_field would "
             "merge the series that share it.")
         return lines + [f"key_fields = {_array(key.paths, 13)}"]
-    return lines + [f"key_field = {_s(key.paths[0] if key.paths else MESSAGE_KEY)}"]
+    return lines + [f"key_field = {_s(key.paths[0] if key.paths else key.no_field)}"]
 
 
 def _time(plan: Plan) -> list[str]:

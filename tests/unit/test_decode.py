@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from stream_detector.config import InputConfig
 from stream_detector.engine import decode as decode_module
-from stream_detector.engine.decode import Decoder
+from stream_detector.engine.decode import Decoder, RejectTally
 from stream_detector.engine.types import REJECT_REASONS, Decoded
 
 # numpy overflow in a cast is a warning; decode must handle it, not leak it
@@ -351,6 +351,31 @@ def test_decode_columns_rejects_misuse() -> None:
     with pytest.raises(ValueError, match="key_field"):
         decoder(key_field=None).decode_columns({"ts": [1.0], "value": [1.0]})
     assert len(decoder().decode_columns({}).batch) == 0
+
+
+def test_a_single_series_feed_keys_every_record_alike_from_a_topic_or_a_file() -> None:
+    dec = decoder(key_field="@single_series")
+    assert InputConfig(key_field="@single_series").key_paths == ()
+    payloads = [json.dumps({"ts": T0 + i, "value": float(i), "key": "ignored"}).encode()
+                for i in range(3)]  # fmt: skip
+    # Message keys, present or not, play no part.
+    for keys in (None, [b"a", None, b"c"]):
+        decoded = dec.decode_messages(payloads, keys)
+        assert decoded.batch.keys.tolist() == ["single_series"] * 3 and not decoded.rejects
+    decoded = dec.decode_columns({"ts": [T0, "x"], "value": ["1", "2"]})
+    assert decoded.batch.keys.tolist() == ["single_series"]
+    assert [r.reason for r in decoded.rejects] == ["bad_timestamp"]
+
+
+def test_the_reject_tally_names_each_reason_with_its_first_detail() -> None:
+    tally = RejectTally()
+    assert str(tally) == "no records refused"
+    tally.add(decoder().decode_columns({"ts": [T0, T0], "value": [1, 2]}).rejects)
+    tally.add(decoder().decode_columns({"key": ["a"], "ts": ["x"], "value": [1]}).rejects)
+    assert str(tally) == (
+        "3 records refused: missing_key 2 (first: key field 'key' is missing or null), "
+        "bad_timestamp 1 (first: timestamp field 'ts' is 'x', not a number or an RFC 3339 time)"
+    )
 
 
 # -- fast path vs per-message path ----------------------------------------------------------------

@@ -15,7 +15,12 @@ from stream_detector.config import Settings
 from stream_detector.engine.alerts import Alert
 from stream_detector.engine.types import ScoredWindows
 from stream_detector.evaluation.baselines import river_available
-from stream_detector.evaluation.datasets import Channel, LabelledDataset, build_stream
+from stream_detector.evaluation.datasets import (
+    Channel,
+    LabelledDataset,
+    build_stream,
+    load_labelled_file,
+)
 from stream_detector.evaluation.mixed_scale import load_mixed_scale
 from stream_detector.evaluation.plots import matplotlib_available
 from stream_detector.evaluation.runner import evaluation_defaults, load_dataset, run_evaluation
@@ -209,6 +214,24 @@ def test_skab_by_name_brings_its_sensor_columns(tmp_path: Path) -> None:
     assert evaluation_defaults(args) == {"input": {"value_fields": list(SKAB_FEATURES)}}
     dataset = load_dataset(root, Settings(input={"value_fields": SKAB_FEATURES}))
     assert dataset.name == "skab" and len(dataset.channels) == 1
+
+
+def test_a_labelled_file_with_no_key_column_is_one_series_once_configured(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "metric.csv"
+    path.write_text(
+        "timestamp,value,label\n"
+        + "".join(f"{1_700_000_000 + t},{t},{int(t == 7)}\n" for t in range(10))
+    )
+    mapping = {"label_field": "label", "timestamp_field": "timestamp"}
+    # The error says why every record was refused, and where a working mapping comes from.
+    with pytest.raises(ValueError, match=r"missing_key 10 \(first: key field 'key'.*init --sample"):
+        load_labelled_file(path, Settings(input=mapping))
+    settings = Settings(input={**mapping, "key_field": "@single_series"})
+    dataset = load_labelled_file(path, settings, train_fraction=0.5)
+    assert [c.key for c in dataset.channels] == ["single_series"]
+    assert dataset.channels[0].test_labels.tolist() == [0, 0, 1, 0, 0]
 
 
 def test_labelled_file_splits_each_key_by_time(tmp_path: Path) -> None:

@@ -156,6 +156,30 @@ def test_a_semicolon_csv_is_read_with_its_delimiter(tmp_path: Path) -> None:
     assert _rejects(settings, sample) == 0
 
 
+def test_a_file_with_no_key_is_one_series_whose_draft_trains_and_evaluates(
+    tmp_path: Path,
+) -> None:
+    """One metric in a CSV (timestamp, value, label), as single-series benchmarks ship: no
+    message key to fall back on, so the draft keys every record as one series, and the file
+    then decodes whole under it."""
+    rnd = random.Random(5)
+    sample = tmp_path / "metric.csv"
+    with sample.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["timestamp", "value", "is_anomaly"])
+        for i in range(300):
+            writer.writerow([f"2024-03-01T10:{i // 60:02d}:{i % 60:02d}Z",
+                             f"{rnd.uniform(50, 70):.2f}", 0])
+    settings = _init(sample, tmp_path / "out.toml")
+    assert _core(settings) == ("events", "@single_series", "timestamp", "rfc3339")
+    assert "the records are one series" in (tmp_path / "out.toml").read_text()
+    assert settings.input.value_fields == ("value",)
+    batches = list(read_batches(sample, decoder_for(settings)))
+    assert _rejects(settings, sample) == 0
+    assert {key for b in batches for key in b.batch.keys.tolist()} == {"single_series"}
+    assert sum(len(b.batch) for b in batches) == 300
+
+
 def test_the_draft_goes_to_stdout_without_out(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -47,8 +47,9 @@ def plan_for(sample: Sample) -> Plan:
         kept = [r for r in sample.records if r.get(kind.path) == kind.value]
         profiles = profile_records(kept)
     fields = list(profiles.values())
-    time = choose_time(fields)
-    key = choose_key(fields, time.path, message_keys=sample.kind == "kafka")
+    from_topic = sample.kind == "kafka"
+    time = choose_time(fields, broker_times=from_topic)
+    key = choose_key(fields, time.path, message_keys=from_topic)
     exclude = {*key.paths, *([time.path] if time.path else [])}
     values = choose_values(fields, exclude)
     shape = flow_shape(fields, key.paths, key.per_record, time.seconds)

@@ -80,10 +80,13 @@ def _time(plan: Plan) -> list[str]:
     lines = _comment(f"event time: {time.why}")
     if time.others:
         lines += _comment("other time fields: " + ", ".join(time.others))
-    return lines + [
+    lines += [
         f"timestamp_field = {_s(time.path or BROKER_TIMESTAMP)}",
         f"timestamp_unit = {_s(time.unit)}",
     ]
+    if time.min_timestamp is not None:
+        lines.append(f"min_timestamp = {time.min_timestamp!r}")
+    return lines
 
 
 def _verdicts(plan: Plan) -> list[str]:

@@ -2,7 +2,10 @@
 
 Epoch seconds, milliseconds, microseconds and nanoseconds of the years 2000 to a year from now
 occupy ranges three orders of magnitude apart that do not overlap, so the range of a field's
-values tells its unit; text is a time when it parses as RFC 3339.
+values tells its unit; text is a time when it parses as RFC 3339. Without any such field in a
+file (a topic has the broker's time instead), a time-named field of whole numbers that never fall
+(a step index, as benchmark series number their rows) is read as seconds from the epoch, with
+input.min_timestamp lowered to let them in.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from stream_detector.inspect.profile import FieldProfile
 EPOCH_FLOOR_S: Final = 946_684_800.0  # 2000-01-01, input.min_timestamp's default
 _SCALES: Final = (("s", 1.0), ("ms", 1e3), ("us", 1e6), ("ns", 1e9))
 _YEAR_S: Final = 365 * 86_400.0
+_STEP_NAMES: Final = TIME_NAMES | {"t", "step", "tick", "index", "idx"}
 
 
 @dataclass(frozen=True)
@@ -29,6 +33,7 @@ class TimeChoice:
     why: str
     seconds: list[float | None]
     others: tuple[str, ...] = ()
+    min_timestamp: float | None = None  # the input.min_timestamp a step index needs
 
 
 def epoch_unit(numbers: list[float], now: float | None = None) -> str | None:
@@ -74,15 +79,38 @@ def _reading(field: FieldProfile) -> tuple[str, list[float | None]] | None:
     return None
 
 
+def _steps(field: FieldProfile) -> list[float | None] | None:
+    """Each record's step when the field is a step index: named like a time, whole numbers from
+    0 up in at least 90% of the records, never falling in record order."""
+    numbers = field.numbers()
+    if field.name.lower() not in _STEP_NAMES or len(numbers) < 0.9 * len(field.values):
+        return None
+    whole = all(v >= 0 and v.is_integer() for v in numbers)
+    if not numbers or not whole or any(b < a for a, b in zip(numbers, numbers[1:])):
+        return None
+    return [float(v) if type(v) in (int, float) else None for v in field.values]
+
+
 def _rank(field: FieldProfile) -> tuple[int, int]:
     name = field.name
     named = 3 if name in TIME_NAMES or "received" in name else 1 if "time" in name else 0
     return named, -len(field.segments)
 
 
-def choose_time(fields: list[FieldProfile]) -> TimeChoice:
-    """The best-named time field among those whose values are times; the broker's without one."""
+def choose_time(fields: list[FieldProfile], broker_times: bool = True) -> TimeChoice:
+    """The best-named time field among those whose values are times; without one, the broker's
+    (records from a topic), or else a step index (a file's)."""
     readings = {f.path: (f, r) for f in fields if (r := _reading(f)) is not None}
+    look_for_steps = not readings and not broker_times
+    steps = {f.path: (f, r) for f in fields if look_for_steps and (r := _steps(f)) is not None}
+    if steps:
+        field, seconds = max(steps.values(), key=lambda item: _rank(item[0]))
+        known = [s for s in seconds if s is not None]
+        why = (
+            f"{field.path}: a step index ({known[0]:g} .. {known[-1]:g}), no epoch time in any "
+            "field: read as seconds from the epoch, so min_timestamp = 0 lets them in"
+        )
+        return TimeChoice(field.path, "s", why, seconds, min_timestamp=0.0)
     if not readings:
         return TimeChoice(
             None, "auto",

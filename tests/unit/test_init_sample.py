@@ -180,6 +180,28 @@ def test_a_file_with_no_key_is_one_series_whose_draft_trains_and_evaluates(
     assert sum(len(b.batch) for b in batches) == 300
 
 
+def test_a_file_numbering_its_rows_takes_them_as_seconds_from_the_epoch(tmp_path: Path) -> None:
+    """A step index in place of a time (timestamp = 1, 2, 3 ...): read as seconds, with the
+    plausibility floor lowered so that 1970 is let in, instead of the broker's time a file
+    lacks. A number column that falls is no step index."""
+    rnd = random.Random(6)
+    sample = tmp_path / "series.csv"
+    sample.write_text("timestamp,value\n" + "".join(
+        f"{i},{rnd.uniform(0, 1):.3f}\n" for i in range(1, 301)))
+    settings = _init(sample, tmp_path / "out.toml")
+    assert _core(settings) == ("events", "@single_series", "timestamp", "s")
+    assert settings.input.min_timestamp == 0.0
+    assert "timestamp: a step index (1 .. 300)" in (tmp_path / "out.toml").read_text()
+    batches = list(read_batches(sample, decoder_for(settings)))
+    assert _rejects(settings, sample) == 0
+    assert [t for b in batches for t in b.batch.ts.tolist()] == [float(i) for i in range(1, 301)]
+
+    sample.write_text("timestamp,value\n" + "".join(
+        f"{300 - i},{rnd.uniform(0, 1):.3f}\n" for i in range(300)))
+    settings = _init(sample, tmp_path / "falling.toml")
+    assert settings.input.timestamp_field is None  # the broker's: the draft says to add a time
+
+
 def test_the_draft_goes_to_stdout_without_out(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -26,6 +26,9 @@ IDENTIFIER_WORDS: Final = frozenset({
     "code", "type", "proto", "version", "pid", "flags", "serial", "ttl", "tos", "label",
 })
 PORT_WORDS: Final = frozenset({"port", "p"})
+LABEL_NAMES: Final = frozenset({
+    "label", "is_anomaly", "anomaly", "is_anomalous", "anomalous", "outlier", "is_outlier",
+})
 VOLUME_MARKERS: Final = ("bytes", "pkts", "packets", "octets")
 TIME_NAMES: Final = frozenset({
     "ts", "timestamp", "@timestamp", "time", "event_time", "eventtime", "datetime",

@@ -12,7 +12,7 @@ from stream_detector.inspect.kinds import TypeFilter, type_filter
 from stream_detector.inspect.profile import profile_records
 from stream_detector.inspect.sample import Sample, SampleError
 from stream_detector.inspect.timing import TimeChoice, choose_time
-from stream_detector.inspect.values import Verdict, choose_values
+from stream_detector.inspect.values import Verdict, choose_label, choose_values
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,7 @@ class Plan:
     shape: FlowShape
     preset: tuple[str, str] | None
     kind: TypeFilter | None
+    label: str | None  # a 0/1 anomaly label column, for evaluate
 
     @property
     def value_paths(self) -> list[str]:
@@ -50,7 +51,8 @@ def plan_for(sample: Sample) -> Plan:
     from_topic = sample.kind == "kafka"
     time = choose_time(fields, broker_times=from_topic)
     key = choose_key(fields, time.path, message_keys=from_topic)
-    exclude = {*key.paths, *([time.path] if time.path else [])}
+    label = choose_label(fields)
+    exclude = {*key.paths, *([time.path] if time.path else []), *([label] if label else [])}
     values = choose_values(fields, exclude)
     shape = flow_shape(fields, key.paths, key.per_record, time.seconds)
     if not shape.aggregate and not any(v.taken for v in values):
@@ -59,4 +61,4 @@ def plan_for(sample: Sample) -> Plan:
             f"no field in {sample.source} is a numeric reading in 90% of the records "
             f"({skipped}); the detector needs at least one"
         )
-    return Plan(sample, len(fields), key, time, values, shape, preset, kind)
+    return Plan(sample, len(fields), key, time, values, shape, preset, kind, label)

@@ -110,6 +110,10 @@ def _input(plan: Plan) -> list[str]:
         lines += _comment("the CSV header's separator") + [
             f"csv_delimiter = {_s(plan.sample.delimiter)}"]
     lines += _verdicts(plan)
+    if plan.label is not None:
+        lines += _comment(
+            f"{plan.label}: 0 or 1 in every record, an anomaly label: `evaluate` scores against "
+            "it, the service ignores it") + [f"label_field = {_s(plan.label)}"]
     if aggregate:
         lines += _comment("aggregate mode: the model's features are the bucket features below")
         names = [feature.name for feature in plan.shape.features]

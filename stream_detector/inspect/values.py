@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from stream_detector.inspect.hints import IDENTIFIER_WORDS, words
+from stream_detector.inspect.hints import IDENTIFIER_WORDS, LABEL_NAMES, words
 from stream_detector.inspect.profile import FieldProfile
 from stream_detector.inspect.timing import epoch_unit
 
@@ -49,6 +49,19 @@ def judge(field: FieldProfile) -> Verdict:
     if _is_counter(field):
         return Verdict(field.path, False, f"a counter: rises with every record ({shown})")
     return Verdict(field.path, True, shown)
+
+
+def choose_label(fields: list[FieldProfile]) -> str | None:
+    """A top-level field named like an anomaly label (label, is_anomaly, ...) that is 0 or 1
+    in 90% of the records: input.label_field, which `evaluate` reads and the service ignores."""
+    for field in fields:
+        flags = [v for v in field.present if v in (0, 1)]  # True and False are 1 and 0 too
+        if (
+            len(field.segments) == 1 and field.name.lower() in LABEL_NAMES
+            and len(flags) == len(field.present) >= 0.9 * len(field.values)
+        ):
+            return field.path
+    return None
 
 
 def numeric_fields(fields: list[FieldProfile], exclude: set[str]) -> list[FieldProfile]:

@@ -100,6 +100,7 @@ def test_iot_readings_give_events_mode_with_the_device_key(tmp_path: Path) -> No
     assert _core(settings) == ("events", "device", "ts", "s")
     # sent is a counter, port an identifier, fw text: none of them a reading.
     assert settings.input.value_fields == ("temp", "hum")
+    assert settings.input.label_field is None
     text = (tmp_path / "out.toml").read_text()
     assert "400 records of" in text and "--preset" not in text
     assert max(map(len, text.splitlines())) <= 100
@@ -174,6 +175,8 @@ def test_a_file_with_no_key_is_one_series_whose_draft_trains_and_evaluates(
     assert _core(settings) == ("events", "@single_series", "timestamp", "rfc3339")
     assert "the records are one series" in (tmp_path / "out.toml").read_text()
     assert settings.input.value_fields == ("value",)
+    # The 0/1 column named like a label is what `evaluate` scores against, not a reading.
+    assert settings.input.label_field == "is_anomaly"
     batches = list(read_batches(sample, decoder_for(settings)))
     assert _rejects(settings, sample) == 0
     assert {key for b in batches for key in b.batch.keys.tolist()} == {"single_series"}

@@ -611,7 +611,7 @@ class RejectTally:
             self._first.setdefault(reject.reason, reject.detail)
 
     def __str__(self) -> str:
-        """E.g. "3000 records refused: missing_key 3000 (key field 'key' is missing or null)"."""
+        """E.g. "3 records refused: missing_key 3 (first: key field 'key' is missing or null)"."""
         if not self._counts:
             return "no records refused"
         reasons = sorted(self._counts.items(), key=lambda item: -item[1])

@@ -197,6 +197,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
         if out_stream is not sys.stdout.buffer:
             out_stream.close()
     log.info("replay finished", out=str(args.out), **summary.as_dict())
+    if summary.records and summary.rejected == summary.records:
+        log.warning(
+            "replay refused every record",
+            records=summary.records,
+            hint="each output line names its reason; check input.* (--config, --set) against "
+            "the file",
+        )
     return 0
 
 
@@ -719,11 +726,14 @@ def _add_init(sub: Subcommands, common: argparse.ArgumentParser) -> None:
             "is not a file, of the Kafka topic SAMPLE (from the beginning of every partition,\n"
             "without joining or moving any consumer group), and writes a settings file that\n"
             "`train` and `run --config` take: the key (a field that repeats, or a composite of\n"
-            "tags), the event time and its unit (judged by the values' range), the numeric\n"
-            "readings (ports, ids, counters and constants left out), and aggregate mode with\n"
-            "bucket features when the records are flows. Each choice carries a comment saying\n"
-            "why, with the figures seen; when a shipped preset fits the sample, the header\n"
-            "says so. The draft is checked to load before it is written; edit it, then train."
+            "tags; else a topic's message key, or a file's records as one series), the event\n"
+            "time and its unit (judged by the values' range; else a topic's broker time, or a\n"
+            "file's step index such as 1, 2, 3 ... read as seconds), the numeric readings\n"
+            "(ports, ids, counters and constants left out), a 0/1 anomaly label column for\n"
+            "`evaluate`, and aggregate mode with bucket features when the records are flows.\n"
+            "Each choice carries a comment saying why, with the figures seen; when a shipped\n"
+            "preset fits the sample, the header says so. The draft is checked to load before\n"
+            "it is written; edit it, then train."
         ),
         epilog=(
             "examples:\n"
@@ -732,7 +742,9 @@ def _add_init(sub: Subcommands, common: argparse.ArgumentParser) -> None:
             "  stream-detector init --sample metrics.csv --records 2000 --out detector.toml\n"
             "  stream-detector init --sample events --bootstrap-servers kafka:9092 \\\n"
             "      --out detector.toml                                       # a topic\n"
-            "  stream-detector train --config detector.toml --input normal.jsonl --out model/"
+            "  stream-detector train --config detector.toml --input normal.jsonl --out model/\n"
+            "  stream-detector init --sample series.csv --out series.toml  # a labelled series\n"
+            "  stream-detector evaluate --dataset series.csv --config series.toml"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

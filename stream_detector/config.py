@@ -204,6 +204,17 @@ class InputConfig(_Section):
             )
         return value
 
+    @field_validator("key_fields")
+    @classmethod
+    def _no_tokens(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        tokens = [path for path in value or () if path in (MESSAGE_KEY, SINGLE_SERIES)]
+        if tokens:
+            raise ValueError(
+                f"key_fields names record fields, not {tokens[0]!r}; give that as key_field "
+                "instead (and no key_fields)"
+            )
+        return value
+
     @model_validator(mode="after")
     def _distinct_fields(self) -> InputConfig:
         if len(set(self.value_fields)) != len(self.value_fields):

@@ -22,6 +22,11 @@ from stream_detector.config import AggregateConfig, InputConfig, Settings
 INPUT_FIELDS = (
     "mode", "key_field", "key_fields", "timestamp_field", "timestamp_unit", "value_fields", "filter"
 )
+# One limit is recorded after all, and only when lowered from its default: a floor under 2000 says
+# the times are step indices read as seconds, which is what they mean; a model trained on them
+# refuses every record of the same data under the default floor.
+LOWERED_FLOOR = "min_timestamp"
+_DEFAULT_FLOOR = InputConfig.model_fields[LOWERED_FLOOR].default
 # late_policy only says what happens to a late event, never what a bucket holds.
 AGGREGATE_LEFT_OUT = frozenset({"late_policy"})
 _KEY_NAMES = ("input.key_field", "input.key_fields")
@@ -31,7 +36,8 @@ def mapping_names() -> frozenset[str]:
     """Every dotted name a stored mapping may hold."""
     bucketing = set(AggregateConfig.model_fields) - AGGREGATE_LEFT_OUT
     return frozenset(
-        [f"input.{name}" for name in INPUT_FIELDS] + [f"aggregate.{name}" for name in bucketing]
+        [f"input.{name}" for name in (*INPUT_FIELDS, LOWERED_FLOOR)]
+        + [f"aggregate.{name}" for name in bucketing]
     )
 
 
@@ -40,11 +46,14 @@ def input_mapping(settings: Settings) -> dict[str, Any]:
 
     The key is recorded in the one form that is in force (key_fields when set, else key_field),
     so a stored mapping never carries a key setting the decoder ignored. The [aggregate] section
-    is recorded in aggregate mode only, where it decides what a feature is.
+    is recorded in aggregate mode only, where it decides what a feature is; min_timestamp only
+    when it is below its default (LOWERED_FLOOR).
     """
     section = settings.input.model_dump(mode="json", include=set(INPUT_FIELDS))
     unused_key = "key_field" if settings.input.key_fields is not None else "key_fields"
     mapping = {f"input.{name}": section[name] for name in INPUT_FIELDS if name != unused_key}
+    if settings.input.min_timestamp < _DEFAULT_FLOOR:
+        mapping[f"input.{LOWERED_FLOOR}"] = settings.input.min_timestamp
     if settings.input.mode == "aggregate":
         bucketing = settings.aggregate.model_dump(mode="json", exclude=set(AGGREGATE_LEFT_OUT))
         mapping.update((f"aggregate.{name}", value) for name, value in bucketing.items())

@@ -28,10 +28,9 @@ from stream_detector.detector.artefact import (
     save_artefact,
 )
 from stream_detector.detector.exclusions import ExcludedSpans
-from stream_detector.engine.decode import RejectTally
 from stream_detector.engine.model import LSTMAutoencoder, WindowScorer, select_device
 from stream_detector.engine.stage import StagedWindows, WindowStage
-from stream_detector.engine.types import Decoded
+from stream_detector.engine.types import Decoded, EventBatch, RejectTally
 
 log = structlog.get_logger(__name__)
 
@@ -71,8 +70,8 @@ def collect_windows(
     windows kept are cut and normalised exactly as without it: the events in a span still feed
     their key's statistics, as they do when served. The global mean and std count them too; they
     are only the prior that a key's own statistics soon outweigh."""
-    decoded = []
-    refused = RejectTally()
+    decoded: list[EventBatch] = []
+    refused = RejectTally()  # counted as they pass: a big file's rejects are not all kept
     for part in batches:
         refused.add(part.rejects)
         if len(part.batch):

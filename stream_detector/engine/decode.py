@@ -17,7 +17,7 @@ import math
 import operator
 import secrets
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
@@ -290,11 +290,16 @@ class Decoder:
         compares these cells too; a filter on true/false also matches the text 'true'/'false'.
         """
         cfg = self._config
-        if self._takes_message_keys or cfg.timestamp_field is None:
+        if self._takes_message_keys:
             raise ValueError(
-                "input.key_field and input.timestamp_field must name columns to decode a file;"
-                f" null (take them from Kafka) only works for the Kafka service (a file with no "
-                f"key column is one series: key_field = {SINGLE_SERIES!r})"
+                "input.key_field must name a column to decode a file: the Kafka message key "
+                f"only works for the Kafka service (a file with no key column is one series: "
+                f"key_field = {SINGLE_SERIES!r})"
+            )
+        if cfg.timestamp_field is None:
+            raise ValueError(
+                "input.timestamp_field must name a column to decode a file: the broker's "
+                "timestamp only works for the Kafka service"
             )
         lengths = {len(column) for column in columns.values()}
         if len(lengths) > 1:
@@ -595,28 +600,6 @@ def _extract(objects: list[dict], path: Sequence[str]) -> list[Any]:
         except TypeError:
             column = [v.get(part) if type(v) is dict else None for v in column]
     return column
-
-
-class RejectTally:
-    """Why records were refused, per reason, with the first record's detail for each: what an
-    error about a file with no valid events says, so that a wrong mapping names itself."""
-
-    def __init__(self) -> None:
-        self._counts: dict[str, int] = {}
-        self._first: dict[str, str] = {}
-
-    def add(self, rejects: Iterable[Reject]) -> None:
-        for reject in rejects:
-            self._counts[reject.reason] = self._counts.get(reject.reason, 0) + 1
-            self._first.setdefault(reject.reason, reject.detail)
-
-    def __str__(self) -> str:
-        """E.g. "3 records refused: missing_key 3 (first: key field 'key' is missing or null)"."""
-        if not self._counts:
-            return "no records refused"
-        reasons = sorted(self._counts.items(), key=lambda item: -item[1])
-        listed = ", ".join(f"{r} {n} (first: {self._first[r]})" for r, n in reasons)
-        return f"{sum(self._counts.values())} records refused: {listed}"
 
 
 def _single_series_keys(n: int) -> np.ndarray:

@@ -21,8 +21,8 @@ import structlog
 
 from stream_detector.config import Settings
 from stream_detector.detector.sources import read_batches
-from stream_detector.engine.decode import Decoder, RejectTally
-from stream_detector.engine.types import Decoded, EventBatch
+from stream_detector.engine.decode import Decoder
+from stream_detector.engine.types import Decoded, EventBatch, RejectTally
 from stream_detector.evaluation.feed_labels import FeedLabels
 
 log = structlog.get_logger(__name__)
@@ -137,12 +137,9 @@ def load_labelled_file(
     parts = list(read_batches(path, Decoder(settings.input), batch_size=batch_size))
     batches = [d.batch for d in parts if len(d.batch)]
     if not batches:
-        refused = RejectTally()
-        for part in parts:
-            refused.add(part.rejects)
         raise ValueError(
-            f"{path}: no valid events ({refused}); check input.* against its records, or draft "
-            "a config from them with `stream-detector init --sample FILE`"
+            f"{path}: no valid events ({RejectTally.of(parts)}); check input.* against its "
+            "records, or draft a config from them with `stream-detector init --sample FILE`"
         )
     keys = np.concatenate([b.keys for b in batches])
     ts = np.concatenate([b.ts for b in batches])

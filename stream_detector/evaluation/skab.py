@@ -49,23 +49,33 @@ def _stem(path: Path) -> str:
 
 def _experiment_files(root: Path) -> list[Path]:
     """The experiment files under `root` (`.csv.gz` or `.csv`, in sub-folders or not) in folder
-    and then numeric order, without the anomaly-free run. Raises ValueError for an experiment
-    that is there both gzipped and not (one key read twice would interleave with itself)."""
+    and then numeric order, without the anomaly-free run. Raises ValueError for two files that
+    would be one key (gzipped and not, or in two folders of one name): one key read twice would
+    interleave with itself."""
     files = {p for suffix in _SUFFIXES for p in root.glob(f"**/*{suffix}")}
     found = sorted(
         (p for p in files if _ANOMALY_FREE not in p.relative_to(root).parts[:-1]),
-        key=lambda p: (p.parent.name, _numbered(_stem(p)), p.name),
+        key=lambda p: (p.parent.name, _numbered(_stem(p)), p.name, str(p)),
     )
-    for earlier, later in zip(found, found[1:]):
-        if earlier.parent == later.parent and _stem(earlier) == _stem(later):
+    seen: dict[str, Path] = {}
+    for path in found:
+        if (earlier := seen.setdefault(_key(root, path), path)) is not path:
             raise ValueError(
-                f"{root}: experiment {_stem(later)!r} is there twice, {earlier.name} and "
-                f"{later.name} in {later.parent}; keep one of them"
+                f"{root}: experiment {_key(root, path)!r} is there twice, {earlier} and {path}; "
+                "keep one of them"
             )
     return found
 
 
+def _key(root: Path, path: Path) -> str:
+    """`valve1/3` for `valve1/3.csv.gz`: the experiment's folder (the root's name for files
+    directly in it) and name."""
+    group = path.parent.name if path.parent != root else root.name
+    return f"{group}/{_stem(path)}"
+
+
 def _open(path: Path) -> IO[str]:
+    """The file as text, gunzipped when its name ends in .gz."""
     return gzip.open(path, "rt") if path.name.endswith(".gz") else path.open()
 
 
@@ -123,8 +133,8 @@ def load_skab(root: Path, train_rows: int = SKAB_TRAIN_ROWS) -> LabelledDataset:
     too_short: list[str] = []
     for path in files:
         ts, values, labels = read_experiment(path)
-        group = path.parent.name if path.parent != root else root.name
-        key = f"{group}/{_stem(path)}"
+        key = _key(root, path)
+        group = key.rpartition("/")[0]
         if len(ts) <= train_rows:
             log.warning("skab experiment left out", key=key, rows=len(ts), train_rows=train_rows)
             too_short.append(f"{key} ({len(ts)} rows)")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from itertools import pairwise
 from typing import Final
 
 from stream_detector.inspect.hints import TIME_NAMES, words
@@ -81,12 +82,14 @@ def _reading(field: FieldProfile) -> tuple[str, list[float | None]] | None:
 
 def _steps(field: FieldProfile) -> list[float | None] | None:
     """Each record's step when the field is a step index: named like a time, whole numbers from
-    0 up in at least 90% of the records, never falling in record order."""
+    0 up in at least 90% of the records, rising in record order (never falling, and not one
+    value throughout)."""
     numbers = field.numbers()
-    if field.name.lower() not in _STEP_NAMES or len(numbers) < 0.9 * len(field.values):
+    if not numbers or field.name not in _STEP_NAMES or len(numbers) < 0.9 * len(field.values):
         return None
     whole = all(v >= 0 and v.is_integer() for v in numbers)
-    if not numbers or not whole or any(b < a for a, b in zip(numbers, numbers[1:])):
+    rising = numbers[-1] > numbers[0] and all(a <= b for a, b in pairwise(numbers))
+    if not whole or not rising:
         return None
     return [float(v) if type(v) in (int, float) else None for v in field.values]
 

@@ -57,7 +57,7 @@ def choose_label(fields: list[FieldProfile]) -> str | None:
     for field in fields:
         flags = [v for v in field.present if v in (0, 1)]  # True and False are 1 and 0 too
         if (
-            len(field.segments) == 1 and field.name.lower() in LABEL_NAMES
+            len(field.segments) == 1 and field.name in LABEL_NAMES
             and len(flags) == len(field.present) >= 0.9 * len(field.values)
         ):
             return field.path

@@ -105,6 +105,22 @@ def test_what_the_configuration_leaves_out_is_taken_from_the_artefact(trained: P
     assert list(decoded.batch.keys) == ["d1"] and list(decoded.batch.ts) == [1_714_564_800.0]
 
 
+def test_a_lowered_time_floor_is_recorded_and_taken(tmp_path: Path) -> None:
+    """Step indices read as seconds need min_timestamp below its default, which the artefact
+    records so that the same data replays without a config; at its default it is not recorded."""
+    steps = {**MAPPING, "timestamp_unit": "s", "min_timestamp": 0}
+    trained = _save(tmp_path / "steps", input=steps)
+    mapping = load_artefact(trained, Settings(**SHAPE, input=steps), CPU).metadata.input_mapping
+    assert mapping["input.min_timestamp"] == 0.0
+    detector = load_detector(Settings(**SHAPE), trained, CPU)
+    decoded = detector.decoder.decode_messages(
+        [orjson.dumps({"device": "d1", "t": 7, "a": 1, "b": 2, "kind": "reading", "ok": True})]
+    )
+    assert list(decoded.batch.ts) == [7.0] and not decoded.rejects
+    with pytest.raises(ArtefactError, match="input.min_timestamp"):
+        load_artefact_and_settings(trained, Settings(**SHAPE, input={"min_timestamp": 10.0}), CPU)
+
+
 @pytest.mark.parametrize(
     ("given", "setting", "in_artefact", "in_config"),
     [

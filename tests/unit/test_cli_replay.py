@@ -109,3 +109,18 @@ def test_replay_with_no_config_reads_data_as_the_model_was_trained(
     error = capsys.readouterr().err
     assert "input.key_field is 'device' in the artefact but 'host'" in error
     assert "remove input.key_field from the configuration" in error
+
+
+def test_replay_that_refuses_every_record_says_so(
+    files: tuple[Path, Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A file that does not fit the mapping at all ends with a warning, not a quiet summary."""
+    config, model, _ = files
+    feed = tmp_path / "other.jsonl"
+    feed.write_bytes(b"".join(orjson.dumps({"host": "a", "ts": T0 + t}) + b"\n" for t in range(3)))
+    args = ["replay", "--config", str(config), "--input", str(feed), "--model", str(model),
+            "--out", str(tmp_path / "out.jsonl")]  # fmt: skip
+    assert main([*args, "--log-level", "warning"]) == 0
+    assert "replay refused every record" in capsys.readouterr().err
+    assert main([*args, "--input", str(files[2]), "--log-level", "warning"]) == 0
+    assert "replay refused every record" not in capsys.readouterr().err

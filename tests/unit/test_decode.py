@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 
 from stream_detector.config import InputConfig
 from stream_detector.engine import decode as decode_module
-from stream_detector.engine.decode import Decoder, RejectTally
-from stream_detector.engine.types import REJECT_REASONS, Decoded
+from stream_detector.engine.decode import Decoder
+from stream_detector.engine.types import REJECT_REASONS, Decoded, RejectTally
 
 # numpy overflow in a cast is a warning; decode must handle it, not leak it
 pytestmark = pytest.mark.filterwarnings("error::RuntimeWarning")
@@ -348,8 +348,12 @@ def test_decode_columns_survives_huge_python_ints() -> None:
 def test_decode_columns_rejects_misuse() -> None:
     with pytest.raises(ValueError, match="differ in length"):
         decoder().decode_columns({"key": ["a"], "ts": [1.0, 2.0], "value": [1.0]})
-    with pytest.raises(ValueError, match="key_field"):
+    with pytest.raises(ValueError, match="key_field must name a column.*'@single_series'"):
         decoder(key_field=None).decode_columns({"ts": [1.0], "value": [1.0]})
+    with pytest.raises(ValueError, match="timestamp_field must name a column"):
+        decoder(timestamp_field=None).decode_columns({"key": ["a"], "value": [1.0]})
+    with pytest.raises(ValueError, match="key_fields names record fields, not '@single_series'"):
+        InputConfig(key_fields=("host", "@single_series"))
     assert len(decoder().decode_columns({}).batch) == 0
 
 

@@ -203,7 +203,11 @@ def test_skab_experiments_are_keys_split_after_their_first_rows(tmp_path: Path) 
     with pytest.raises(ValueError, match="no SKAB experiment has a test part"):
         load_skab(root, train_rows=12)
     _write_skab(root / "valve2" / "1.csv.gz", rows=12, anomaly_from=9)  # unzipped, kept both
-    with pytest.raises(ValueError, match="experiment '1' is there twice, 1.csv and 1.csv.gz"):
+    with pytest.raises(ValueError, match=r"'valve2/1' is there twice, .*1.csv and .*1.csv.gz"):
+        load_skab(root, train_rows=5)
+    (root / "valve2" / "1.csv.gz").unlink()
+    _write_skab(root / "more" / "valve1" / "2.csv", rows=12, anomaly_from=9)  # another valve1/
+    with pytest.raises(ValueError, match=r"'valve1/2' is there twice"):
         load_skab(root, train_rows=5)
 
 

@@ -18,6 +18,8 @@ from stream_detector.cli import main
 from stream_detector.config import KafkaConfig, Settings, load_settings
 from stream_detector.detector.sources import read_batches
 from stream_detector.inspect.command import InitError, InitOptions, run_init
+from stream_detector.inspect.plan import plan_for
+from stream_detector.inspect.sample import Sample
 
 T0 = 1_700_000_000.0
 
@@ -203,6 +205,20 @@ def test_a_file_numbering_its_rows_takes_them_as_seconds_from_the_epoch(tmp_path
         f"{300 - i},{rnd.uniform(0, 1):.3f}\n" for i in range(300)))
     settings = _init(sample, tmp_path / "falling.toml")
     assert settings.input.timestamp_field is None  # the broker's: the draft says to add a time
+
+
+def test_a_topic_sample_with_no_key_or_time_falls_back_on_the_message_and_broker() -> None:
+    """Records from a topic carry a message key and a broker time; the same records from a file
+    have neither, and a 0/1 column named otherwise (or a text label) is no label."""
+    records = [{"step": i, "value": float(i % 7), "flag": i % 2, "label": "ok"}
+               for i in range(1, 201)]  # fmt: skip
+    topic = plan_for(Sample(records, "events", "kafka"))
+    assert (topic.key.paths, topic.key.no_field) == ((), "@message_key")
+    assert (topic.time.path, topic.time.min_timestamp) == (None, None)
+    file = plan_for(Sample(records, "series.jsonl", "jsonl"))
+    assert (file.key.no_field, file.time.path, file.time.min_timestamp) == (
+        "@single_series", "step", 0.0)
+    assert topic.label is None and file.label is None
 
 
 def test_the_draft_goes_to_stdout_without_out(

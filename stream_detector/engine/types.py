@@ -6,6 +6,7 @@ object exists on the hot path. Only rejects and alerts, which are rare, are Pyth
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
@@ -172,7 +173,7 @@ class RejectTally:
     error about input with no valid event says, so that a wrong mapping names itself."""
 
     def __init__(self) -> None:
-        self._counts: dict[str, int] = {}
+        self._counts: Counter[str] = Counter()
         self._first: dict[str, str] = {}
 
     @classmethod
@@ -186,13 +187,13 @@ class RejectTally:
     def add(self, rejects: Iterable[Reject]) -> None:
         """Count `rejects` in, keeping the first detail seen for each reason."""
         for reject in rejects:
-            self._counts[reject.reason] = self._counts.get(reject.reason, 0) + 1
+            self._counts[reject.reason] += 1
             self._first.setdefault(reject.reason, reject.detail)
 
     def __str__(self) -> str:
         """E.g. "3 records refused: missing_key 3 (first: key field 'key' is missing or null)"."""
         if not self._counts:
             return "no records refused"
-        reasons = sorted(self._counts.items(), key=lambda item: -item[1])
+        reasons = self._counts.most_common()
         listed = ", ".join(f"{r} {n} (first: {self._first[r]})" for r, n in reasons)
-        return f"{sum(self._counts.values())} records refused: {listed}"
+        return f"{self._counts.total()} records refused: {listed}"
